@@ -1,0 +1,480 @@
+"""The ingestor's commands as async functions: run, demo, simulate, replay, status, dlq.
+
+``cli.py`` parses arguments and presents errors; everything that does work lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import duckdb
+
+from ingestor.config import Settings
+from ingestor.dedup import DedupIndex
+from ingestor.errors import IngestorError
+from ingestor.events import MediaEvent
+from ingestor.http import build_app, start_http
+from ingestor.nats.connection import NatsHandle, open_nats
+from ingestor.nats.dlq import DeadLetters
+from ingestor.nats.publisher import PublishStats, Publisher
+from ingestor.nats.reader import read_range, stream_bounds
+from ingestor.nats.server import port_answers
+from ingestor.nats.streams import STREAM
+from ingestor.pipeline import Pipeline, decode_messages
+from ingestor.projection import PROJECTOR, Projection
+from ingestor.router import Router, RouterStats
+from ingestor.sink import DIRECT, DirectSink
+from ingestor.sources import simulator
+
+log = logging.getLogger(__name__)
+
+Out = Callable[[str], None]
+
+
+class DatabaseLocked(IngestorError):
+    """Another process holds the DuckDB file."""
+
+
+def open_projection(path: Path, *, read_only: bool = False, **kwargs: Any) -> Projection:
+    try:
+        return Projection(path, read_only=read_only, **kwargs)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise DatabaseLocked(
+                f"{path} is in use by another process (is `ingestor run` up? "
+                "stop it, or use `ingestor status` which asks it over HTTP)"
+            ) from None
+        raise
+
+
+def new_pipeline(settings: Settings, projection: Projection) -> Pipeline:
+    return Pipeline(projection, DedupIndex(tolerance=settings.dedup_tolerance))
+
+
+def install_stop_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop)
+
+
+# --------------------------------------------------------------------------- run
+
+
+async def run_service(settings: Settings, *, ready: Callable[[], None] | None = None) -> RouterStats | None:
+    """``ingestor run``: project the stream until SIGTERM or SIGINT, then drain and exit."""
+    stopped = asyncio.Event()
+    install_stop_signals(stopped.set)
+    projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
+    handle: NatsHandle | None = None
+    runner = None
+    try:
+        pipeline = await asyncio.to_thread(new_pipeline, settings, projection)
+        router: Router | None = None
+        if settings.nats_enabled:
+            handle = await open_nats(settings)
+        if settings.event_sourcing:
+            assert handle is not None
+            router = Router(
+                handle.nc,
+                pipeline,
+                batch_size=settings.nats_batch_size,
+                flush_interval=settings.nats_flush_interval,
+            )
+
+        async def status() -> dict[str, Any]:
+            return await collect_status(settings, handle, projection, running=True)
+
+        runner = await start_http(build_app(status), settings.http_host, settings.http_port)
+        mode = "event sourcing" if router else ("legacy" if handle else "NATS off")
+        log.info("ingestor running (%s mode); SIGTERM or Ctrl-C stops it", mode)
+        if ready is not None:
+            ready()
+        if router is None:
+            await stopped.wait()
+            return None
+        task = asyncio.create_task(router.run())
+        stop_wait = asyncio.create_task(stopped.wait())
+        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        router.stop()
+        stats = await task
+        stop_wait.cancel()
+        log.info(
+            "stopped cleanly at checkpoint %d (%d batches, %d events accepted)",
+            stats.last_seq,
+            stats.batches,
+            stats.accepted,
+        )
+        return stats
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if handle is not None:
+            await handle.close()
+        projection.close()
+
+
+# --------------------------------------------------------------------------- status
+
+
+async def collect_status(
+    settings: Settings,
+    handle: NatsHandle | None,
+    projection: Projection | None,
+    *,
+    running: bool,
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "running": running,
+        "mode": _mode(settings),
+        "nats_url": settings.nats_url,
+        "duckdb_path": str(settings.duckdb_path),
+        "stream_last_seq": None,
+        "stream_messages": None,
+        "consumer_pending": None,
+        "dlq_messages": None,
+        "checkpoint_seq": None,
+        "playbacks": None,
+    }
+    if handle is not None:
+        js = handle.js
+        with contextlib.suppress(Exception):
+            info = await js.stream_info(STREAM)
+            status["stream_last_seq"] = info.state.last_seq
+            status["stream_messages"] = info.state.messages
+        with contextlib.suppress(Exception):
+            status["dlq_messages"] = await DeadLetters(js).count()
+        with contextlib.suppress(Exception):
+            consumer = await js.consumer_info(STREAM, PROJECTOR)
+            status["consumer_pending"] = (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
+    if projection is not None:
+        cursor = projection.con.cursor()
+        try:
+            counts = await asyncio.to_thread(_read_counts, cursor, settings)
+        finally:
+            cursor.close()
+        status.update(counts)
+        if status["consumer_pending"] is None and status["stream_last_seq"] is not None:
+            status["consumer_pending"] = max(0, status["stream_last_seq"] - status["checkpoint_seq"])
+    return status
+
+
+def _read_counts(cursor: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any]:
+    reader = Projection.over(cursor)
+    counts = reader.counts()
+    consumer = PROJECTOR if settings.event_sourcing else DIRECT
+    return {"checkpoint_seq": reader.checkpoint(consumer), **counts}
+
+
+def _mode(settings: Settings) -> str:
+    if not settings.nats_enabled:
+        return "nats-off"
+    return "event-sourcing" if settings.nats_event_sourcing else "legacy"
+
+
+async def status_command(settings: Settings) -> dict[str, Any]:
+    """Ask a running ingestor over HTTP; otherwise read the stream and the file directly."""
+    url = f"http://{settings.http_host}:{settings.http_port}/status"
+    if port_answers(settings.http_host, settings.http_port):
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+                session.get(url) as response,
+            ):
+                if response.status == 200:
+                    return await response.json()
+    handle = await open_nats(settings) if settings.nats_enabled else None
+    projection = None
+    try:
+        if settings.duckdb_path.exists():
+            projection = await asyncio.to_thread(
+                open_projection, settings.duckdb_path, read_only=True
+            )
+        return await collect_status(settings, handle, projection, running=False)
+    finally:
+        if projection is not None:
+            projection.close()
+        if handle is not None:
+            await handle.close()
+
+
+def format_status(status: dict[str, Any]) -> str:
+    width = max(len(k) for k in status)
+    return "\n".join(f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in status.items())
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@dataclass
+class DemoReport:
+    published: int
+    stored: int
+    jetstream_duplicates: int
+    accepted: int
+    dropped_event_id: int
+    dropped_session_key: int
+    linked: int
+    dead_lettered: int
+    playbacks: int
+    truth_playbacks: int
+    missing: list[tuple]
+    unexpected: list[tuple]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.unexpected and self.playbacks == self.truth_playbacks
+
+
+async def run_demo(
+    settings: Settings, config: simulator.SimulationConfig, out: Out = print
+) -> DemoReport:
+    """Embedded server + simulator + projection, checked against the simulator's truth."""
+    started = time.monotonic()
+    sim = simulator.simulate(config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    truth_path = settings.data_dir / "demo-truth.json"
+    simulator.write_truth(truth_path, sim)
+    out(
+        f"simulated {len(sim.events):,} events for {config.users} users over {config.days} days "
+        f"(seed {config.seed}); ground truth: {len(sim.truth):,} playbacks -> {truth_path}"
+    )
+    projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
+    handle: NatsHandle | None = None
+    try:
+        before = await asyncio.to_thread(projection.counts)
+        pipeline = await asyncio.to_thread(new_pipeline, settings, projection)
+        dead = 0
+        if settings.nats_enabled:
+            handle = await open_nats(settings)
+            where = handle.server.url + " (embedded)" if handle.server else settings.nats_url
+            out(f"NATS JetStream at {where}; DuckDB at {settings.duckdb_path}")
+        if settings.event_sourcing:
+            assert handle is not None
+            publish = await _publish_with_progress(Publisher(handle.nc), sim.events, out)
+            _, target = await stream_bounds(handle.nc)
+            router = Router(
+                handle.nc,
+                pipeline,
+                batch_size=settings.nats_batch_size,
+                flush_interval=min(settings.nats_flush_interval, 0.2),
+            )
+            task = asyncio.create_task(router.run())
+            while not await router.wait_for_seq(target, timeout=2):
+                if task.done():
+                    break
+                out(f"  projected up to seq {router.stats.last_seq:,} of {target:,}")
+            router.stop()
+            stats = await task
+            dead = stats.dead_lettered
+        else:
+            sink = DirectSink(
+                pipeline,
+                Publisher(handle.nc) if handle is not None else None,
+                batch_size=settings.nats_batch_size,
+            )
+            publish = await sink.emit(sim.events)
+        after = await asyncio.to_thread(projection.counts)
+        projected = await asyncio.to_thread(_playback_keys, projection)
+    finally:
+        projection.close()
+        if handle is not None:
+            await handle.close()
+    truth = {_truth_key(t) for t in sim.truth}
+    report = DemoReport(
+        published=len(sim.events),
+        stored=publish.stored,
+        jetstream_duplicates=publish.duplicate if settings.event_sourcing else 0,
+        accepted=after["accepted"] - before["accepted"],
+        dropped_event_id=after["dropped_event_id"] - before["dropped_event_id"],
+        dropped_session_key=after["dropped_session_key"] - before["dropped_session_key"],
+        linked=after["linked"] - before["linked"],
+        dead_lettered=dead,
+        playbacks=after["playbacks"],
+        truth_playbacks=len(sim.truth),
+        missing=sorted(truth - projected),
+        unexpected=sorted(projected - truth),
+        seconds=time.monotonic() - started,
+    )
+    out(format_demo(report, sim.expected, first_run=before["accepted"] == 0))
+    return report
+
+
+async def _publish_with_progress(
+    publisher: Publisher, events: Sequence[MediaEvent], out: Out
+) -> PublishStats:
+    stats = PublishStats()
+    step = max(1, len(events) // 5)
+    async for result in publisher.iter_publish(events):
+        stats.add(result)
+        if stats.total % step == 0 and stats.total < len(events):
+            out(f"  published {stats.total:,} / {len(events):,}")
+    return stats
+
+
+def _truth_key(t: simulator.TruthPlayback) -> tuple:
+    return (t.server_id, t.user_id, t.rating_key, t.machine_id, t.started_at, t.stopped_at, t.paused_seconds)
+
+
+def _playback_keys(projection: Projection) -> set[tuple]:
+    rows = projection.con.execute(
+        "SELECT server_id, user_id, rating_key, machine_id, started_at, stopped_at, paused_seconds "
+        "FROM playback_events"
+    ).fetchall()
+    return {tuple(row) for row in rows}
+
+
+def format_demo(report: DemoReport, expected: simulator.ExpectedCounts, *, first_run: bool) -> str:
+    def line(label: str, value: int, want: int | None = None) -> str:
+        tail = f"   (simulator injected {want:,})" if want is not None and first_run else ""
+        return f"  {label:<34}{value:>10,}{tail}"
+
+    verdict = "OK: projected playbacks equal the ground truth" if report.ok else (
+        f"MISMATCH: {len(report.missing)} truth playbacks missing, "
+        f"{len(report.unexpected)} projected playbacks not in the truth"
+    )
+    lines = [
+        "",
+        "demo results" + ("" if first_run else " (on the data an earlier run left)"),
+        line("events published", report.published),
+        line("  stored by JetStream", report.stored),
+        line("  JetStream duplicates (2 min window)", report.jetstream_duplicates),
+        line("events accepted", report.accepted),
+        line("dropped, tier a (event_id)", report.dropped_event_id, expected.dropped_event_id),
+        line("dropped, tier b (session key)", report.dropped_session_key, expected.dropped_session_key),
+        line("linked, tier c (correlation)", report.linked, expected.linked),
+        line("dead-lettered", report.dead_lettered),
+        line("playbacks projected", report.playbacks),
+        line("playbacks in the ground truth", report.truth_playbacks),
+        f"  took {report.seconds:.1f}s",
+        verdict,
+    ]
+    for label, rows in (("missing", report.missing), ("unexpected", report.unexpected)):
+        for row in rows[:5]:
+            lines.append(f"  {label}: {row}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+async def simulate_command(
+    settings: Settings,
+    config: simulator.SimulationConfig,
+    *,
+    out_path: Path | None,
+    truth_path: Path | None,
+    out: Out = print,
+) -> int:
+    sim = simulator.simulate(config)
+    if truth_path is not None:
+        simulator.write_truth(truth_path, sim)
+        out(f"wrote ground truth ({len(sim.truth):,} playbacks) to {truth_path}")
+    if out_path is not None:
+        n = simulator.write_jsonl(out_path, sim.events)
+        out(f"wrote {n:,} events to {out_path}")
+        return 0
+    handle = await open_nats(settings)
+    try:
+        stats = await _publish_with_progress(Publisher(handle.nc), sim.events, out)
+    finally:
+        await handle.close()
+    out(f"published {stats.total:,} events: {stats.stored:,} stored, {stats.duplicate:,} duplicates")
+    return 0
+
+
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayReport:
+    messages: int
+    applied: int
+    rejected: int
+    last_seq: int
+    counts: dict[str, int]
+    seconds: float
+
+
+async def replay_command(
+    settings: Settings,
+    output: Path,
+    *,
+    until: datetime | None = None,
+    clock: str = "recorded",
+    chunk: int = 100_000,
+    out: Out = print,
+) -> ReplayReport:
+    """Rebuild the projection from the stream into a new DuckDB file at ``output``."""
+    if output.exists():
+        raise IngestorError(f"{output} exists; replay writes a new file (remove it or pick another path)")
+    started = time.monotonic()
+    handle = await open_nats(settings)
+    projection = await asyncio.to_thread(open_projection, output)
+    messages = applied = rejected = last_seq = 0
+    try:
+        pipeline = Pipeline(projection, DedupIndex(tolerance=settings.dedup_tolerance), load_index=False)
+        _, stop_seq = await stream_bounds(handle.nc)
+        pending: list = []
+        async for batch in read_range(handle.nc, 1, stop_seq):
+            if clock == "recorded" and until is not None:
+                batch = [m for m in batch if m.recorded_at <= until]
+            messages += len(batch)
+            decoded, bad = decode_messages(batch)
+            rejected += len(bad)
+            if clock == "occurred" and until is not None:
+                decoded = [(m, e) for m, e in decoded if e.occurred_at <= until]
+            pending.extend(decoded)
+            if batch:
+                last_seq = batch[-1].seq
+            if len(pending) >= chunk:
+                await asyncio.to_thread(pipeline.project, pending, last_seq)
+                applied += len(pending)
+                pending = []
+                out(f"  replayed up to seq {last_seq:,} of {stop_seq:,}")
+        await asyncio.to_thread(pipeline.project, pending, last_seq)
+        applied += len(pending)
+        counts = await asyncio.to_thread(projection.counts)
+    finally:
+        projection.close()
+        await handle.close()
+    return ReplayReport(messages, applied, rejected, last_seq, counts, time.monotonic() - started)
+
+
+# --------------------------------------------------------------------------- dlq
+
+
+async def dlq_command(settings: Settings, action: str, seq: int | None, out: Out = print) -> int:
+    import json
+
+    handle = await open_nats(settings)
+    try:
+        letters = DeadLetters(handle.js)
+        if action == "list":
+            n = 0
+            async for letter in letters.entries():
+                n += 1
+                out(json.dumps(letter.as_dict()))
+            if n == 0:
+                print("the dead-letter stream is empty", file=sys.stderr)
+        elif action == "retry":
+            n = await letters.retry(seq)
+            out(f"republished {n} dead letter(s) to {STREAM}")
+        else:
+            n = await letters.purge(seq)
+            out(f"purged {n} dead letter(s)")
+    finally:
+        await handle.close()
+    return 0

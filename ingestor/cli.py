@@ -1,0 +1,127 @@
+"""``ingestor``: the command line. Parses arguments, presents errors; ``app.py`` does the work."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from ingestor import app
+from ingestor.config import Settings
+from ingestor.errors import ConfigError, IngestorError
+from ingestor.sources import simulator
+
+log = logging.getLogger("ingestor")
+
+
+def _iso_instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z or +01:00)")
+    return value
+
+
+def _simulation_args(parser: argparse.ArgumentParser, users: int, days: int) -> None:
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument("--users", type=int, default=users, help=f"users (default {users})")
+    parser.add_argument("--days", type=int, default=days, help=f"days (default {days})")
+    parser.add_argument(
+        "--base-date",
+        type=_iso_instant,
+        default=simulator.DEFAULT_BASE_DATE,
+        help="first simulated day, ISO 8601 with zone (default 2026-01-05T00:00Z)",
+    )
+
+
+def _simulation_config(args: argparse.Namespace) -> simulator.SimulationConfig:
+    if args.users < 1 or args.days < 1:
+        raise IngestorError("--users and --days must be at least 1")
+    return simulator.SimulationConfig(
+        seed=args.seed, users=args.users, days=args.days, base_date=args.base_date
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ingestor",
+        description="Event-sourced playback ingestor: sources -> NATS JetStream -> DuckDB. "
+        "Configured by environment variables (see the README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="project the stream headless until SIGTERM/SIGINT")
+    demo = sub.add_parser("demo", help="embedded NATS + simulator + projection, checked")
+    _simulation_args(demo, users=20, days=7)
+    simulate = sub.add_parser("simulate", help="generate the simulated feed")
+    _simulation_args(simulate, users=20, days=7)
+    simulate.add_argument("--out", type=Path, help="write JSON lines here instead of publishing")
+    simulate.add_argument("--truth", type=Path, help="write the ground truth here")
+    replay = sub.add_parser("replay", help="rebuild the projection from the stream")
+    replay.add_argument("--output", type=Path, required=True, help="new DuckDB file to write")
+    replay.add_argument("--until", type=_iso_instant, help="ISO 8601 instant with zone, inclusive")
+    replay.add_argument("--clock", choices=("recorded", "occurred"), default="recorded")
+    status = sub.add_parser("status", help="stream, checkpoint, lag, DLQ, playbacks")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    dlq = sub.add_parser("dlq", help="dead letters: list, retry, purge")
+    dlq.add_argument("action", choices=("list", "retry", "purge"))
+    dlq.add_argument("--seq", type=int, help="only this dead letter (its DLQ sequence)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"ingestor: {problem}", file=sys.stderr)
+        return 2
+    settings.configure_logging()
+    try:
+        return asyncio.run(_dispatch(args, settings))
+    except KeyboardInterrupt:
+        return 130
+    except (IngestorError, OSError) as exc:
+        print(f"ingestor: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command
+    if command == "run":
+        await app.run_service(settings)
+        return 0
+    if command == "demo":
+        report = await app.run_demo(settings, _simulation_config(args))
+        return 0 if report.ok else 1
+    if command == "simulate":
+        return await app.simulate_command(
+            settings, _simulation_config(args), out_path=args.out, truth_path=args.truth
+        )
+    if command == "replay":
+        report = await app.replay_command(
+            settings, args.output, until=args.until, clock=args.clock
+        )
+        print(
+            f"replayed {report.messages:,} messages ({report.applied:,} events applied, "
+            f"{report.rejected:,} undecodable) up to seq {report.last_seq:,} into {args.output} "
+            f"in {report.seconds:.1f}s: {report.counts['playbacks']:,} playbacks"
+        )
+        return 0
+    if command == "status":
+        status = await app.status_command(settings)
+        print(json.dumps(status, indent=2) if args.json else app.format_status(status))
+        return 0
+    if command == "dlq":
+        return await app.dlq_command(settings, args.action, args.seq)
+    raise AssertionError(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""MediaEvent: the one immutable record every source produces.
+
+An event is one report from one source: a webhook call, a state transition seen on a
+WebSocket, a Tautulli history row. It is a *transition* (``play``, ``pause``...) or a
+finished-session ``summary``, never a snapshot of a session's state.
+
+Identity and keys are structured values:
+
+* ``event_id`` is a deterministic hash of the source occurrence (:func:`make_event_id`),
+  never random, never all-zero.
+* :class:`SessionStepKey` names one step of one source session (dedup tier b).
+* :class:`CorrelationKey` names the playback a report is about (dedup tier c); its
+  :attr:`CorrelationKey.cross_source` drops the source so reports from different sources of
+  the same playback meet.
+
+Payloads on the wire are JSON encoded by msgspec. Every payload carries ``schema_version``;
+older payloads are upcast on read (:func:`decode_event`), so nothing written once becomes
+unreadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from ingestor.errors import InvalidEvent
+
+SCHEMA_VERSION = 1
+
+
+class EventType(StrEnum):
+    PLAY = "play"
+    PAUSE = "pause"
+    RESUME = "resume"
+    STOP = "stop"
+    SCROBBLE = "scrobble"
+    PROGRESS = "progress"
+    SUMMARY = "summary"
+
+
+LIFECYCLE_TYPES = frozenset(
+    {
+        EventType.PLAY,
+        EventType.PAUSE,
+        EventType.RESUME,
+        EventType.STOP,
+        EventType.SCROBBLE,
+        EventType.PROGRESS,
+    }
+)
+
+# Steps that happen once per session: a second report of one is a re-report (tier b).
+# Pause, resume and progress can happen many times; their step is told apart by position.
+_ONCE_PER_SESSION = frozenset({EventType.PLAY, EventType.STOP, EventType.SCROBBLE, EventType.SUMMARY})
+
+
+class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One playback report, schema version 1.
+
+    Times are timezone-aware UTC. Durations are seconds, positions milliseconds. Empty
+    strings and ``None`` mean "this source did not say": projections never overwrite a
+    known value with one.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str
+    event_type: EventType
+    occurred_at: datetime
+    source: str
+    server_id: str
+    session_key: str
+    # who
+    user_id: str
+    username: str = ""
+    friendly_name: str = ""
+    user_thumb: str = ""
+    email: str = ""
+    # what
+    media_type: str
+    title: str
+    parent_title: str = ""
+    grandparent_title: str = ""
+    rating_key: str = ""
+    year: int | None = None
+    media_duration: int | None = None
+    # when (the playback as this source saw it)
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    position_ms: int | None = None
+    percent_complete: int | None = None
+    play_duration: int | None = None
+    paused_counter: int | None = None
+    # where and how
+    platform: str = ""
+    platform_name: str = ""
+    platform_version: str = ""
+    player: str = ""
+    product: str = ""
+    product_version: str = ""
+    device: str = ""
+    machine_id: str = ""
+    ip_address: str = ""
+    location_type: str = ""
+    transcode_decision: str = ""
+    video_resolution: str = ""
+    video_codec: str = ""
+    video_dynamic_range: str = ""
+    audio_codec: str = ""
+    audio_channels: int | None = None
+    stream_bitrate: int | None = None
+    bandwidth: int | None = None
+    secure: bool | None = None
+    local: bool | None = None
+    relayed: bool | None = None
+    # the upstream payload as received, for the audit trail
+    raw_payload: str | None = None
+
+    @property
+    def subject(self) -> str:
+        """The JetStream subject, ``playback.<source>.<media_type>``."""
+        return f"playback.{subject_token(self.source)}.{subject_token(self.media_type)}"
+
+    @property
+    def playback_start(self) -> datetime:
+        """When the playback began as this source reports it (falls back to the event time)."""
+        return self.started_at or self.occurred_at
+
+    @property
+    def session_step(self) -> SessionStepKey:
+        return SessionStepKey.of(self)
+
+    @property
+    def correlation(self) -> CorrelationKey:
+        return CorrelationKey(
+            source=self.source,
+            server_id=self.server_id,
+            user_id=self.user_id,
+            rating_key=self.rating_key or self.title,
+            machine_id=self.machine_id,
+            started_at=self.playback_start,
+        )
+
+    def validate(self) -> MediaEvent:
+        """Raise :class:`InvalidEvent` naming every missing or malformed field."""
+        problems = []
+        if not self.event_id or not self.event_id.strip("0-"):
+            problems.append("event_id is empty or all zero")
+        for name in ("source", "server_id", "session_key", "user_id", "media_type", "title"):
+            if not getattr(self, name):
+                problems.append(f"{name} is empty")
+        for name in ("occurred_at", "started_at", "stopped_at"):
+            value = getattr(self, name)
+            if value is not None and value.utcoffset() is None:
+                problems.append(f"{name} has no time zone")
+        if self.event_type is EventType.SUMMARY and self.started_at is None:
+            problems.append("a summary needs started_at")
+        if problems:
+            raise InvalidEvent(f"invalid event {self.event_id!r}: " + "; ".join(problems))
+        return self
+
+
+class SessionStepKey(msgspec.Struct, frozen=True, array_like=True):
+    """One step of one source session: a second report of it is a re-report (tier b)."""
+
+    source: str
+    server_id: str
+    session_key: str
+    event_type: str
+    step: int
+
+    @classmethod
+    def of(cls, event: MediaEvent) -> SessionStepKey:
+        if event.event_type in _ONCE_PER_SESSION:
+            step = 0
+        else:
+            step = event.position_ms if event.position_ms is not None else _epoch_ms(event.occurred_at)
+        return cls(event.source, event.server_id, event.session_key, event.event_type.value, step)
+
+
+class SourceSession(msgspec.Struct, frozen=True, array_like=True):
+    """A source's own identity of one playback: every event of it folds into one row."""
+
+    source: str
+    server_id: str
+    session_key: str
+
+
+class CrossSourceKey(msgspec.Struct, frozen=True, array_like=True):
+    """What two sources' reports of one playback share: server, user, item, device."""
+
+    server_id: str
+    user_id: str
+    rating_key: str
+    machine_id: str
+
+
+class CorrelationKey(msgspec.Struct, frozen=True, array_like=True):
+    """The key of the report that opened a playback; unique per playback."""
+
+    source: str
+    server_id: str
+    user_id: str
+    rating_key: str
+    machine_id: str
+    started_at: datetime
+
+    @property
+    def cross_source(self) -> CrossSourceKey:
+        return CrossSourceKey(self.server_id, self.user_id, self.rating_key, self.machine_id)
+
+    def encode(self) -> str:
+        """Canonical text form for storage (a JSON array: never split on a separator)."""
+        return _json_encoder.encode(self).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> CorrelationKey:
+        return msgspec.json.decode(text, type=cls)
+
+
+def make_event_id(source: str, server_id: str, *identity: object) -> str:
+    """A deterministic event id: the same upstream occurrence always hashes the same.
+
+    ``identity`` is what makes the occurrence unique within its source, for example a
+    Tautulli ``row_id``, or for a webhook (which carries no time) its kind, its session and
+    the receipt time the adapter recorded once.
+
+    >>> make_event_id("tautulli", "srv", 5120) == make_event_id("tautulli", "srv", 5120)
+    True
+    >>> len(make_event_id("plex", "srv", "media.play", "abc", 1))
+    32
+    """
+    material = _json_encoder.encode([source, server_id, *identity])
+    return hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
+_SUBJECT_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def subject_token(value: str) -> str:
+    """Make ``value`` usable as one NATS subject token."""
+    return _SUBJECT_UNSAFE.sub("_", value) or "unknown"
+
+
+def _epoch_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def utc(value: datetime) -> datetime:
+    """Return ``value`` as an aware UTC datetime (naive values are taken as UTC)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------
+# encoding, decoding, upcasting
+
+_json_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(MediaEvent)
+_raw_decoder = msgspec.json.Decoder()
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[int, Upcaster] = {}
+
+
+def upcaster(from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function that turns a payload of ``from_version`` into the next version."""
+
+    def register(fn: Upcaster) -> Upcaster:
+        if from_version in _UPCASTERS:
+            raise ValueError(f"an upcaster from version {from_version} is already registered")
+        _UPCASTERS[from_version] = fn
+        return fn
+
+    return register
+
+
+def encode_event(event: MediaEvent) -> bytes:
+    return _json_encoder.encode(event)
+
+
+def decode_event(data: bytes) -> MediaEvent:
+    """Decode one stored payload of any schema version into the current MediaEvent.
+
+    Raises :class:`InvalidEvent` when the payload is not a readable event at all.
+    """
+    try:
+        event = _event_decoder.decode(data)
+    except msgspec.DecodeError:
+        event = None
+    if event is not None and event.schema_version == SCHEMA_VERSION:
+        return event
+    try:
+        payload = _raw_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"undecodable payload: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidEvent(f"payload is a JSON {type(payload).__name__}, not an object")
+    return upcast(payload)
+
+
+def upcast(payload: dict[str, Any]) -> MediaEvent:
+    """Apply registered upcasters until the payload is at :data:`SCHEMA_VERSION`."""
+    version = payload.get("schema_version") or 0
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise InvalidEvent(f"unknown schema_version {version!r}")
+    while version < SCHEMA_VERSION:
+        step = _UPCASTERS.get(version)
+        if step is None:
+            raise InvalidEvent(f"no upcaster from schema_version {version}")
+        payload = step(dict(payload))
+        version = payload["schema_version"]
+    try:
+        return msgspec.convert(payload, MediaEvent)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(f"invalid event payload: {exc}") from None
+
+
+@upcaster(0)
+def _v0_snapshot_to_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    """Version 0 is the reference implementation's snapshot: no event type, ``timestamp``
+    for the record time, integer user ids, and ``play_duration`` in minutes for rows that
+    came from Tautulli. A snapshot with ``stopped_at`` is a finished session (a summary);
+    one without is a start.
+    """
+    payload["schema_version"] = 1
+    payload["occurred_at"] = payload.pop("timestamp", None) or payload.get("started_at")
+    if "user_id" in payload:
+        payload["user_id"] = str(payload["user_id"])
+    if payload.get("rating_key") is not None:
+        payload["rating_key"] = str(payload["rating_key"])
+    payload["event_type"] = "summary" if payload.get("stopped_at") else "play"
+    if payload.get("source", "").startswith("tautulli") and payload.get("play_duration"):
+        payload["play_duration"] = int(payload["play_duration"]) * 60
+    if not payload.get("server_id"):
+        payload["server_id"] = "default"
+    payload.pop("correlation_key", None)
+    payload.pop("transaction_id", None)
+    raw = payload.get("raw_payload")
+    if raw is not None and not isinstance(raw, str):
+        payload["raw_payload"] = _json_encoder.encode(raw).decode()
+    return payload

@@ -1,0 +1,1 @@
+"""NATS plumbing: the embedded server, stream provisioning, the publisher, the connection."""

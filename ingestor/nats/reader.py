@@ -1,0 +1,119 @@
+"""Read a range of ``MEDIA_EVENTS`` in sequence order, fast, without touching any durable.
+
+An ephemeral pull consumer with no acks, fed by explicit pull requests whose replies are
+collected in a subscription callback (the same lean loop as the router's). Used by
+``ingestor replay`` and by the workbench's EventLog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from ingestor.nats.streams import STREAM
+from ingestor.pipeline import Message
+
+
+async def stream_bounds(nc: Client, stream: str = STREAM) -> tuple[int, int]:
+    """(first_seq, last_seq) of the stream; (0, 0) when it is empty."""
+    info = await nc.jetstream().stream_info(stream)
+    if info.state.messages == 0:
+        return 0, 0
+    return info.state.first_seq, info.state.last_seq
+
+
+async def read_range(
+    nc: Client,
+    start_seq: int = 1,
+    stop_seq: int | None = None,
+    *,
+    batch: int = 5000,
+    stream: str = STREAM,
+) -> AsyncIterator[list[Message]]:
+    """Yield lists of messages with ``start_seq <= seq <= stop_seq`` (default: the current
+    last sequence), in order. Messages already aged out of the stream are simply absent.
+    """
+    js = nc.jetstream(timeout=10)
+    first, last = await stream_bounds(nc, stream)
+    if stop_seq is None:
+        stop_seq = last
+    start_seq = max(start_seq, first, 1)
+    if last == 0 or start_seq > stop_seq:
+        return
+    info = await js.add_consumer(
+        stream,
+        ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start_seq,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=30.0,
+            max_waiting=1,
+        ),
+    )
+    name = info.name
+    queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+
+    async def on_message(msg: Msg) -> None:
+        if msg.headers and "Status" in msg.headers and not msg.data:
+            if msg.headers.get("Status") != "100":
+                queue.put_nowait(None)
+            return
+        queue.put_nowait(msg)
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=on_message)
+    subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
+    try:
+        done = False
+        while not done:
+            request = {"batch": batch, "expires": int(2e9)}
+            await nc.publish(subject, json.dumps(request).encode(), reply=inbox)
+            out: list[Message] = []
+            received = 0
+            while received < batch:
+                msg = await asyncio.wait_for(queue.get(), 15)
+                if msg is None:
+                    break
+                received += 1
+                message = message_of(msg)
+                if message.seq > stop_seq:
+                    done = True
+                    break
+                out.append(message)
+                if message.seq == stop_seq:
+                    done = True
+                    break
+            if out:
+                yield out
+            if received == 0:
+                done = True  # nothing more is there
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
+
+
+def message_of(msg: Msg) -> Message:
+    """A pipeline Message from a JetStream delivery, its metadata parsed from the reply subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>``, or with a
+    domain and account hash after ``ACK`` in the newer form.
+    """
+    tokens = msg.reply.split(".")
+    offset = 4 if len(tokens) == 9 else 6
+    delivered, sseq, _cseq, ns = tokens[offset : offset + 4]
+    return Message(
+        seq=int(sseq),
+        recorded_at=datetime.fromtimestamp(int(ns) / 1e9, UTC),
+        data=msg.data,
+        subject=msg.subject,
+        num_delivered=int(delivered),
+    )

@@ -1,0 +1,182 @@
+"""The projection's tables, their columns, and the DDL that creates them.
+
+Column lists are data here so that the Arrow batch builder, the DDL and the fold query are
+generated from one definition and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# (column, DuckDB type, Arrow type) of every MediaEvent field as stored in media_events
+EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
+    ("schema_version", "INTEGER", pa.int32()),
+    ("event_id", "VARCHAR", pa.string()),
+    ("event_type", "VARCHAR", pa.string()),
+    ("occurred_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+    ("source", "VARCHAR", pa.string()),
+    ("server_id", "VARCHAR", pa.string()),
+    ("session_key", "VARCHAR", pa.string()),
+    ("user_id", "VARCHAR", pa.string()),
+    ("username", "VARCHAR", pa.string()),
+    ("friendly_name", "VARCHAR", pa.string()),
+    ("user_thumb", "VARCHAR", pa.string()),
+    ("email", "VARCHAR", pa.string()),
+    ("media_type", "VARCHAR", pa.string()),
+    ("title", "VARCHAR", pa.string()),
+    ("parent_title", "VARCHAR", pa.string()),
+    ("grandparent_title", "VARCHAR", pa.string()),
+    ("rating_key", "VARCHAR", pa.string()),
+    ("year", "INTEGER", pa.int32()),
+    ("media_duration", "INTEGER", pa.int32()),
+    ("started_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+    ("stopped_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+    ("position_ms", "BIGINT", pa.int64()),
+    ("percent_complete", "INTEGER", pa.int32()),
+    ("play_duration", "INTEGER", pa.int32()),
+    ("paused_counter", "INTEGER", pa.int32()),
+    ("platform", "VARCHAR", pa.string()),
+    ("platform_name", "VARCHAR", pa.string()),
+    ("platform_version", "VARCHAR", pa.string()),
+    ("player", "VARCHAR", pa.string()),
+    ("product", "VARCHAR", pa.string()),
+    ("product_version", "VARCHAR", pa.string()),
+    ("device", "VARCHAR", pa.string()),
+    ("machine_id", "VARCHAR", pa.string()),
+    ("ip_address", "VARCHAR", pa.string()),
+    ("location_type", "VARCHAR", pa.string()),
+    ("transcode_decision", "VARCHAR", pa.string()),
+    ("video_resolution", "VARCHAR", pa.string()),
+    ("video_codec", "VARCHAR", pa.string()),
+    ("video_dynamic_range", "VARCHAR", pa.string()),
+    ("audio_codec", "VARCHAR", pa.string()),
+    ("audio_channels", "INTEGER", pa.int32()),
+    ("stream_bitrate", "INTEGER", pa.int32()),
+    ("bandwidth", "INTEGER", pa.int32()),
+    ("secure", "BOOLEAN", pa.bool_()),
+    ("local", "BOOLEAN", pa.bool_()),
+    ("relayed", "BOOLEAN", pa.bool_()),
+    ("raw_payload", "VARCHAR", pa.string()),
+]
+
+# columns the projection adds to each accepted event
+TRACKING_COLUMNS: list[tuple[str, str, pa.DataType]] = [
+    ("seq", "BIGINT NOT NULL", pa.int64()),
+    ("recorded_at", "TIMESTAMPTZ NOT NULL", pa.timestamp("us", tz="UTC")),
+    ("correlation_key", "VARCHAR NOT NULL", pa.string()),  # the playback it belongs to
+    ("dedup_action", "VARCHAR NOT NULL", pa.string()),  # open | fold | link
+    ("step", "BIGINT NOT NULL", pa.int64()),  # SessionStepKey.step
+]
+
+MEDIA_EVENT_COLUMNS = TRACKING_COLUMNS + EVENT_COLUMNS
+MEDIA_EVENTS_ARROW = pa.schema([(name, arrow) for name, _, arrow in MEDIA_EVENT_COLUMNS])
+
+AUDIT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
+    ("audit_id", "VARCHAR PRIMARY KEY", pa.string()),
+    ("seq", "BIGINT NOT NULL", pa.int64()),
+    ("recorded_at", "TIMESTAMPTZ NOT NULL", pa.timestamp("us", tz="UTC")),
+    ("tier", "VARCHAR NOT NULL", pa.string()),  # event_id | session_key | correlation
+    ("action", "VARCHAR NOT NULL", pa.string()),  # drop | link
+    ("reason", "VARCHAR NOT NULL", pa.string()),
+    ("status", "VARCHAR NOT NULL", pa.string()),  # auto_dedupe | user_confirmed | user_restored
+    ("event_id", "VARCHAR NOT NULL", pa.string()),  # the dropped or linked report
+    ("event_type", "VARCHAR", pa.string()),
+    ("source", "VARCHAR NOT NULL", pa.string()),
+    ("session_key", "VARCHAR", pa.string()),
+    ("occurred_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+    ("started_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+    ("kept_event_id", "VARCHAR", pa.string()),
+    ("kept_source", "VARCHAR", pa.string()),
+    ("kept_correlation_key", "VARCHAR", pa.string()),
+    ("similarity_score", "DOUBLE", pa.float64()),
+    ("server_id", "VARCHAR", pa.string()),
+    ("user_id", "VARCHAR", pa.string()),
+    ("username", "VARCHAR", pa.string()),
+    ("media_type", "VARCHAR", pa.string()),
+    ("title", "VARCHAR", pa.string()),
+    ("rating_key", "VARCHAR", pa.string()),
+    ("machine_id", "VARCHAR", pa.string()),
+    ("raw_payload", "VARCHAR", pa.string()),  # for links: the whole linked event as JSON
+    ("resolved_by", "VARCHAR", pa.string()),
+    ("resolved_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+    ("resolution_notes", "VARCHAR", pa.string()),
+]
+AUDIT_ARROW = pa.schema([(name, arrow) for name, _, arrow in AUDIT_COLUMNS])
+
+# playback_events: where each column's value comes from (see fold.py)
+IDENTITY_COLUMNS = [
+    "server_id",
+    "user_id",
+    "username",
+    "friendly_name",
+    "media_type",
+    "title",
+    "parent_title",
+    "grandparent_title",
+    "rating_key",
+    "machine_id",
+    "platform",
+    "platform_name",
+    "platform_version",
+    "player",
+    "product",
+    "product_version",
+    "device",
+    "ip_address",
+    "location_type",
+]
+IDENTITY_NUMBERS = ["year", "media_duration"]
+# a finished-session summary is authoritative for stream details
+STREAM_DETAIL_COLUMNS = [
+    "transcode_decision",
+    "video_resolution",
+    "video_codec",
+    "video_dynamic_range",
+    "audio_codec",
+]
+STREAM_DETAIL_VALUES = ["audio_channels", "stream_bitrate", "bandwidth", "secure", "local", "relayed"]
+
+_TYPES = {name: duck for name, duck, _ in EVENT_COLUMNS}
+
+PLAYBACK_COLUMNS: list[tuple[str, str]] = [
+    ("correlation_key", "VARCHAR PRIMARY KEY"),
+    *[(name, _TYPES[name]) for name in IDENTITY_COLUMNS + IDENTITY_NUMBERS],
+    *[(name, _TYPES[name]) for name in STREAM_DETAIL_COLUMNS + STREAM_DETAIL_VALUES],
+    ("started_at", "TIMESTAMPTZ"),
+    ("stopped_at", "TIMESTAMPTZ"),
+    ("state", "VARCHAR"),  # playing | paused | stopped
+    ("paused_seconds", "BIGINT"),
+    ("played_seconds", "BIGINT"),
+    ("percent_complete", "INTEGER"),
+    ("source", "VARCHAR"),  # the source whose report opened the playback
+    ("sources", "VARCHAR[]"),
+    ("key_started_at", "TIMESTAMPTZ"),  # the opening report's start (links match on it)
+    ("opening_event_id", "VARCHAR"),
+    ("event_count", "INTEGER"),
+    ("first_seq", "BIGINT"),
+    ("last_seq", "BIGINT"),
+    ("last_event_at", "TIMESTAMPTZ"),
+]
+
+CHECKPOINT_TABLE = "projection_checkpoint"
+
+
+def _table(name: str, columns: list[tuple[str, str]] | list[tuple[str, str, pa.DataType]]) -> str:
+    body = ",\n    ".join(f"{col[0]} {col[1]}" for col in columns)
+    return f"CREATE TABLE IF NOT EXISTS {name} (\n    {body}\n)"
+
+
+DDL: list[str] = [
+    _table("media_events", MEDIA_EVENT_COLUMNS),
+    _table("playback_events", PLAYBACK_COLUMNS),
+    _table("dedupe_audit_log", AUDIT_COLUMNS),
+    f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (
+    consumer VARCHAR PRIMARY KEY,
+    last_seq BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS projection_meta (
+    name VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+)""",
+]

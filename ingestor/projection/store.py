@@ -1,0 +1,384 @@
+"""The DuckDB projection: one transaction per batch, checkpoint included.
+
+:meth:`Projection.apply` writes a decided batch: accepted events into ``media_events``, drops
+and links into ``dedupe_audit_log``, the touched playbacks refolded into ``playback_events``
+(``fold.py``), and the last applied stream sequence into the checkpoint, all in one
+transaction. Everything is set-based over Arrow tables; nothing is inserted row by row.
+
+The ingestor (live, a few thousand events per batch), the replay command and the workbench
+(a whole log slice at once) all call this same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from ingestor.dedup import Action, Decision, DedupIndex, PlaybackRef, Tier
+from ingestor.errors import TransientError
+from ingestor.events import (
+    CorrelationKey,
+    CrossSourceKey,
+    MediaEvent,
+    SessionStepKey,
+    SourceSession,
+    encode_event,
+    make_event_id,
+)
+from ingestor.projection.fold import FOLD_PLAYBACKS_SQL
+from ingestor.projection.schema import (
+    AUDIT_ARROW,
+    AUDIT_COLUMNS,
+    CHECKPOINT_TABLE,
+    DDL,
+    EVENT_COLUMNS,
+    MEDIA_EVENTS_ARROW,
+)
+
+log = logging.getLogger(__name__)
+
+PROJECTOR = "projector"
+
+# DuckDB failures that a later attempt can get past: I/O (disk full, file unavailable),
+# memory pressure, and write-write conflicts.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    duckdb.IOException,
+    duckdb.OutOfMemoryException,
+    duckdb.TransactionException,
+)
+
+
+@dataclass(slots=True)
+class Applied:
+    """One message as the projection sees it."""
+
+    seq: int
+    recorded_at: datetime
+    event: MediaEvent
+    decision: Decision
+
+
+@dataclass
+class BatchResult:
+    last_seq: int
+    accepted: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    linked: int = 0
+    playbacks_touched: int = 0
+
+
+SELECT_CHECKPOINT = f"SELECT last_seq FROM {CHECKPOINT_TABLE} WHERE consumer = ?"
+UPSERT_CHECKPOINT = f"""
+INSERT INTO {CHECKPOINT_TABLE} (consumer, last_seq, updated_at) VALUES (?, ?, now())
+ON CONFLICT (consumer) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at
+"""
+INSERT_MEDIA_EVENTS = "INSERT INTO media_events BY NAME SELECT * FROM batch_events"
+INSERT_AUDIT = "INSERT INTO dedupe_audit_log BY NAME SELECT * FROM batch_audit"
+SELECT_HOT_PLAYBACKS = """
+SELECT correlation_key, server_id, user_id, coalesce(nullif(rating_key, ''), title),
+       machine_id, epoch(key_started_at), sources, first_seq, opening_event_id
+FROM playback_events
+WHERE key_started_at >= to_timestamp($since)
+"""
+SELECT_HOT_EVENTS = """
+SELECT e.event_id, e.source, e.server_id, e.session_key, e.event_type, e.step, e.correlation_key
+FROM media_events e
+WHERE e.correlation_key IN (
+    SELECT correlation_key FROM playback_events WHERE key_started_at >= to_timestamp($since)
+)
+"""
+SELECT_NEWEST_START = "SELECT epoch(max(key_started_at)) FROM playback_events"
+SELECT_COLD_EVENTS = """
+SELECT e.event_id, e.source, e.server_id, e.session_key, e.event_type, e.step, e.correlation_key
+FROM media_events e
+WHERE e.event_id IN (SELECT event_id FROM cold_probe)
+   OR (e.source, e.server_id, e.session_key) IN (
+        SELECT (source, server_id, session_key) FROM cold_probe)
+"""
+SELECT_COLD_PLAYBACKS = """
+SELECT p.correlation_key, p.server_id, p.user_id, coalesce(nullif(p.rating_key, ''), p.title),
+       p.machine_id, epoch(p.key_started_at), p.sources, p.first_seq, p.opening_event_id
+FROM playback_events p
+JOIN cold_probe c
+  ON p.server_id = c.server_id AND p.user_id = c.user_id
+ AND coalesce(nullif(p.rating_key, ''), p.title) = c.item AND p.machine_id = c.machine_id
+ AND abs(epoch(p.key_started_at) - c.start) <= $tolerance
+UNION
+SELECT p.correlation_key, p.server_id, p.user_id, coalesce(nullif(p.rating_key, ''), p.title),
+       p.machine_id, epoch(p.key_started_at), p.sources, p.first_seq, p.opening_event_id
+FROM playback_events p
+WHERE p.correlation_key IN (
+    SELECT e.correlation_key FROM media_events e
+    WHERE (e.source, e.server_id, e.session_key) IN (
+        SELECT (source, server_id, session_key) FROM cold_probe))
+"""
+_COLD_PROBE_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("source", pa.string()),
+        ("server_id", pa.string()),
+        ("session_key", pa.string()),
+        ("user_id", pa.string()),
+        ("item", pa.string()),
+        ("machine_id", pa.string()),
+        ("start", pa.float64()),
+    ]
+)
+
+
+class Projection:
+    """The DuckDB file the ingestor projects into. Not thread-safe: one user at a time."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        read_only: bool = False,
+        fault: Callable[[], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(str(self.path), read_only=read_only)
+        # ``fault`` is a seam for failure tests: called inside each transaction before the
+        # writes, it may raise to simulate the database being unavailable.
+        self.fault = fault
+        if not read_only:
+            for statement in DDL:
+                self.con.execute(statement)
+
+    @classmethod
+    def over(cls, con: duckdb.DuckDBPyConnection) -> Projection:
+        """A view over an existing connection or cursor (for concurrent readers)."""
+        view = cls.__new__(cls)
+        view.path = Path("")
+        view.con = con
+        view.fault = None
+        return view
+
+    def close(self) -> None:
+        self.con.close()
+
+    # ------------------------------------------------------------------ reads
+
+    def checkpoint(self, consumer: str = PROJECTOR) -> int:
+        row = self.con.execute(SELECT_CHECKPOINT, [consumer]).fetchall()
+        return int(row[0][0]) if row else 0
+
+    def counts(self) -> dict[str, int]:
+        """Row counts that the demo and ``status`` report."""
+        rows = self.con.execute(
+            """
+            SELECT
+                (SELECT count(*) FROM media_events),
+                (SELECT count(*) FROM playback_events),
+                (SELECT count(*) FROM dedupe_audit_log WHERE tier = 'event_id'),
+                (SELECT count(*) FROM dedupe_audit_log WHERE tier = 'session_key'),
+                (SELECT count(*) FROM dedupe_audit_log WHERE tier = 'correlation')
+            """
+        ).fetchall()[0]
+        keys = ("accepted", "playbacks", "dropped_event_id", "dropped_session_key", "linked")
+        return dict(zip(keys, (int(v) for v in rows), strict=True))
+
+    # ------------------------------------------------------------------ dedup index
+
+    def load_index(self, index: DedupIndex) -> None:
+        """Rebuild the hot part of the dedup index from committed rows."""
+        newest = self.con.execute(SELECT_NEWEST_START).fetchall()[0][0]
+        if newest is None:
+            return
+        since = float(newest) - index.hot_window - index.tolerance - 60
+        for row in self.con.execute(SELECT_HOT_PLAYBACKS, {"since": since}).fetchall():
+            index.remember_playback(_playback_ref(row))
+        self._remember_events(index, self.con.execute(SELECT_HOT_EVENTS, {"since": since}).fetchall())
+        index.commit()
+        log.info(
+            "dedup index rebuilt: %d playbacks, %d events", len(index.playbacks), len(index.event_ids)
+        )
+
+    def load_cold(self, events: Sequence[MediaEvent], index: DedupIndex) -> None:
+        """Load the committed keys that cold events (older than the hot window) may meet."""
+        cold = [e for e in events if index.is_cold(e)]
+        if not cold:
+            return
+        probe = pa.table(
+            {
+                "event_id": [e.event_id for e in cold],
+                "source": [e.source for e in cold],
+                "server_id": [e.server_id for e in cold],
+                "session_key": [e.session_key for e in cold],
+                "user_id": [e.user_id for e in cold],
+                "item": [e.rating_key or e.title for e in cold],
+                "machine_id": [e.machine_id for e in cold],
+                "start": [e.playback_start.timestamp() for e in cold],
+            },
+            schema=_COLD_PROBE_SCHEMA,
+        )
+        self.con.register("cold_probe", probe)
+        try:
+            playbacks = self.con.execute(
+                SELECT_COLD_PLAYBACKS, {"tolerance": index.tolerance}
+            ).fetchall()
+            events_rows = self.con.execute(SELECT_COLD_EVENTS).fetchall()
+        finally:
+            self.con.unregister("cold_probe")
+        for row in playbacks:
+            index.remember_playback(_playback_ref(row))
+        self._remember_events(index, events_rows)
+        log.debug("loaded cold keys for %d events", len(cold))
+
+    @staticmethod
+    def _remember_events(index: DedupIndex, rows: list[tuple]) -> None:
+        for event_id, source, server_id, session_key, event_type, step, key in rows:
+            index.remember_event(
+                event_id, SessionStepKey(source, server_id, session_key, event_type, step), key
+            )
+            index.remember_session(SourceSession(source, server_id, session_key), key)
+
+    # ------------------------------------------------------------------ writes
+
+    def apply(
+        self, items: Sequence[Applied], last_seq: int, consumer: str = PROJECTOR
+    ) -> BatchResult:
+        """Write one decided batch and the checkpoint ``last_seq`` in one transaction.
+
+        Raises :class:`TransientError` for failures a retry can get past; the transaction
+        is rolled back and nothing of the batch is visible.
+        """
+        result = BatchResult(last_seq=last_seq)
+        accepted = [a for a in items if a.decision.action is not Action.DROP]
+        audited = [a for a in items if a.decision.tier is not None]
+        for a in audited:
+            if a.decision.action is Action.DROP:
+                tier = str(a.decision.tier)
+                result.dropped[tier] = result.dropped.get(tier, 0) + 1
+            else:
+                result.linked += 1
+        result.accepted = len(accepted)
+        touched = sorted({a.decision.playback_key for a in accepted})
+        result.playbacks_touched = len(touched)
+        con = self.con
+        try:
+            con.begin()
+            if self.fault is not None:
+                self.fault()
+            if accepted:
+                con.register("batch_events", media_events_table(accepted))
+                con.execute(INSERT_MEDIA_EVENTS)
+                con.unregister("batch_events")
+            if audited:
+                con.register("batch_audit", audit_table(audited))
+                con.execute(INSERT_AUDIT)
+                con.unregister("batch_audit")
+            if touched:
+                con.register("touched_playbacks", pa.table({"correlation_key": touched}))
+                min_seq = con.execute(
+                    "SELECT coalesce(min(first_seq), $batch_min) FROM playback_events "
+                    "WHERE correlation_key IN (SELECT correlation_key FROM touched_playbacks)",
+                    {"batch_min": min(a.seq for a in accepted)},
+                ).fetchall()[0][0]
+                con.execute(FOLD_PLAYBACKS_SQL, {"min_seq": min(min_seq, accepted[0].seq)})
+                con.unregister("touched_playbacks")
+            con.execute(UPSERT_CHECKPOINT, [consumer, last_seq])
+            con.commit()
+        except BaseException as exc:
+            try:
+                con.rollback()
+            except duckdb.Error:
+                pass
+            if isinstance(exc, TRANSIENT_DB_ERRORS):
+                raise TransientError(f"database unavailable: {exc}") from exc
+            raise
+        return result
+
+    def set_checkpoint(self, last_seq: int, consumer: str = PROJECTOR) -> None:
+        self.con.execute(UPSERT_CHECKPOINT, [consumer, last_seq])
+
+
+# ---------------------------------------------------------------------- Arrow builders
+
+
+def media_events_table(items: Sequence[Applied]) -> pa.Table:
+    events = [a.event for a in items]
+    columns: dict[str, list] = {
+        "seq": [a.seq for a in items],
+        "recorded_at": [a.recorded_at for a in items],
+        "correlation_key": [a.decision.playback_key for a in items],
+        "dedup_action": [a.decision.action.value for a in items],
+        "step": [SessionStepKey.of(e).step for e in events],
+    }
+    for name, _, _ in EVENT_COLUMNS:
+        columns[name] = [getattr(e, name) for e in events]
+    return pa.table(columns, schema=MEDIA_EVENTS_ARROW)
+
+
+def audit_table(items: Sequence[Applied]) -> pa.Table:
+    rows: dict[str, list] = {name: [] for name, _, _ in AUDIT_COLUMNS}
+    for a in items:
+        e, d = a.event, a.decision
+        values = {
+            "audit_id": make_event_id("audit", str(d.tier), e.event_id, a.seq),
+            "seq": a.seq,
+            "recorded_at": a.recorded_at,
+            "tier": str(d.tier),
+            "action": d.action.value,
+            "reason": d.reason,
+            "status": "auto_dedupe",
+            "event_id": e.event_id,
+            "event_type": e.event_type.value,
+            "source": e.source,
+            "session_key": e.session_key,
+            "occurred_at": e.occurred_at,
+            "started_at": e.started_at,
+            "kept_event_id": d.kept_event_id,
+            "kept_source": d.kept_source,
+            "kept_correlation_key": d.playback_key,
+            "similarity_score": d.similarity,
+            "server_id": e.server_id,
+            "user_id": e.user_id,
+            "username": e.username,
+            "media_type": e.media_type,
+            "title": e.title,
+            "rating_key": e.rating_key,
+            "machine_id": e.machine_id,
+            "raw_payload": encode_event(e).decode() if d.tier is Tier.CORRELATION else None,
+            "resolved_by": None,
+            "resolved_at": None,
+            "resolution_notes": None,
+        }
+        for name, column in rows.items():
+            column.append(values[name])
+    return pa.table(rows, schema=AUDIT_ARROW)
+
+
+def _playback_ref(row: tuple) -> PlaybackRef:
+    key, server_id, user_id, item, machine_id, start, sources, first_seq, opening = row
+    return PlaybackRef(
+        key=key,
+        cross=CrossSourceKey(server_id, user_id, item, machine_id),
+        start=float(start),
+        sources=set(sources or ()),
+        first_seq=int(first_seq),
+        opening_event_id=opening,
+    )
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+__all__ = [
+    "PROJECTOR",
+    "Applied",
+    "BatchResult",
+    "CorrelationKey",
+    "Projection",
+    "audit_table",
+    "media_events_table",
+]

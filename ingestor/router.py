@@ -1,0 +1,357 @@
+"""The router: a durable pull consumer feeding batches through the middleware to DuckDB.
+
+Middleware, outermost first (ARCHITECTURE invariant 5):
+
+1. **recover**: nothing a batch does can kill the loop; an unexpected exception becomes an
+   *unknown* error.
+2. **poison queue**: permanent errors (undecodable, invalid) go straight to
+   ``MEDIA_EVENTS_DLQ``; unknown errors that survived their retries are isolated to the one
+   message that causes them and dead-lettered as ``unknown``.
+3. **retry**: transient errors (database busy or down, disk full, NATS reconnecting) are
+   retried with exponential backoff and jitter; when the attempts run out the batch is left
+   unacked, fetching pauses, and the consumer restarts from the checkpoint. Never
+   dead-lettered.
+4. **dedup**, then 5. **handlers** (the DuckDB projection): :class:`ingestor.pipeline.Pipeline`.
+
+Fetching is a lean pull loop, not nats-py's ``fetch()``: the router sends the JetStream pull
+request itself and collects replies in a subscription callback, with one ``AckAll`` per
+committed batch. The consumer is (re)created at start from the DuckDB checkpoint, so the
+checkpoint, not the server's ack floor, decides where processing resumes, and messages are
+always applied in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from ingestor.errors import PermanentError, TransientError
+from ingestor.nats.dlq import DeadLetters
+from ingestor.nats.reader import message_of
+from ingestor.nats.streams import STREAM
+from ingestor.pipeline import Message, Pipeline, Rejected, decode_messages
+from ingestor.projection import PROJECTOR, BatchResult
+
+log = logging.getLogger(__name__)
+
+MAX_DELIVER = 5  # attempts for an unknown error before a message is dead-lettered
+ACK_WAIT_S = 120.0
+PULL_EXPIRES_S = 0.5
+RETRY_BASE_S = 0.05
+RETRY_MAX_S = 5.0
+
+
+@dataclass
+class RouterStats:
+    batches: int = 0
+    accepted: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    linked: int = 0
+    dead_lettered: int = 0
+    transient_retries: int = 0
+    pauses: int = 0
+    last_seq: int = 0
+    first_pull_at: float | None = None
+    last_commit_at: float | None = None
+
+    def add(self, result: BatchResult) -> None:
+        self.batches += 1
+        self.accepted += result.accepted
+        self.linked += result.linked
+        for tier, n in result.dropped.items():
+            self.dropped[tier] = self.dropped.get(tier, 0) + n
+        self.last_seq = max(self.last_seq, result.last_seq)
+        self.last_commit_at = time.monotonic()
+
+
+class _Pause(Exception):
+    """Transient failures outlasted the retries: stop fetching for a while."""
+
+
+class Router:
+    """Consume ``MEDIA_EVENTS`` into a :class:`Pipeline` until told to stop."""
+
+    def __init__(
+        self,
+        nc: Client,
+        pipeline: Pipeline,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 5.0,
+        consumer: str = PROJECTOR,
+        retry_attempts: int = 6,
+        pause_s: float = 2.0,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10)
+        self.pipeline = pipeline
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.consumer = consumer
+        self.retry_attempts = retry_attempts
+        self.pause_s = pause_s
+        self.on_batch = on_batch
+        self.dead_letters = DeadLetters(self.js)
+        self.stats = RouterStats(last_seq=pipeline.projection.checkpoint())
+        self._buffer: deque[Msg] = deque()
+        self._arrived = asyncio.Event()
+        self._request_done = asyncio.Event()
+        self._outstanding = 0
+        self._stopping = asyncio.Event()
+        self._unknown_attempts: dict[int, int] = {}
+        self._committed = asyncio.Condition()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Stop fetching; the run loop flushes what it holds, checkpoints and returns."""
+        self._stopping.set()
+
+    async def run(self) -> RouterStats:
+        while not self._stopping.is_set():
+            try:
+                await self._run_consumer()
+            except _Pause:
+                self.stats.pauses += 1
+                log.warning("pausing fetch for %.1fs after repeated transient failures", self.pause_s)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.pause_s)
+        return self.stats
+
+    async def wait_for_seq(self, seq: int, timeout: float | None = None) -> bool:
+        """Wait until the checkpoint reaches ``seq``; False on timeout."""
+
+        async def reached() -> None:
+            async with self._committed:
+                await self._committed.wait_for(lambda: self.stats.last_seq >= seq)
+
+        try:
+            await asyncio.wait_for(reached(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ consumer
+
+    async def _create_consumer(self) -> None:
+        start = self.pipeline.projection.checkpoint() + 1
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(STREAM, self.consumer)
+        config = ConsumerConfig(
+            durable_name=self.consumer,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
+            opt_start_seq=start if start > 1 else None,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            max_deliver=-1,
+            max_ack_pending=max(4 * self.batch_size, 20_000),
+            max_waiting=16,
+        )
+        await self.js.add_consumer(STREAM, config)
+        log.info("consumer %s reads %s from sequence %d", self.consumer, STREAM, start)
+
+    async def _run_consumer(self) -> None:
+        await self._create_consumer()
+        self._buffer.clear()
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=self._on_message)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                fetcher = tasks.create_task(self._fetch_loop(inbox))
+                try:
+                    await self._process_loop()
+                finally:
+                    fetcher.cancel()
+        except* _Pause:
+            raise _Pause from None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_message(self, msg: Msg) -> None:
+        if msg.headers and "Status" in msg.headers and not msg.data:
+            status = msg.headers.get("Status")
+            if status != "100":  # 404 / 408 / 409: the pull request is over
+                self._request_done.set()
+            return
+        self._buffer.append(msg)
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._request_done.set()
+        if len(self._buffer) >= self.batch_size:
+            self._arrived.set()
+
+    async def _fetch_loop(self, inbox: str) -> None:
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{self.consumer}"
+        while not self._stopping.is_set():
+            if len(self._buffer) >= 2 * self.batch_size:
+                self._arrived.set()
+                await asyncio.sleep(0.001)
+                continue
+            want = self.batch_size
+            self._outstanding = want
+            self._request_done.clear()
+            request = {"batch": want, "expires": int(PULL_EXPIRES_S * 1e9)}
+            if self.stats.first_pull_at is None:
+                self.stats.first_pull_at = time.monotonic()
+            await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._request_done.wait(), PULL_EXPIRES_S + 2)
+            if self._buffer:
+                self._arrived.set()
+
+    async def _process_loop(self) -> None:
+        deadline = time.monotonic() + self.flush_interval
+        while True:
+            stopping = self._stopping.is_set()
+            if not self._buffer and stopping:
+                return
+            full = len(self._buffer) >= self.batch_size
+            due = time.monotonic() >= deadline
+            if self._buffer and (full or due or stopping):
+                n = min(self.batch_size, len(self._buffer))
+                batch = [self._buffer.popleft() for _ in range(n)]
+                await self._handle([message_of(m) for m in batch], batch[-1])
+                deadline = time.monotonic() + self.flush_interval
+                continue
+            if not self._buffer:
+                deadline = time.monotonic() + self.flush_interval
+            self._arrived.clear()
+            wait = max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wait_arrival_or_stop(), wait)
+
+    async def _wait_arrival_or_stop(self) -> None:
+        arrived = asyncio.ensure_future(self._arrived.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({arrived, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrived.cancel()
+            stopping.cancel()
+
+    # ------------------------------------------------------------------ middleware
+
+    async def _handle(self, batch: list[Message], last: Msg) -> None:
+        """recover -> poison queue -> retry -> dedup -> handlers, for one batch."""
+        checkpoint = self.stats.last_seq
+        fresh = [m for m in batch if m.seq > checkpoint]  # redeliveries at or below: skip
+        if fresh:
+            try:
+                result = await self._poison_queue(fresh)
+            except _Pause:
+                raise
+            except Exception:  # recover: a bug must not kill the loop
+                log.exception("unexpected failure in batch ending at seq %d", fresh[-1].seq)
+                raise _Pause from None
+            self.stats.add(result)
+            if self.on_batch is not None:
+                self.on_batch(result)
+        await self._ack(last)
+        async with self._committed:
+            self._committed.notify_all()
+
+    async def _poison_queue(self, batch: list[Message]) -> BatchResult:
+        decoded, rejected = decode_messages(batch)
+        for reject in rejected:
+            await self._retry(lambda r=reject: self._dead_letter(r))
+        last_seq = batch[-1].seq
+        try:
+            return await self._retry(lambda: self._project(decoded, last_seq))
+        except _Unknown as exc:
+            log.warning("batch ending at seq %d failed (%s); isolating the message", last_seq, exc)
+        # one message at a time, so only the one that fails is dead-lettered
+        result = BatchResult(last_seq=last_seq)
+        for message, event in decoded:
+            try:
+                part = await self._retry(lambda m=message, e=event: self._project([(m, e)], m.seq))
+            except _Unknown as exc:
+                await self._retry(
+                    lambda m=message, x=exc: self._dead_letter(
+                        Rejected(m, f"{x.__cause__!r}", "unknown")
+                    )
+                )
+                part = await self._retry(lambda m=message: self._project([], m.seq))
+            result.accepted += part.accepted
+            result.linked += part.linked
+            for tier, n in part.dropped.items():
+                result.dropped[tier] = result.dropped.get(tier, 0) + n
+        if not decoded or decoded[-1][0].seq != last_seq:
+            await self._retry(lambda: self._project([], last_seq))
+        return result
+
+    async def _retry(self, attempt_fn: Callable[[], object]) -> BatchResult:
+        """Retry transient failures with backoff and jitter; unknown ones up to MAX_DELIVER."""
+        delay = RETRY_BASE_S
+        transient = unknown = 0
+        while True:
+            try:
+                return await attempt_fn()  # type: ignore[misc]
+            except TransientError as exc:
+                transient += 1
+                self.stats.transient_retries += 1
+                if transient >= self.retry_attempts:
+                    log.warning("transient failure persists after %d attempts: %s", transient, exc)
+                    raise _Pause from exc
+                log.info("transient failure (attempt %d): %s", transient, exc)
+            except PermanentError:
+                raise
+            except Exception as exc:
+                if _is_transient(exc):
+                    transient += 1
+                    self.stats.transient_retries += 1
+                    if transient >= self.retry_attempts:
+                        raise _Pause from exc
+                else:
+                    unknown += 1
+                    if unknown >= MAX_DELIVER:
+                        raise _Unknown(str(exc)) from exc
+                    log.warning("unknown failure (attempt %d of %d): %r", unknown, MAX_DELIVER, exc)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _project(self, decoded: list, last_seq: int) -> BatchResult:
+        return await asyncio.to_thread(self.pipeline.project, decoded, last_seq)
+
+    async def _dead_letter(self, reject: Rejected) -> None:
+        message = reject.message
+        await self.dead_letters.put(
+            data=message.data,
+            error=reject.error,
+            category=reject.category,
+            subject=message.subject,
+            seq=message.seq,
+            deliveries=message.num_delivered,
+        )
+        self.stats.dead_lettered += 1
+
+    async def _ack(self, msg: Msg) -> None:
+        try:
+            await self.nc.publish(msg.reply, b"+ACK")
+        except Exception as exc:  # noqa: BLE001 - a lost ack only means a skipped redelivery
+            log.warning("ack of seq up to %s not sent: %s", msg.reply, exc)
+
+
+class _Unknown(Exception):
+    """An unclassified failure that outlasted its attempts."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    from nats.errors import ConnectionClosedError, ConnectionReconnectingError, TimeoutError
+
+    return isinstance(
+        exc, (ConnectionReconnectingError, ConnectionClosedError, TimeoutError, asyncio.TimeoutError, OSError)
+    )

@@ -1,0 +1,91 @@
+"""Where source adapters send their events, by mode.
+
+* event sourcing (default): :class:`StreamSink` publishes to ``MEDIA_EVENTS``; the router
+  projects.
+* legacy (``NATS_EVENT_SOURCING=false``): :class:`DirectSink` writes the projection itself,
+  then publishes to NATS only as a notification. The stream is no longer the source of
+  truth, and a replay may differ from the projection.
+* NATS off (``NATS_ENABLED=false``): :class:`DirectSink` without a publisher; the projection
+  is the only state.
+
+Both direct variants go through the same :class:`ingestor.pipeline.Pipeline` as the router,
+so dedup and projection behave identically in every mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from ingestor.events import MediaEvent, encode_event
+from ingestor.nats.publisher import PublishStats, Publisher
+from ingestor.pipeline import Message, Pipeline
+from ingestor.projection import BatchResult
+
+log = logging.getLogger(__name__)
+
+DIRECT = "direct"
+
+
+@dataclass
+class SinkStats:
+    published: PublishStats
+    projected: list[BatchResult]
+
+
+class Sink(Protocol):
+    async def emit(self, events: Sequence[MediaEvent]) -> PublishStats: ...
+
+
+class StreamSink:
+    """Event sourcing: the stream is the source of truth."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+
+    async def emit(self, events: Sequence[MediaEvent]) -> PublishStats:
+        for event in events:
+            event.validate()
+        return await self.publisher.publish_many(events)
+
+
+class DirectSink:
+    """Legacy and NATS-off modes: project directly, in batches, with a local sequence."""
+
+    def __init__(
+        self, pipeline: Pipeline, publisher: Publisher | None = None, batch_size: int = 1000
+    ) -> None:
+        self.pipeline = pipeline
+        self.publisher = publisher
+        self.batch_size = batch_size
+        self.results: list[BatchResult] = []
+        self._lock = asyncio.Lock()
+
+    async def emit(self, events: Sequence[MediaEvent]) -> PublishStats:
+        stats = PublishStats()
+        async with self._lock:
+            for start in range(0, len(events), self.batch_size):
+                chunk = events[start : start + self.batch_size]
+                result = await asyncio.to_thread(self._project, chunk)
+                self.results.append(result)
+                stats.stored += result.accepted
+                stats.duplicate += sum(result.dropped.values())
+                if self.publisher is not None:
+                    # notifications only: failures are logged, never retried into the projection
+                    try:
+                        await self.publisher.publish_many(chunk)
+                    except Exception as exc:  # noqa: BLE001
+                        log.warning("legacy notification publish failed: %s", exc)
+        return stats
+
+    def _project(self, chunk: Sequence[MediaEvent]) -> BatchResult:
+        projection = self.pipeline.projection
+        first = projection.checkpoint(DIRECT) + 1
+        now = datetime.now(UTC)
+        messages = [Message(first + i, now, encode_event(e)) for i, e in enumerate(chunk)]
+        decoded = [(m, e.validate()) for m, e in zip(messages, chunk, strict=True)]
+        return self.pipeline.project(decoded, messages[-1].seq, consumer=DIRECT)
