@@ -27,7 +27,7 @@ from ingestor.events import MediaEvent
 from ingestor.http import build_app, start_http
 from ingestor.nats.connection import NatsHandle, open_nats
 from ingestor.nats.dlq import DeadLetters
-from ingestor.nats.publisher import PublishStats, Publisher
+from ingestor.nats.publisher import Publisher, PublishStats
 from ingestor.nats.reader import read_range, stream_bounds
 from ingestor.nats.server import port_answers
 from ingestor.nats.streams import STREAM
@@ -72,7 +72,9 @@ def install_stop_signals(stop: Callable[[], None]) -> None:
 # --------------------------------------------------------------------------- run
 
 
-async def run_service(settings: Settings, *, ready: Callable[[], None] | None = None) -> RouterStats | None:
+async def run_service(
+    settings: Settings, *, ready: Callable[[], None] | None = None
+) -> RouterStats | None:
     """``ingestor run``: project the stream until SIGTERM or SIGINT, then drain and exit."""
     stopped = asyncio.Event()
     install_stop_signals(stopped.set)
@@ -157,7 +159,9 @@ async def collect_status(
             status["dlq_messages"] = await DeadLetters(js).count()
         with contextlib.suppress(Exception):
             consumer = await js.consumer_info(STREAM, PROJECTOR)
-            status["consumer_pending"] = (consumer.num_pending or 0) + (consumer.num_ack_pending or 0)
+            status["consumer_pending"] = (consumer.num_pending or 0) + (
+                consumer.num_ack_pending or 0
+            )
     if projection is not None:
         cursor = projection.con.cursor()
         try:
@@ -166,7 +170,9 @@ async def collect_status(
             cursor.close()
         status.update(counts)
         if status["consumer_pending"] is None and status["stream_last_seq"] is not None:
-            status["consumer_pending"] = max(0, status["stream_last_seq"] - status["checkpoint_seq"])
+            status["consumer_pending"] = max(
+                0, status["stream_last_seq"] - status["checkpoint_seq"]
+            )
     return status
 
 
@@ -325,7 +331,15 @@ async def _publish_with_progress(
 
 
 def _truth_key(t: simulator.TruthPlayback) -> tuple:
-    return (t.server_id, t.user_id, t.rating_key, t.machine_id, t.started_at, t.stopped_at, t.paused_seconds)
+    return (
+        t.server_id,
+        t.user_id,
+        t.rating_key,
+        t.machine_id,
+        t.started_at,
+        t.stopped_at,
+        t.paused_seconds,
+    )
 
 
 def _playback_keys(projection: Projection) -> set[tuple]:
@@ -341,9 +355,13 @@ def format_demo(report: DemoReport, expected: simulator.ExpectedCounts, *, first
         tail = f"   (simulator injected {want:,})" if want is not None and first_run else ""
         return f"  {label:<34}{value:>10,}{tail}"
 
-    verdict = "OK: projected playbacks equal the ground truth" if report.ok else (
-        f"MISMATCH: {len(report.missing)} truth playbacks missing, "
-        f"{len(report.unexpected)} projected playbacks not in the truth"
+    verdict = (
+        "OK: projected playbacks equal the ground truth"
+        if report.ok
+        else (
+            f"MISMATCH: {len(report.missing)} truth playbacks missing, "
+            f"{len(report.unexpected)} projected playbacks not in the truth"
+        )
     )
     lines = [
         "",
@@ -351,9 +369,18 @@ def format_demo(report: DemoReport, expected: simulator.ExpectedCounts, *, first
         line("events published", report.published),
         line("  stored by JetStream", report.stored),
         line("  JetStream duplicates (2 min window)", report.jetstream_duplicates),
+        line(
+            "exact repeats (JetStream + tier a)",
+            report.jetstream_duplicates + report.dropped_event_id,
+            expected.dropped_event_id,
+        ),
         line("events accepted", report.accepted),
-        line("dropped, tier a (event_id)", report.dropped_event_id, expected.dropped_event_id),
-        line("dropped, tier b (session key)", report.dropped_session_key, expected.dropped_session_key),
+        line("dropped, tier a (event_id)", report.dropped_event_id),
+        line(
+            "dropped, tier b (session key)",
+            report.dropped_session_key,
+            expected.dropped_session_key,
+        ),
         line("linked, tier c (correlation)", report.linked, expected.linked),
         line("dead-lettered", report.dead_lettered),
         line("playbacks projected", report.playbacks),
@@ -391,7 +418,9 @@ async def simulate_command(
         stats = await _publish_with_progress(Publisher(handle.nc), sim.events, out)
     finally:
         await handle.close()
-    out(f"published {stats.total:,} events: {stats.stored:,} stored, {stats.duplicate:,} duplicates")
+    out(
+        f"published {stats.total:,} events: {stats.stored:,} stored, {stats.duplicate:,} duplicates"
+    )
     return 0
 
 
@@ -419,13 +448,17 @@ async def replay_command(
 ) -> ReplayReport:
     """Rebuild the projection from the stream into a new DuckDB file at ``output``."""
     if output.exists():
-        raise IngestorError(f"{output} exists; replay writes a new file (remove it or pick another path)")
+        raise IngestorError(
+            f"{output} exists; replay writes a new file (remove it or pick another path)"
+        )
     started = time.monotonic()
     handle = await open_nats(settings)
     projection = await asyncio.to_thread(open_projection, output)
     messages = applied = rejected = last_seq = 0
     try:
-        pipeline = Pipeline(projection, DedupIndex(tolerance=settings.dedup_tolerance), load_index=False)
+        pipeline = Pipeline(
+            projection, DedupIndex(tolerance=settings.dedup_tolerance), load_index=False
+        )
         _, stop_seq = await stream_bounds(handle.nc)
         pending: list = []
         async for batch in read_range(handle.nc, 1, stop_seq):

@@ -105,9 +105,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             settings, _simulation_config(args), out_path=args.out, truth_path=args.truth
         )
     if command == "replay":
-        report = await app.replay_command(
-            settings, args.output, until=args.until, clock=args.clock
-        )
+        report = await app.replay_command(settings, args.output, until=args.until, clock=args.clock)
         print(
             f"replayed {report.messages:,} messages ({report.applied:,} events applied, "
             f"{report.rejected:,} undecodable) up to seq {report.last_seq:,} into {args.output} "

@@ -78,6 +78,7 @@ class Decision:
     kept_event_id: str = ""
     kept_source: str = ""
     similarity: float = 1.0
+    first_seq: int = 0  # the playback's first stream sequence (0: unknown, read everything)
 
 
 class ColdLookup(Protocol):
@@ -99,9 +100,7 @@ class DedupIndex:
     playbacks: dict[str, PlaybackRef] = field(default_factory=dict)
     by_cross: dict[CrossSourceKey, list[PlaybackRef]] = field(default_factory=dict)
     newest_start: float = float("-inf")
-    _buckets: dict[int, list[tuple[int, object]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )
+    _buckets: dict[int, list[tuple[int, object]]] = field(default_factory=lambda: defaultdict(list))
     _undo: list[Callable[[], None]] = field(default_factory=list)
     _added: list[tuple[int, tuple[int, object]]] = field(default_factory=list)
 
@@ -153,7 +152,10 @@ class DedupIndex:
         session = SourceSession(event.source, event.server_id, event.session_key)
         playback_key = self.sessions.get(session)
         if playback_key is not None:
-            decision = Decision(Action.FOLD, playback_key)
+            known = self.playbacks.get(playback_key)
+            decision = Decision(
+                Action.FOLD, playback_key, first_seq=known.first_seq if known else 0
+            )
         else:
             decision = self._open_or_link(event, seq)
             self._add_session(session, decision.playback_key, self.playbacks[decision.playback_key])
@@ -184,14 +186,13 @@ class DedupIndex:
                 f"{CorrelationKey.decode(best.key).source} opened, starts {delta:.1f}s apart",
                 kept_event_id=best.opening_event_id,
                 kept_source=CorrelationKey.decode(best.key).source,
-                similarity=round(1.0 - delta / (self.tolerance or 1.0), 4)
-                if self.tolerance
-                else 1.0,
+                similarity=round(1.0 - delta / self.tolerance, 4) if self.tolerance else 1.0,
+                first_seq=best.first_seq,
             )
         key = correlation.encode()
         ref = PlaybackRef(key, cross, start, {event.source}, seq, event.event_id)
         self.remember_playback(ref, undoable=True)
-        return Decision(Action.OPEN, key)
+        return Decision(Action.OPEN, key, first_seq=seq)
 
     # ------------------------------------------------------------------ recording keys
 
@@ -229,14 +230,21 @@ class DedupIndex:
             self._track(_STEP, step, ref, undoable)
 
     def _add_session(
-        self, session: SourceSession, playback_key: str, ref: PlaybackRef | None, *, undoable: bool = True
+        self,
+        session: SourceSession,
+        playback_key: str,
+        ref: PlaybackRef | None,
+        *,
+        undoable: bool = True,
     ) -> None:
         if session not in self.sessions:
             self.sessions[session] = playback_key
             self._track(_SESSION, session, ref, undoable)
 
     def _track(self, family: int, key: object, ref: PlaybackRef | None, undoable: bool) -> None:
-        bucket = int(ref.start // _BUCKET_S) if ref is not None else int(self.newest_start // _BUCKET_S)
+        bucket = (
+            int(ref.start // _BUCKET_S) if ref is not None else int(self.newest_start // _BUCKET_S)
+        )
         entry = (family, key)
         if undoable:
             self._added.append((bucket, entry))
@@ -261,7 +269,9 @@ class DedupIndex:
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
-        self.newest_start = max((ref.start for ref in self.playbacks.values()), default=float("-inf"))
+        self.newest_start = max(
+            (ref.start for ref in self.playbacks.values()), default=float("-inf")
+        )
 
     def _evict(self) -> None:
         horizon_bucket = int(self.horizon // _BUCKET_S) if self.playbacks else None

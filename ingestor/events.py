@@ -57,7 +57,9 @@ LIFECYCLE_TYPES = frozenset(
 
 # Steps that happen once per session: a second report of one is a re-report (tier b).
 # Pause, resume and progress can happen many times; their step is told apart by position.
-_ONCE_PER_SESSION = frozenset({EventType.PLAY, EventType.STOP, EventType.SCROBBLE, EventType.SUMMARY})
+_ONCE_PER_SESSION = frozenset(
+    {EventType.PLAY, EventType.STOP, EventType.SCROBBLE, EventType.SUMMARY}
+)
 
 
 class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -179,7 +181,9 @@ class SessionStepKey(msgspec.Struct, frozen=True, array_like=True):
         if event.event_type in _ONCE_PER_SESSION:
             step = 0
         else:
-            step = event.position_ms if event.position_ms is not None else _epoch_ms(event.occurred_at)
+            step = (
+                event.position_ms if event.position_ms is not None else _epoch_ms(event.occurred_at)
+            )
         return cls(event.source, event.server_id, event.session_key, event.event_type.value, step)
 
 
@@ -290,19 +294,24 @@ def decode_event(data: bytes) -> MediaEvent:
 
     Raises :class:`InvalidEvent` when the payload is not a readable event at all.
     """
+    return decode_event_versioned(data)[0]
+
+
+def decode_event_versioned(data: bytes) -> tuple[MediaEvent, bool]:
+    """Like :func:`decode_event`, also saying whether the payload was upcast."""
     try:
         event = _event_decoder.decode(data)
     except msgspec.DecodeError:
         event = None
     if event is not None and event.schema_version == SCHEMA_VERSION:
-        return event
+        return event, False
     try:
         payload = _raw_decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"undecodable payload: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidEvent(f"payload is a JSON {type(payload).__name__}, not an object")
-    return upcast(payload)
+    return upcast(payload), True
 
 
 def upcast(payload: dict[str, Any]) -> MediaEvent:

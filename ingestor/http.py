@@ -36,6 +36,8 @@ async def start_http(app: web.Application, host: str, port: int) -> web.AppRunne
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise OSError(f"cannot listen on {host}:{port} (HTTP_HOST/HTTP_PORT): {exc.strerror}") from exc
+        raise OSError(
+            f"cannot listen on {host}:{port} (HTTP_HOST/HTTP_PORT): {exc.strerror}"
+        ) from exc
     log.info("http listening on %s:%s", host, port)
     return runner

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ingestor.dedup import DedupIndex
 from ingestor.errors import PermanentError
-from ingestor.events import MediaEvent, decode_event
+from ingestor.events import MediaEvent, decode_event_versioned, encode_event
 from ingestor.projection import PROJECTOR, Applied, BatchResult, Projection
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,21 @@ class Outcome:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def decode_messages(messages: Sequence[Message]) -> tuple[list[tuple[Message, MediaEvent]], list[Rejected]]:
+def decode_messages(
+    messages: Sequence[Message],
+) -> tuple[list[tuple[Message, MediaEvent]], list[Rejected]]:
     """Decode and validate; permanent failures are returned, not raised."""
     good: list[tuple[Message, MediaEvent]] = []
     bad: list[Rejected] = []
     for message in messages:
         try:
-            event = decode_event(message.data).validate()
+            event, upcast = decode_event_versioned(message.data)
+            event.validate()
         except PermanentError as exc:
             bad.append(Rejected(message, str(exc), exc.category))
             continue
+        if upcast:  # downstream reads the current version's JSON
+            message = replace(message, data=encode_event(event))
         good.append((message, event))
     return good, bad
 
@@ -63,7 +68,9 @@ def decode_messages(messages: Sequence[Message]) -> tuple[list[tuple[Message, Me
 class Pipeline:
     """Decode, decide and project batches into one :class:`Projection`."""
 
-    def __init__(self, projection: Projection, index: DedupIndex, *, load_index: bool = True) -> None:
+    def __init__(
+        self, projection: Projection, index: DedupIndex, *, load_index: bool = True
+    ) -> None:
         self.projection = projection
         self.index = index
         if load_index:
@@ -89,7 +96,7 @@ class Pipeline:
         try:
             self.projection.load_cold([event for _, event in decoded], self.index)
             applied = [
-                Applied(m.seq, m.recorded_at, event, self.index.decide(event, m.seq))
+                Applied(m.seq, m.recorded_at, event, self.index.decide(event, m.seq), m.data)
                 for m, event in decoded
             ]
             result = self.projection.apply(applied, last_seq, consumer)

@@ -126,7 +126,9 @@ class Router:
                 await self._run_consumer()
             except _Pause:
                 self.stats.pauses += 1
-                log.warning("pausing fetch for %.1fs after repeated transient failures", self.pause_s)
+                log.warning(
+                    "pausing fetch for %.1fs after repeated transient failures", self.pause_s
+                )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.pause_s)
         return self.stats
@@ -140,7 +142,7 @@ class Router:
 
         try:
             await asyncio.wait_for(reached(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -341,7 +343,7 @@ class Router:
     async def _ack(self, msg: Msg) -> None:
         try:
             await self.nc.publish(msg.reply, b"+ACK")
-        except Exception as exc:  # noqa: BLE001 - a lost ack only means a skipped redelivery
+        except Exception as exc:
             log.warning("ack of seq up to %s not sent: %s", msg.reply, exc)
 
 
@@ -353,5 +355,12 @@ def _is_transient(exc: BaseException) -> bool:
     from nats.errors import ConnectionClosedError, ConnectionReconnectingError, TimeoutError
 
     return isinstance(
-        exc, (ConnectionReconnectingError, ConnectionClosedError, TimeoutError, asyncio.TimeoutError, OSError)
+        exc,
+        (
+            ConnectionReconnectingError,
+            ConnectionClosedError,
+            TimeoutError,
+            asyncio.TimeoutError,
+            OSError,
+        ),
     )

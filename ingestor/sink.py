@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from ingestor.events import MediaEvent, encode_event
-from ingestor.nats.publisher import PublishStats, Publisher
+from ingestor.nats.publisher import Publisher, PublishStats
 from ingestor.pipeline import Message, Pipeline
 from ingestor.projection import BatchResult
 
@@ -78,7 +78,7 @@ class DirectSink:
                     # notifications only: failures are logged, never retried into the projection
                     try:
                         await self.publisher.publish_many(chunk)
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         log.warning("legacy notification publish failed: %s", exc)
         return stats
 

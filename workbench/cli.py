@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         with duckdb.connect(str(path), read_only=True) as con:
-            frame = con.execute(args.query).pl()
+            frame = con.sql(args.query).pl()
     except duckdb.Error as exc:
         print(f"workbench: {exc}", file=sys.stderr)
         return 1

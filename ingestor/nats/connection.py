@@ -33,23 +33,26 @@ class NatsHandle:
         self._closed = True
         try:
             await self.nc.drain()
-        except Exception:  # noqa: BLE001 - closing a broken connection is best effort
+        except Exception:
             await self.nc.close()
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)
 
 
 async def _connect(servers: list[str], *, reconnect: bool) -> Client:
+    nc: Client | None = None
+
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats: disconnected")
+        if nc is not None and not (nc.is_closed or nc.is_draining):
+            log.warning("nats: disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected")
 
-    return await nats.connect(
+    nc = await nats.connect(
         servers=servers,
         connect_timeout=2,
         allow_reconnect=reconnect,
@@ -60,6 +63,7 @@ async def _connect(servers: list[str], *, reconnect: bool) -> Client:
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
     )
+    return nc
 
 
 async def open_nats(settings: Settings, *, provision: bool = True) -> NatsHandle:
@@ -107,7 +111,7 @@ async def _wait_jetstream(js: JetStreamContext, timeout: float = 15.0) -> None:
         try:
             await js.account_info()
             return
-        except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
+        except Exception as exc:
             if loop.time() > deadline:
                 raise NatsUnavailable(f"JetStream is not available: {exc}") from exc
             await asyncio.sleep(0.1)

@@ -71,7 +71,10 @@ class DeadLetters:
             H_TIME: datetime.now(UTC).isoformat(),
         }
         await self.js.publish(
-            f"{DLQ_SUBJECT_PREFIX}.{subject_token(category)}", data, headers=headers, stream=DLQ_STREAM
+            f"{DLQ_SUBJECT_PREFIX}.{subject_token(category)}",
+            data,
+            headers=headers,
+            stream=DLQ_STREAM,
         )
         log.warning("dead-lettered seq %s (%s): %s", seq, category, error)
 

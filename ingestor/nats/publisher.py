@@ -117,7 +117,9 @@ class Publisher:
         while window:
             yield await self._settle(*window.popleft())
 
-    async def _settle(self, message: OutgoingMessage, future: asyncio.Future[PubAck]) -> PublishResult:
+    async def _settle(
+        self, message: OutgoingMessage, future: asyncio.Future[PubAck]
+    ) -> PublishResult:
         try:
             ack = await asyncio.wait_for(future, self._ack_timeout)
         except _RETRYABLE as exc:

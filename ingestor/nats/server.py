@@ -60,7 +60,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 class EmbeddedServer:
-    """A ``nats-server -js`` child process bound to ``host:port`` with its store in ``store_dir``."""
+    """A ``nats-server -js`` child bound to ``host:port``, its store in ``store_dir``."""
 
     def __init__(self, host: str, port: int, store_dir: Path) -> None:
         self.host = host

@@ -134,7 +134,14 @@ STREAM_DETAIL_COLUMNS = [
     "video_dynamic_range",
     "audio_codec",
 ]
-STREAM_DETAIL_VALUES = ["audio_channels", "stream_bitrate", "bandwidth", "secure", "local", "relayed"]
+STREAM_DETAIL_VALUES = [
+    "audio_channels",
+    "stream_bitrate",
+    "bandwidth",
+    "secure",
+    "local",
+    "relayed",
+]
 
 _TYPES = {name: duck for name, duck, _ in EVENT_COLUMNS}
 

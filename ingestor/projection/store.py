@@ -11,6 +11,7 @@ The ingestor (live, a few thousand events per batch), the replay command and the
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 
 from ingestor.dedup import Action, Decision, DedupIndex, PlaybackRef, Tier
@@ -31,14 +33,14 @@ from ingestor.events import (
     encode_event,
     make_event_id,
 )
-from ingestor.projection.fold import FOLD_PLAYBACKS_SQL
+from ingestor.projection.fold import FOLD_INPUT_COLUMNS, fold_playbacks
 from ingestor.projection.schema import (
     AUDIT_ARROW,
     AUDIT_COLUMNS,
     CHECKPOINT_TABLE,
     DDL,
     EVENT_COLUMNS,
-    MEDIA_EVENTS_ARROW,
+    MEDIA_EVENT_COLUMNS,
 )
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class Applied:
     recorded_at: datetime
     event: MediaEvent
     decision: Decision
+    data: bytes  # the event as current-version JSON (what the stream holds, upcast if older)
 
 
 @dataclass
@@ -79,6 +82,13 @@ INSERT INTO {CHECKPOINT_TABLE} (consumer, last_seq, updated_at) VALUES (?, ?, no
 ON CONFLICT (consumer) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at
 """
 INSERT_MEDIA_EVENTS = "INSERT INTO media_events BY NAME SELECT * FROM batch_events"
+INSERT_PLAYBACKS = "INSERT OR REPLACE INTO playback_events SELECT * FROM batch_playbacks"
+SELECT_PRIOR_EVENTS = (
+    "SELECT "
+    + ", ".join(FOLD_INPUT_COLUMNS)
+    + " FROM media_events WHERE seq >= $min_seq AND seq < $batch_seq"
+    " AND correlation_key IN (SELECT correlation_key FROM prior_playbacks)"
+)
 INSERT_AUDIT = "INSERT INTO dedupe_audit_log BY NAME SELECT * FROM batch_audit"
 SELECT_HOT_PLAYBACKS = """
 SELECT correlation_key, server_id, user_id, coalesce(nullif(rating_key, ''), title),
@@ -146,6 +156,7 @@ class Projection:
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path), read_only=read_only)
+        self.con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, not local
         # ``fault`` is a seam for failure tests: called inside each transaction before the
         # writes, it may raise to simulate the database being unavailable.
         self.fault = fault
@@ -196,10 +207,14 @@ class Projection:
         since = float(newest) - index.hot_window - index.tolerance - 60
         for row in self.con.execute(SELECT_HOT_PLAYBACKS, {"since": since}).fetchall():
             index.remember_playback(_playback_ref(row))
-        self._remember_events(index, self.con.execute(SELECT_HOT_EVENTS, {"since": since}).fetchall())
+        self._remember_events(
+            index, self.con.execute(SELECT_HOT_EVENTS, {"since": since}).fetchall()
+        )
         index.commit()
         log.info(
-            "dedup index rebuilt: %d playbacks, %d events", len(index.playbacks), len(index.event_ids)
+            "dedup index rebuilt: %d playbacks, %d events",
+            len(index.playbacks),
+            len(index.event_ids),
         )
 
     def load_cold(self, events: Sequence[MediaEvent], index: DedupIndex) -> None:
@@ -261,30 +276,40 @@ class Projection:
             else:
                 result.linked += 1
         result.accepted = len(accepted)
-        touched = sorted({a.decision.playback_key for a in accepted})
+        touched = {a.decision.playback_key for a in accepted}
         result.playbacks_touched = len(touched)
+        batch_seq = accepted[0].seq if accepted else last_seq + 1
+        # playbacks opened before this batch: their earlier events are read back for the fold
+        prior: dict[str, int] = {}
+        for a in accepted:
+            if a.decision.first_seq < batch_seq:
+                prior[a.decision.playback_key] = a.decision.first_seq
         con = self.con
         try:
             con.begin()
             if self.fault is not None:
                 self.fault()
             if accepted:
-                con.register("batch_events", media_events_table(accepted))
+                events = media_events_frame(accepted)
+                con.register("batch_events", events)
                 con.execute(INSERT_MEDIA_EVENTS)
                 con.unregister("batch_events")
+                fold_input = events.select(FOLD_INPUT_COLUMNS)
+                if prior:
+                    con.register("prior_playbacks", pa.table({"correlation_key": list(prior)}))
+                    earlier = con.sql(
+                        SELECT_PRIOR_EVENTS,
+                        params={"min_seq": min(prior.values()), "batch_seq": batch_seq},
+                    ).pl()
+                    con.unregister("prior_playbacks")
+                    fold_input = pl.concat([earlier, fold_input], how="vertical_relaxed")
+                con.register("batch_playbacks", fold_playbacks(fold_input))
+                con.execute(INSERT_PLAYBACKS)
+                con.unregister("batch_playbacks")
             if audited:
                 con.register("batch_audit", audit_table(audited))
                 con.execute(INSERT_AUDIT)
                 con.unregister("batch_audit")
-            if touched:
-                con.register("touched_playbacks", pa.table({"correlation_key": touched}))
-                min_seq = con.execute(
-                    "SELECT coalesce(min(first_seq), $batch_min) FROM playback_events "
-                    "WHERE correlation_key IN (SELECT correlation_key FROM touched_playbacks)",
-                    {"batch_min": min(a.seq for a in accepted)},
-                ).fetchall()[0][0]
-                con.execute(FOLD_PLAYBACKS_SQL, {"min_seq": min(min_seq, accepted[0].seq)})
-                con.unregister("touched_playbacks")
             con.execute(UPSERT_CHECKPOINT, [consumer, last_seq])
             con.commit()
         except BaseException as exc:
@@ -304,18 +329,35 @@ class Projection:
 # ---------------------------------------------------------------------- Arrow builders
 
 
-def media_events_table(items: Sequence[Applied]) -> pa.Table:
-    events = [a.event for a in items]
-    columns: dict[str, list] = {
-        "seq": [a.seq for a in items],
-        "recorded_at": [a.recorded_at for a in items],
-        "correlation_key": [a.decision.playback_key for a in items],
-        "dedup_action": [a.decision.action.value for a in items],
-        "step": [SessionStepKey.of(e).step for e in events],
-    }
-    for name, _, _ in EVENT_COLUMNS:
-        columns[name] = [getattr(e, name) for e in events]
-    return pa.table(columns, schema=MEDIA_EVENTS_ARROW)
+_POLARS_TYPES = {
+    "VARCHAR": pl.String,
+    "INTEGER": pl.Int32,
+    "BIGINT": pl.Int64,
+    "BOOLEAN": pl.Boolean,
+    "TIMESTAMPTZ": pl.Datetime("us", "UTC"),
+}
+_TIMES = [name for name, duck, _ in EVENT_COLUMNS if duck == "TIMESTAMPTZ"]
+# timestamps are read as text and parsed in one vectorised pass (faster than the JSON reader's)
+_JSON_SCHEMA = {
+    name: pl.String if duck == "TIMESTAMPTZ" else _POLARS_TYPES[duck]
+    for name, duck, _ in EVENT_COLUMNS
+}
+_MEDIA_EVENTS_ORDER = [name for name, _, _ in MEDIA_EVENT_COLUMNS]
+
+
+def media_events_frame(items: Sequence[Applied]) -> pl.DataFrame:
+    """The ``media_events`` rows of a batch, parsed from the events' JSON in one pass."""
+    frame = pl.read_ndjson(io.BytesIO(b"\n".join(a.data for a in items)), schema=_JSON_SCHEMA)
+    return frame.with_columns(
+        [pl.col(name).str.strptime(pl.Datetime("us", "UTC"), format="%+") for name in _TIMES]
+        + [
+            pl.Series("seq", [a.seq for a in items], pl.Int64),
+            pl.Series("recorded_at", [a.recorded_at for a in items], pl.Datetime("us", "UTC")),
+            pl.Series("correlation_key", [a.decision.playback_key for a in items], pl.String),
+            pl.Series("dedup_action", [a.decision.action.value for a in items], pl.String),
+            pl.Series("step", [SessionStepKey.of(a.event).step for a in items], pl.Int64),
+        ]
+    ).select(_MEDIA_EVENTS_ORDER)
 
 
 def audit_table(items: Sequence[Applied]) -> pa.Table:
@@ -380,5 +422,5 @@ __all__ = [
     "CorrelationKey",
     "Projection",
     "audit_table",
-    "media_events_table",
+    "media_events_frame",
 ]

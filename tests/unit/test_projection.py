@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingestor.dedup import DedupIndex
+from ingestor.errors import TransientError
+from ingestor.pipeline import Pipeline
+from ingestor.projection import Projection
+from ingestor.sources.simulator import SimulationConfig, simulate
+from tests.factory import T0, event, messages, plex_playback, tautulli_summary
+
+PLAYBACK_COLUMNS = "* EXCLUDE (last_seq, event_count)"
+
+
+def pipeline_at(path: Path, **kwargs) -> Pipeline:
+    return Pipeline(Projection(path, **kwargs), DedupIndex())
+
+
+def rows(p: Pipeline, sql: str) -> list[tuple]:
+    return p.projection.con.execute(sql).fetchall()
+
+
+def one_playback(p: Pipeline) -> dict:
+    cur = p.projection.con.execute("SELECT * FROM playback_events")
+    names = [d[0] for d in cur.description]
+    (row,) = cur.fetchall()
+    return dict(zip(names, row, strict=True))
+
+
+def test_lifecycle_events_fold_into_one_playback(tmp_path: Path) -> None:
+    p = pipeline_at(tmp_path / "a.duckdb")
+    p.process(messages(plex_playback(pause_at=600, resume_at=900, stop_at=7200)))
+    row = one_playback(p)
+    assert row["started_at"] == T0
+    assert row["stopped_at"] == T0 + timedelta(seconds=7200)
+    assert row["paused_seconds"] == 300
+    assert row["played_seconds"] == 7200 - 300
+    assert row["state"] == "stopped"
+    assert row["sources"] == ["plex"]
+    assert row["event_count"] == 5
+
+
+def test_a_summary_is_authoritative_for_durations_and_stream_details(tmp_path: Path) -> None:
+    p = pipeline_at(tmp_path / "a.duckdb")
+    lifecycle = plex_playback(pause_at=600, resume_at=900)
+    lifecycle = [
+        msgspec.structs.replace(e, player="Living Room", ip_address="203.0.113.5")
+        for e in lifecycle
+    ]
+    summary = tautulli_summary(late=4, paused=420)
+    p.process(messages([*lifecycle, summary]))
+    row = one_playback(p)
+    assert row["started_at"] == T0  # lifecycle wins the start time
+    assert row["paused_seconds"] == 420  # the summary wins durations
+    assert row["played_seconds"] == summary.play_duration
+    assert row["transcode_decision"] == "transcode"  # and stream details
+    assert row["player"] == "Living Room"  # never overwritten with an empty value
+    assert row["ip_address"] == "203.0.113.5"
+    assert row["sources"] == ["plex", "tautulli"]
+    (audit,) = rows(
+        p,
+        "SELECT tier, action, event_id, kept_event_id, raw_payload IS NOT NULL "
+        "FROM dedupe_audit_log",
+    )
+    assert audit == ("correlation", "link", summary.event_id, lifecycle[0].event_id, True)
+
+
+def test_a_paused_playback_without_stop_is_paused(tmp_path: Path) -> None:
+    p = pipeline_at(tmp_path / "a.duckdb")
+    p.process(messages(plex_playback()[:2]))
+    row = one_playback(p)
+    assert (row["state"], row["stopped_at"], row["played_seconds"]) == ("paused", None, None)
+
+
+def test_batch_failure_commits_nothing_and_a_retry_gives_the_same_result(tmp_path: Path) -> None:
+    failures = [duckdb.IOException("disk I/O error")]
+
+    def fault() -> None:
+        if failures:
+            raise failures.pop()
+
+    p = pipeline_at(tmp_path / "a.duckdb", fault=fault)
+    batch = messages([*plex_playback(), tautulli_summary()])
+    with pytest.raises(TransientError):
+        p.process(batch)
+    assert rows(p, "SELECT count(*) FROM media_events") == [(0,)]
+    assert p.projection.checkpoint() == 0
+    result = p.process(batch)  # the index forgot the failed attempt: nothing is a duplicate
+    assert (result.result.accepted, result.result.linked) == (6, 1)
+    assert p.projection.checkpoint() == 6
+
+
+def test_replaying_committed_messages_changes_nothing(tmp_path: Path) -> None:
+    p = pipeline_at(tmp_path / "a.duckdb")
+    batch = messages([*plex_playback(), tautulli_summary()])
+    p.process(batch)
+    before = rows(p, f"SELECT {PLAYBACK_COLUMNS} FROM playback_events")
+    again = p.process(messages([*plex_playback(), tautulli_summary()], first_seq=7)).result
+    assert again.accepted == 0 and again.dropped == {"event_id": 6}
+    assert rows(p, f"SELECT {PLAYBACK_COLUMNS} FROM playback_events") == before
+
+
+def test_the_dedup_index_is_rebuilt_from_the_database_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "a.duckdb"
+    p = pipeline_at(path)
+    p.process(messages(plex_playback()))
+    p.projection.close()
+    restarted = pipeline_at(path)
+    result = restarted.process(
+        messages([plex_playback()[0], tautulli_summary()], first_seq=6)
+    ).result
+    assert result.dropped == {"event_id": 1} and result.linked == 1
+    assert rows(restarted, "SELECT count(*) FROM playback_events") == [(1,)]
+
+
+def test_cold_events_are_decided_against_the_database(tmp_path: Path) -> None:
+    """A summary for a playback far older than the hot window still links, via DuckDB."""
+    p = Pipeline(Projection(tmp_path / "a.duckdb"), DedupIndex(hot_window=3600))
+    old = plex_playback(T0)
+    p.process(messages(old))
+    p.process(messages(plex_playback(T0 + timedelta(days=3)), first_seq=6))
+    assert old[0].event_id not in p.index.event_ids  # evicted
+    result = p.process(messages([tautulli_summary(T0), old[0]], first_seq=11)).result
+    assert result.linked == 1 and result.dropped == {"event_id": 1}
+    assert rows(p, "SELECT count(*) FROM playback_events") == [(2,)]
+
+
+_FEED = simulate(SimulationConfig(seed=3, users=4, days=2))
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.integers(min_value=1, max_value=len(_FEED.events) - 1), max_size=12, unique=True)
+)
+def test_rows_do_not_depend_on_batch_boundaries(tmp_path_factory, cuts: list[int]) -> None:
+    batch = messages(_FEED.events)
+    whole = pipeline_at(tmp_path_factory.mktemp("whole") / "a.duckdb")
+    whole.process(batch)
+    split = pipeline_at(tmp_path_factory.mktemp("split") / "a.duckdb")
+    bounds = [0, *sorted(cuts), len(batch)]
+    for lo, hi in itertools.pairwise(bounds):
+        if hi > lo:
+            split.process(batch[lo:hi])
+    for table, order in (
+        ("playback_events", "correlation_key"),
+        ("media_events", "seq"),
+        ("dedupe_audit_log", "seq"),
+    ):
+        sql = f"SELECT * FROM {table} ORDER BY {order}"
+        assert rows(split, sql) == rows(whole, sql), table
+
+
+def test_the_simulated_feed_projects_to_its_ground_truth(tmp_path: Path) -> None:
+    sim = simulate(SimulationConfig(seed=11, users=8, days=3))
+    p = pipeline_at(tmp_path / "a.duckdb")
+    for lo in range(0, len(sim.events), 500):
+        p.process(messages(sim.events[lo : lo + 500], first_seq=lo + 1))
+    got = set(
+        rows(
+            p,
+            "SELECT server_id, user_id, rating_key, machine_id, started_at, stopped_at, "
+            "paused_seconds FROM playback_events",
+        )
+    )
+    want = {
+        (
+            t.server_id,
+            t.user_id,
+            t.rating_key,
+            t.machine_id,
+            t.started_at,
+            t.stopped_at,
+            t.paused_seconds,
+        )
+        for t in sim.truth
+    }
+    assert got == want
+    counts = p.projection.counts()
+    assert counts["dropped_event_id"] == sim.expected.dropped_event_id
+    assert counts["dropped_session_key"] == sim.expected.dropped_session_key
+    assert counts["linked"] == sim.expected.linked
+
+
+def test_an_unrelated_event_type_from_a_new_source_opens_a_playback(tmp_path: Path) -> None:
+    p = pipeline_at(tmp_path / "a.duckdb")
+    p.process(messages([event("emby", "progress", T0, "e1", started_at=T0, position_ms=5000)]))
+    assert one_playback(p)["state"] == "playing"
