@@ -96,7 +96,10 @@ async def run_service(
             )
 
         async def status() -> dict[str, Any]:
-            return await collect_status(settings, handle, projection, running=True)
+            status = await collect_status(settings, handle, projection, running=True)
+            if router is not None:
+                status["router"] = router.stats.as_dict()
+            return status
 
         runner = await start_http(build_app(status), settings.http_host, settings.http_port)
         mode = "event sourcing" if router else ("legacy" if handle else "NATS off")

@@ -61,10 +61,11 @@ class RouterStats:
     linked: int = 0
     dead_lettered: int = 0
     transient_retries: int = 0
+    redeliveries_skipped: int = 0
     pauses: int = 0
     last_seq: int = 0
-    first_pull_at: float | None = None
-    last_commit_at: float | None = None
+    first_pull_at: float | None = None  # Unix time of the first pull request
+    last_commit_at: float | None = None  # Unix time of the last committed batch
 
     def add(self, result: BatchResult) -> None:
         self.batches += 1
@@ -73,7 +74,22 @@ class RouterStats:
         for tier, n in result.dropped.items():
             self.dropped[tier] = self.dropped.get(tier, 0) + n
         self.last_seq = max(self.last_seq, result.last_seq)
-        self.last_commit_at = time.monotonic()
+        self.last_commit_at = time.time()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "batches": self.batches,
+            "accepted": self.accepted,
+            "dropped": dict(self.dropped),
+            "linked": self.linked,
+            "dead_lettered": self.dead_lettered,
+            "transient_retries": self.transient_retries,
+            "redeliveries_skipped": self.redeliveries_skipped,
+            "pauses": self.pauses,
+            "last_seq": self.last_seq,
+            "first_pull_at": self.first_pull_at,
+            "last_commit_at": self.last_commit_at,
+        }
 
 
 class _Pause(Exception):
@@ -93,6 +109,7 @@ class Router:
         consumer: str = PROJECTOR,
         retry_attempts: int = 6,
         pause_s: float = 2.0,
+        ack_wait: float = ACK_WAIT_S,
         on_batch: Callable[[BatchResult], None] | None = None,
     ) -> None:
         self.nc = nc
@@ -103,10 +120,12 @@ class Router:
         self.consumer = consumer
         self.retry_attempts = retry_attempts
         self.pause_s = pause_s
+        self.ack_wait = ack_wait
         self.on_batch = on_batch
         self.dead_letters = DeadLetters(self.js)
         self.stats = RouterStats(last_seq=pipeline.projection.checkpoint())
-        self._buffer: deque[Msg] = deque()
+        self._buffer: deque[tuple[Message, str]] = deque()  # (message, its ack subject)
+        self._high_water = 0  # highest sequence buffered: anything at or below is a redelivery
         self._arrived = asyncio.Event()
         self._request_done = asyncio.Event()
         self._outstanding = 0
@@ -157,7 +176,7 @@ class Router:
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
             opt_start_seq=start if start > 1 else None,
             ack_policy=AckPolicy.ALL,
-            ack_wait=ACK_WAIT_S,
+            ack_wait=self.ack_wait,
             max_deliver=-1,
             max_ack_pending=max(4 * self.batch_size, 20_000),
             max_waiting=16,
@@ -168,6 +187,7 @@ class Router:
     async def _run_consumer(self) -> None:
         await self._create_consumer()
         self._buffer.clear()
+        self._high_water = self.stats.last_seq
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=self._on_message)
         try:
@@ -189,8 +209,13 @@ class Router:
             if status != "100":  # 404 / 408 / 409: the pull request is over
                 self._request_done.set()
             return
-        self._buffer.append(msg)
         self._outstanding -= 1
+        message = message_of(msg)
+        if message.seq <= self._high_water:
+            self.stats.redeliveries_skipped += 1
+            return  # redelivered after ack_wait while we still held it: already ours
+        self._high_water = message.seq
+        self._buffer.append((message, msg.reply))
         if self._outstanding <= 0:
             self._request_done.set()
         if len(self._buffer) >= self.batch_size:
@@ -208,7 +233,7 @@ class Router:
             self._request_done.clear()
             request = {"batch": want, "expires": int(PULL_EXPIRES_S * 1e9)}
             if self.stats.first_pull_at is None:
-                self.stats.first_pull_at = time.monotonic()
+                self.stats.first_pull_at = time.time()
             await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._request_done.wait(), PULL_EXPIRES_S + 2)
@@ -226,7 +251,7 @@ class Router:
             if self._buffer and (full or due or stopping):
                 n = min(self.batch_size, len(self._buffer))
                 batch = [self._buffer.popleft() for _ in range(n)]
-                await self._handle([message_of(m) for m in batch], batch[-1])
+                await self._handle([m for m, _ in batch], batch[-1][1])
                 deadline = time.monotonic() + self.flush_interval
                 continue
             if not self._buffer:
@@ -247,10 +272,10 @@ class Router:
 
     # ------------------------------------------------------------------ middleware
 
-    async def _handle(self, batch: list[Message], last: Msg) -> None:
+    async def _handle(self, batch: list[Message], ack_subject: str) -> None:
         """recover -> poison queue -> retry -> dedup -> handlers, for one batch."""
         checkpoint = self.stats.last_seq
-        fresh = [m for m in batch if m.seq > checkpoint]  # redeliveries at or below: skip
+        fresh = [m for m in batch if m.seq > checkpoint]  # already applied: skip
         if fresh:
             try:
                 result = await self._poison_queue(fresh)
@@ -262,7 +287,7 @@ class Router:
             self.stats.add(result)
             if self.on_batch is not None:
                 self.on_batch(result)
-        await self._ack(last)
+        await self._ack(ack_subject)
         async with self._committed:
             self._committed.notify_all()
 
@@ -340,11 +365,11 @@ class Router:
         )
         self.stats.dead_lettered += 1
 
-    async def _ack(self, msg: Msg) -> None:
+    async def _ack(self, subject: str) -> None:
         try:
-            await self.nc.publish(msg.reply, b"+ACK")
-        except Exception as exc:
-            log.warning("ack of seq up to %s not sent: %s", msg.reply, exc)
+            await self.nc.publish(subject, b"+ACK")
+        except Exception as exc:  # a lost ack only means a redelivery, which is skipped
+            log.warning("ack %s not sent: %s", subject, exc)
 
 
 class _Unknown(Exception):

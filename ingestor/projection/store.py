@@ -46,6 +46,7 @@ from ingestor.projection.schema import (
 log = logging.getLogger(__name__)
 
 PROJECTOR = "projector"
+PROJECTION_SCHEMA_VERSION = 1  # of the tables; a file written by a later version is refused
 
 # DuckDB failures that a later attempt can get past: I/O (disk full, file unavailable),
 # memory pressure, and write-write conflicts.
@@ -150,19 +151,23 @@ class Projection:
         path: Path | str,
         *,
         read_only: bool = False,
-        fault: Callable[[], None] | None = None,
+        fault: Callable[[Sequence[Applied]], None] | None = None,
     ) -> None:
         self.path = Path(path)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path), read_only=read_only)
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, not local
-        # ``fault`` is a seam for failure tests: called inside each transaction before the
-        # writes, it may raise to simulate the database being unavailable.
+        # ``fault`` is a seam for failure tests: called with the batch inside each
+        # transaction before the writes, it may raise (the database is unavailable) or stall.
         self.fault = fault
         if not read_only:
             for statement in DDL:
                 self.con.execute(statement)
+            self.con.execute(
+                "INSERT OR IGNORE INTO projection_meta VALUES ('schema_version', ?)",
+                [str(PROJECTION_SCHEMA_VERSION)],
+            )
 
     @classmethod
     def over(cls, con: duckdb.DuckDBPyConnection) -> Projection:
@@ -288,7 +293,7 @@ class Projection:
         try:
             con.begin()
             if self.fault is not None:
-                self.fault()
+                self.fault(items)
             if accepted:
                 events = media_events_frame(accepted)
                 con.register("batch_events", events)

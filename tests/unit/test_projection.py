@@ -83,7 +83,7 @@ def test_a_paused_playback_without_stop_is_paused(tmp_path: Path) -> None:
 def test_batch_failure_commits_nothing_and_a_retry_gives_the_same_result(tmp_path: Path) -> None:
     failures = [duckdb.IOException("disk I/O error")]
 
-    def fault() -> None:
+    def fault(_items) -> None:
         if failures:
             raise failures.pop()
 
