@@ -149,11 +149,12 @@ def stop_child(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=10)
 
 
-def peak_rss_kb(pid: int) -> int | None:
-    """``VmHWM`` (the resident set's high-water mark) of a live process, in kB."""
+def memory_kb(pid: int, key: str = "VmHWM") -> int | None:
+    """A memory figure of a live process from ``/proc/<pid>/status``, in kB: by default
+    ``VmHWM``, the resident set's high-water mark (peak RSS); ``VmRSS`` is the current one."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return None
@@ -255,6 +256,7 @@ class IngestResult:
     rate: float
     startup_seconds: float  # process start to first pull (imports, DuckDB, index, consumer)
     peak_rss_mb: float
+    start_rss_mb: float  # when the HTTP server first answered, before the router pulled much
     exit_code: int | None
     router: dict[str, Any]
     status_polls: int
@@ -393,6 +395,7 @@ def ingest(
     peak_kb = 0
     polls = 0
     threads_start: dict[int, tuple[str, float]] = {}
+    start_kb = 0
     server_cpu_start: float | None = None
     status: dict[str, Any] | None = None
     full_boundary = events - events % settings.nats_batch_size
@@ -406,12 +409,13 @@ def ingest(
                 raise BenchError(
                     f"the ingestor exited with {code} while ingesting:\n{tail(log_path)}"
                 )
-            peak_kb = max(peak_kb, peak_rss_kb(proc.pid) or 0)
+            peak_kb = max(peak_kb, memory_kb(proc.pid) or 0)
             status = get_status(url)
             if status is not None:
                 polls += 1
                 if not threads_start:  # the HTTP server answers just before the router starts
                     threads_start = thread_cpu(proc.pid)
+                    start_kb = memory_kb(proc.pid, "VmRSS") or 0
                     server_cpu_start = process_cpu(server_pid) if server_pid else None
                 if full_seen_at is None and (status.get("checkpoint_seq") or 0) >= full_boundary:
                     full_seen_at = time.time()
@@ -430,7 +434,7 @@ def ingest(
             time.sleep(POLL_S)
         threads_end = thread_cpu(proc.pid)
         server_cpu_end = process_cpu(server_pid) if server_pid else None
-        peak_kb = max(peak_kb, peak_rss_kb(proc.pid) or 0)
+        peak_kb = max(peak_kb, memory_kb(proc.pid) or 0)
         proc.send_signal(signal.SIGTERM)
         try:
             exit_code: int | None = proc.wait(timeout=60)
@@ -459,6 +463,7 @@ def ingest(
         rate=events / seconds if seconds > 0 else float("nan"),
         startup_seconds=first_pull - spawned_at,
         peak_rss_mb=peak_kb / 1024,
+        start_rss_mb=start_kb / 1024,
         exit_code=exit_code,
         router=router,
         status_polls=polls,
@@ -630,7 +635,8 @@ def report(
         f"  published by `ingestor simulate`: {pub.users} users x {pub.days} days, seed {SEED};"
         f" stream seq {pub.first_seq:,}..{pub.last_seq:,}; stored in {pub.store_seconds:.2f}s"
         f" (the process took {pub.process_seconds:.1f}s including generation)",
-        f"  ingestor: first pull {ing.startup_seconds:.2f}s after spawn;"
+        f"  ingestor: first pull {ing.startup_seconds:.2f}s after spawn, RSS then"
+        f" {ing.start_rss_mb:,.0f} MB;"
         f" {ing.seconds:.2f}s first pull -> last commit; {router.get('batches', 0):,} batches,"
         f" flush interval {ing.flush_interval:g}s",
         (

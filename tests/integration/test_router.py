@@ -197,7 +197,7 @@ async def test_an_unknown_error_is_retried_then_only_its_message_is_dead_lettere
     handle = await open_nats(settings)
     try:
         await publish(handle, events)
-        projection, stats = await project(settings, handle, fault=crash_on_poison)
+        projection, _ = await project(settings, handle, fault=crash_on_poison)
         letters = [letter async for letter in DeadLetters(handle.js).entries()]
     finally:
         await handle.close()
@@ -274,9 +274,8 @@ async def test_replay_until_an_instant_by_either_clock(settings: Settings, tmp_p
     handle = await open_nats(settings)
     try:
         await publish(handle, first)
-        recorded_cut = [m async for batch in read_range(handle.nc, 5, 5) for m in batch][
-            0
-        ].recorded_at
+        fifth = [m async for batch in read_range(handle.nc, 5, 5) for m in batch]
+        recorded_cut = fifth[0].recorded_at
         await publish(handle, second)
     finally:
         await handle.close()
