@@ -78,8 +78,7 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(
     for _ in range(12):
         proc = start(env, log)
         try:
-            running = proc
-            wait_until(lambda: status(env) is not None or running.poll() is not None, 60, "ready")
+            wait_until(lambda p=proc: status(env) is not None or p.poll() is not None, 60, "ready")
             assert proc.poll() is None, log.read_text()[-3000:]
             try:  # let it ingest for a random moment, then kill it mid-flight
                 proc.wait(timeout=rng.uniform(0.05, 1.2))
