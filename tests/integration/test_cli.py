@@ -1,0 +1,176 @@
+"""The console script as a user runs it: demo, run, status, dlq, replay, simulate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ingestor.config import Settings
+from ingestor.nats.connection import open_nats
+from ingestor.nats.server import EmbeddedServer, port_answers
+from ingestor.sources.simulator import read_truth
+from tests.conftest import INGESTOR, free_port, make_env, subprocess_env, wait_until
+from tests.integration.test_kill9 import start, status
+
+pytestmark = pytest.mark.integration
+
+SMALL = ["--users", "6", "--days", "2"]
+
+
+def ingestor(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*INGESTOR, *args],
+        env=subprocess_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_demo_on_the_embedded_default_matches_the_truth_twice(tmp_path: Path) -> None:
+    port = free_port()
+    env = make_env(tmp_path / "data", f"nats://127.0.0.1:{port}")
+    first = ingestor(env, "demo", *SMALL)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "OK: projected playbacks equal the ground truth" in first.stdout
+    assert "starting embedded nats-server" in first.stderr
+    second = ingestor(env, "demo", *SMALL)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "on the data an earlier run left" in second.stdout
+    assert "OK: projected playbacks equal the ground truth" in second.stdout
+    assert not port_answers("127.0.0.1", port)  # the embedded server stopped with the demo
+    _, truth = read_truth(tmp_path / "data" / "demo-truth.json")
+    (line,) = [line for line in first.stdout.splitlines() if "playbacks projected" in line]
+    assert line.split()[-1] == f"{len(truth):,}"
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [{"NATS_EVENT_SOURCING": "false"}, {"NATS_ENABLED": "false"}],
+    ids=["legacy", "nats-off"],
+)
+def test_demo_in_legacy_and_nats_off_modes_matches_the_truth(tmp_path: Path, mode: dict) -> None:
+    env = make_env(tmp_path / "data", f"nats://127.0.0.1:{free_port()}", **mode)
+    result = ingestor(env, "demo", *SMALL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: projected playbacks equal the ground truth" in result.stdout
+
+
+def test_run_answers_status_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    env = make_env(tmp_path / "data", nats_server.url, NATS_EMBEDDED="false")
+    published = ingestor(env, "simulate", *SMALL)
+    assert published.returncode == 0, published.stderr
+    proc = start(env, tmp_path / "run.log")
+    try:
+        wait_until(lambda: (s := status(env)) and s["checkpoint_seq"] == s["stream_last_seq"], 60)
+        live = json.loads(ingestor(env, "status", "--json").stdout)
+        assert live["running"] is True and live["mode"] == "event-sourcing"
+        for key in (
+            "stream_last_seq",
+            "checkpoint_seq",
+            "consumer_pending",
+            "dlq_messages",
+            "playbacks",
+        ):
+            assert live[key] is not None, key
+        assert live["consumer_pending"] == 0 and live["playbacks"] > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert "stopped cleanly at checkpoint" in (tmp_path / "run.log").read_text()
+    offline = json.loads(ingestor(env, "status", "--json").stdout)
+    assert offline["running"] is False
+    assert offline["checkpoint_seq"] == live["checkpoint_seq"]
+    assert offline["playbacks"] == live["playbacks"]
+    text = ingestor(env, "status")
+    assert "checkpoint_seq" in text.stdout and text.returncode == 0
+
+
+def test_dlq_list_retry_and_purge(tmp_path: Path, nats_server: EmbeddedServer) -> None:
+    env = make_env(tmp_path / "data", nats_server.url, NATS_EMBEDDED="false")
+    settings = Settings.from_env(env)
+
+    async def publish_garbage() -> None:
+        handle = await open_nats(settings)
+        try:
+            await handle.js.publish("playback.plex.movie", b"not an event")
+            await handle.js.publish("playback.plex.movie", b"[]")
+        finally:
+            await handle.close()
+
+    asyncio.run(publish_garbage())
+    proc = start(env, tmp_path / "run.log")
+    try:
+        wait_until(lambda: (s := status(env)) and s["dlq_messages"] == 2, 60, "dead letters")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    listed = [json.loads(line) for line in ingestor(env, "dlq", "list").stdout.splitlines()]
+    assert [(d["original_sequence"], d["category"]) for d in listed] == [
+        (1, "invalid_event"),
+        (2, "invalid_event"),
+    ]
+    assert listed[0]["payload"] == "not an event"
+    retried = ingestor(env, "dlq", "retry", "--seq", str(listed[0]["dlq_seq"]))
+    assert "republished 1" in retried.stdout
+    after = json.loads(ingestor(env, "status", "--json").stdout)
+    assert after["dlq_messages"] == 1 and after["stream_last_seq"] == 3
+    purged = ingestor(env, "dlq", "purge")
+    assert "purged 1" in purged.stdout
+    empty = ingestor(env, "dlq", "list")
+    assert empty.stdout == "" and "empty" in empty.stderr
+
+
+def test_replay_writes_a_new_file_and_refuses_to_overwrite(
+    tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    env = make_env(tmp_path / "data", nats_server.url, NATS_EMBEDDED="false")
+    assert ingestor(env, "simulate", *SMALL).returncode == 0
+    out = tmp_path / "replay.duckdb"
+    result = ingestor(env, "replay", "--output", str(out), "--until", "2026-01-05T23:59:59Z")
+    assert result.returncode == 0, result.stderr
+    assert "playbacks" in result.stdout and out.exists()
+    again = ingestor(env, "replay", "--output", str(out))
+    assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
+    bad = ingestor(env, "replay", "--output", str(tmp_path / "x.duckdb"), "--until", "yesterday")
+    assert bad.returncode == 2 and "not an ISO 8601 time" in bad.stderr
+
+
+def test_simulate_writes_jsonl_and_truth_without_nats(tmp_path: Path) -> None:
+    env = make_env(tmp_path / "data", "nats://127.0.0.1:9")
+    out, truth = tmp_path / "feed.jsonl", tmp_path / "truth.json"
+    result = ingestor(env, "simulate", *SMALL, "--out", str(out), "--truth", str(truth))
+    assert result.returncode == 0, result.stderr
+    expected, playbacks = read_truth(truth)
+    assert len(out.read_text().splitlines()) == expected.published
+    assert len(playbacks) == expected.playbacks > 0
+
+
+def test_an_unreachable_external_nats_is_one_clear_line(tmp_path: Path) -> None:
+    env = make_env(tmp_path / "data", f"nats://127.0.0.1:{free_port()}", NATS_EMBEDDED="false")
+    result = ingestor(env, "dlq", "list")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("ingestor: no NATS server answers")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_database_held_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    env = make_env(tmp_path / "data", f"nats://127.0.0.1:{port}")
+    proc = start(env, tmp_path / "run.log")
+    try:
+        wait_until(lambda: status(env) is not None, 60, "ready")
+        other = dict(env, HTTP_PORT=str(free_port()))
+        result = ingestor(other, "demo", *SMALL)
+        assert result.returncode == 1
+        assert "in use by another process" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
