@@ -3,8 +3,9 @@
 For each event, in stream order:
 
 (a) ``event_id`` seen before: the exact event again. Dropped.
-(b) its :class:`SessionStepKey` seen before: the source re-reporting a step it already
-    reported for that session (after a restart, a reconnect, an overlapping poll). Dropped.
+(b) its session step seen before (:func:`ingestor.events.step_key`): the source re-reporting a
+    step it already reported for that session (after a restart, a reconnect, an overlapping
+    poll). Dropped.
 (c) no playback knows its source session yet, but a playback of the same server, user, item
     and device started within ``DEDUP_TOLERANCE`` and no report from this source is in it:
     another source reporting a known playback. Linked: the event is kept and folds into that
@@ -12,29 +13,32 @@ For each event, in stream order:
 
 Otherwise the event folds into its source session's playback, or opens a new one.
 
-The index is exact (dicts, never a Bloom filter) and bounded: it holds the keys of playbacks
-that started within ``hot_window`` of the newest start seen, at most ``max_entries`` keys.
-Events about older playbacks are *cold*: before a batch is decided, their keys are loaded from
-the committed projection through a :class:`ColdLookup`, so eviction never causes a false
-negative. Decisions see every earlier event, including those earlier in the same batch; keys
-become durable only with the commit: :meth:`DedupIndex.rollback` undoes an uncommitted batch.
+Keys are structured values (tuples of their fields, never strings split on a separator). The
+index is exact (dicts, never a Bloom filter) and bounded: it holds the keys of playbacks that
+started within ``hot_window`` of the newest start seen, at most ``max_entries`` keys. Events
+about older playbacks are *cold*: before a batch is decided, their keys are loaded from the
+committed projection (``Projection.load_cold``), so eviction never causes a false negative.
+Decisions see every earlier event, including those earlier in the same batch; keys become
+durable only with the commit: :meth:`DedupIndex.rollback` undoes an uncommitted batch.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple
 
 from ingestor.events import (
     CorrelationKey,
-    CrossSourceKey,
+    CrossKey,
     MediaEvent,
-    SessionStepKey,
-    SourceSession,
+    SessionKey,
+    StepKey,
+    cross_key,
+    session_key,
+    step_key,
 )
 
 log = logging.getLogger(__name__)
@@ -57,20 +61,26 @@ class Action(StrEnum):
     DROP = "drop"  # tier (a) or (b)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class PlaybackRef:
-    """What the index knows of one playback."""
+    """What the index knows of one playback, and the keys it holds for it."""
 
     key: str  # CorrelationKey.encode() of the report that opened it
-    cross: CrossSourceKey
+    cross: CrossKey
     start: float  # epoch seconds of the opening report's start
     sources: set[str]
     first_seq: int
     opening_event_id: str
+    event_ids: list[str] = field(default_factory=list)
+    steps: list[StepKey] = field(default_factory=list)
+    sessions: list[SessionKey] = field(default_factory=list)
+
+    @property
+    def opening_source(self) -> str:
+        return CorrelationKey.decode(self.key).source
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     action: Action
     playback_key: str
     tier: Tier | None = None
@@ -81,10 +91,7 @@ class Decision:
     first_seq: int = 0  # the playback's first stream sequence (0: unknown, read everything)
 
 
-class ColdLookup(Protocol):
-    """Committed keys for events about playbacks older than the hot window."""
-
-    def load(self, events: Sequence[MediaEvent], index: DedupIndex) -> None: ...
+_EVENT, _STEP, _SESSION, _REF, _SOURCE = range(5)
 
 
 @dataclass
@@ -94,15 +101,14 @@ class DedupIndex:
     tolerance: float = 10.0
     hot_window: float = DEFAULT_HOT_WINDOW_S
     max_entries: int = DEFAULT_MAX_ENTRIES
-    event_ids: dict[str, str] = field(default_factory=dict)  # event_id -> playback key
-    steps: dict[SessionStepKey, str] = field(default_factory=dict)  # step -> event_id
-    sessions: dict[SourceSession, str] = field(default_factory=dict)  # -> playback key
+    event_ids: dict[str, PlaybackRef] = field(default_factory=dict)
+    steps: dict[StepKey, str] = field(default_factory=dict)  # step -> event_id that made it
+    sessions: dict[SessionKey, PlaybackRef] = field(default_factory=dict)
     playbacks: dict[str, PlaybackRef] = field(default_factory=dict)
-    by_cross: dict[CrossSourceKey, list[PlaybackRef]] = field(default_factory=dict)
+    by_cross: dict[CrossKey, list[PlaybackRef]] = field(default_factory=dict)
     newest_start: float = float("-inf")
-    _buckets: dict[int, list[tuple[int, object]]] = field(default_factory=lambda: defaultdict(list))
-    _undo: list[Callable[[], None]] = field(default_factory=list)
-    _added: list[tuple[int, tuple[int, object]]] = field(default_factory=list)
+    _buckets: dict[int, list[PlaybackRef]] = field(default_factory=lambda: defaultdict(list))
+    _undo: list[tuple] = field(default_factory=list)
 
     # ------------------------------------------------------------------ horizon
 
@@ -124,191 +130,187 @@ class DedupIndex:
 
     def decide(self, event: MediaEvent, seq: int) -> Decision:
         """Decide one event and record its keys (undoable until :meth:`commit`)."""
-        kept = self.event_ids.get(event.event_id)
-        if kept is not None:
+        event_id = event.event_id
+        known = self.event_ids.get(event_id)
+        if known is not None:
             return Decision(
                 Action.DROP,
-                kept,
+                known.key,
                 Tier.EVENT_ID,
                 "the exact event was already recorded",
-                kept_event_id=event.event_id,
-                kept_source=event.source,
+                event_id,
+                event.source,
+                1.0,
+                known.first_seq,
             )
-        step = SessionStepKey.of(event)
+        step = step_key(event)
         earlier = self.steps.get(step)
         if earlier is not None:
-            playback_key = self.event_ids.get(earlier) or self.sessions.get(
-                SourceSession(event.source, event.server_id, event.session_key), ""
-            )
+            ref = self.sessions.get(step[0])
             return Decision(
                 Action.DROP,
-                playback_key,
+                ref.key if ref is not None else "",
                 Tier.SESSION_KEY,
                 f"{event.source} re-reported the {event.event_type} step of session "
                 f"{event.session_key}",
-                kept_event_id=earlier,
-                kept_source=event.source,
+                earlier,
+                event.source,
+                1.0,
+                ref.first_seq if ref is not None else 0,
             )
-        session = SourceSession(event.source, event.server_id, event.session_key)
-        playback_key = self.sessions.get(session)
-        if playback_key is not None:
-            known = self.playbacks.get(playback_key)
-            decision = Decision(
-                Action.FOLD, playback_key, first_seq=known.first_seq if known else 0
-            )
+        session = step[0]
+        ref = self.sessions.get(session)
+        if ref is not None:
+            decision = Decision(Action.FOLD, ref.key, first_seq=ref.first_seq)
         else:
-            decision = self._open_or_link(event, seq)
-            self._add_session(session, decision.playback_key, self.playbacks[decision.playback_key])
-        ref = self.playbacks.get(decision.playback_key)
-        self._add_event(event.event_id, step, decision.playback_key, ref)
+            ref, decision = self._open_or_link(event, seq)
+            self._add(_SESSION, ref, session)
+        self._add(_EVENT, ref, event_id)
+        self._add(_STEP, ref, step, event_id)
         return decision
 
-    def _open_or_link(self, event: MediaEvent, seq: int) -> Decision:
-        correlation = event.correlation
-        cross = correlation.cross_source
-        start = correlation.started_at.timestamp()
+    def _open_or_link(self, event: MediaEvent, seq: int) -> tuple[PlaybackRef, Decision]:
+        cross = cross_key(event)
+        start = event.playback_start.timestamp()
+        source = event.source
         best: PlaybackRef | None = None
+        best_delta = 0.0
         for candidate in self.by_cross.get(cross, ()):
             delta = abs(candidate.start - start)
-            if delta > self.tolerance or event.source in candidate.sources:
+            if delta > self.tolerance or source in candidate.sources:
                 continue
-            if best is None or delta < abs(best.start - start):
-                best = candidate
+            if best is None or delta < best_delta:
+                best, best_delta = candidate, delta
         if best is not None:
-            best.sources.add(event.source)
-            self._undo.append(lambda ref=best, source=event.source: ref.sources.discard(source))
-            delta = abs(best.start - start)
-            return Decision(
+            best.sources.add(source)
+            self._undo.append((_SOURCE, best, source))
+            opener = best.opening_source
+            return best, Decision(
                 Action.LINK,
                 best.key,
                 Tier.CORRELATION,
-                f"{event.source} reported a playback that "
-                f"{CorrelationKey.decode(best.key).source} opened, starts {delta:.1f}s apart",
-                kept_event_id=best.opening_event_id,
-                kept_source=CorrelationKey.decode(best.key).source,
-                similarity=round(1.0 - delta / self.tolerance, 4) if self.tolerance else 1.0,
-                first_seq=best.first_seq,
+                f"{source} reported a playback that {opener} opened, "
+                f"starts {best_delta:.1f}s apart",
+                best.opening_event_id,
+                opener,
+                round(1.0 - best_delta / self.tolerance, 4) if self.tolerance else 1.0,
+                best.first_seq,
             )
-        key = correlation.encode()
-        ref = PlaybackRef(key, cross, start, {event.source}, seq, event.event_id)
-        self.remember_playback(ref, undoable=True)
-        return Decision(Action.OPEN, key, first_seq=seq)
+        key = event.correlation.encode()
+        ref = PlaybackRef(key, cross, start, {source}, seq, event.event_id)
+        self._add_ref(ref, undoable=True)
+        return ref, Decision(Action.OPEN, key, first_seq=seq)
 
     # ------------------------------------------------------------------ recording keys
 
-    def remember_playback(self, ref: PlaybackRef, *, undoable: bool = False) -> None:
-        if ref.key in self.playbacks:
-            return
-        self.playbacks[ref.key] = ref
-        self.by_cross.setdefault(ref.cross, []).append(ref)
-        self._track(_PLAYBACK, ref.key, ref, undoable)
-        self.newest_start = max(self.newest_start, ref.start)
+    def remember_playback(self, ref: PlaybackRef) -> PlaybackRef:
+        """Record a committed playback (used when loading from the database)."""
+        existing = self.playbacks.get(ref.key)
+        if existing is not None:
+            existing.sources |= ref.sources
+            return existing
+        self._add_ref(ref, undoable=False)
+        return ref
 
-    def remember_event(self, event_id: str, step: SessionStepKey, playback_key: str) -> None:
-        """Record committed keys (used when loading from the database)."""
+    def remember_event(self, event_id: str, step: StepKey, playback_key: str) -> None:
+        """Record a committed event's keys (used when loading from the database)."""
         ref = self.playbacks.get(playback_key)
-        self._add_event(event_id, step, playback_key, ref, undoable=False)
-
-    def remember_session(self, session: SourceSession, playback_key: str) -> None:
-        ref = self.playbacks.get(playback_key)
-        self._add_session(session, playback_key, ref, undoable=False)
-
-    def _add_event(
-        self,
-        event_id: str,
-        step: SessionStepKey,
-        playback_key: str,
-        ref: PlaybackRef | None,
-        *,
-        undoable: bool = True,
-    ) -> None:
+        if ref is None:
+            return  # its playback is not loaded: the cold path will load both together
         if event_id not in self.event_ids:
-            self.event_ids[event_id] = playback_key
-            self._track(_EVENT, event_id, ref, undoable)
+            self.event_ids[event_id] = ref
+            ref.event_ids.append(event_id)
         if step not in self.steps:
             self.steps[step] = event_id
-            self._track(_STEP, step, ref, undoable)
+            ref.steps.append(step)
+        if step[0] not in self.sessions:
+            self.sessions[step[0]] = ref
+            ref.sessions.append(step[0])
 
-    def _add_session(
-        self,
-        session: SourceSession,
-        playback_key: str,
-        ref: PlaybackRef | None,
-        *,
-        undoable: bool = True,
-    ) -> None:
-        if session not in self.sessions:
-            self.sessions[session] = playback_key
-            self._track(_SESSION, session, ref, undoable)
-
-    def _track(self, family: int, key: object, ref: PlaybackRef | None, undoable: bool) -> None:
-        bucket = (
-            int(ref.start // _BUCKET_S) if ref is not None else int(self.newest_start // _BUCKET_S)
-        )
-        entry = (family, key)
+    def _add_ref(self, ref: PlaybackRef, *, undoable: bool) -> None:
+        self.playbacks[ref.key] = ref
+        self.by_cross.setdefault(ref.cross, []).append(ref)
+        self._buckets[int(ref.start // _BUCKET_S)].append(ref)
+        if ref.start > self.newest_start:
+            self.newest_start = ref.start
         if undoable:
-            self._added.append((bucket, entry))
+            self._undo.append((_REF, ref, None))
+
+    def _add(self, family: int, ref: PlaybackRef, key, event_id: str = "") -> None:
+        if family == _EVENT:
+            self.event_ids[key] = ref
+            ref.event_ids.append(key)
+        elif family == _STEP:
+            self.steps[key] = event_id
+            ref.steps.append(key)
         else:
-            self._buckets[bucket].append(entry)
+            self.sessions[key] = ref
+            ref.sessions.append(key)
+        self._undo.append((family, ref, key))
 
     # ------------------------------------------------------------------ transactions
 
     def commit(self) -> None:
         """The batch is durable: its keys stay. Then evict what fell out of the window."""
-        for bucket, entry in self._added:
-            self._buckets[bucket].append(entry)
-        self._added.clear()
         self._undo.clear()
         self._evict()
 
     def rollback(self) -> None:
         """The batch did not commit: forget every key it added."""
-        for _bucket, (family, key) in reversed(self._added):
-            self._forget(family, key)
-        self._added.clear()
-        for undo in reversed(self._undo):
-            undo()
+        for family, ref, key in reversed(self._undo):
+            if family == _EVENT:
+                self.event_ids.pop(key, None)
+                ref.event_ids.pop()
+            elif family == _STEP:
+                self.steps.pop(key, None)
+                ref.steps.pop()
+            elif family == _SESSION:
+                self.sessions.pop(key, None)
+                ref.sessions.pop()
+            elif family == _SOURCE:
+                ref.sources.discard(key)
+            else:
+                self._drop_ref(ref)
         self._undo.clear()
-        self.newest_start = max(
-            (ref.start for ref in self.playbacks.values()), default=float("-inf")
-        )
+        self.newest_start = max((r.start for r in self.playbacks.values()), default=float("-inf"))
 
     def _evict(self) -> None:
-        horizon_bucket = int(self.horizon // _BUCKET_S) if self.playbacks else None
+        if not self.playbacks:
+            return
+        horizon_bucket = int(self.horizon // _BUCKET_S)
+        newest_bucket = int(self.newest_start // _BUCKET_S)
         for bucket in sorted(self._buckets):
             over_cap = self.entries > self.max_entries
-            if horizon_bucket is not None and bucket >= horizon_bucket and not over_cap:
-                break
-            if bucket >= int(self.newest_start // _BUCKET_S):
+            if (bucket >= horizon_bucket and not over_cap) or bucket >= newest_bucket:
                 break  # never evict the newest hour
-            for family, key in self._buckets.pop(bucket):
-                self._forget(family, key)
+            for ref in self._buckets.pop(bucket):
+                self._forget(ref)
             if over_cap:
                 # the horizon moves forward with the cap so cold events reach the database
                 self.hot_window = min(self.hot_window, self.newest_start - (bucket + 1) * _BUCKET_S)
 
-    def _forget(self, family: int, key: object) -> None:
-        if family == _EVENT:
-            self.event_ids.pop(key, None)  # type: ignore[call-overload]
-        elif family == _STEP:
-            self.steps.pop(key, None)  # type: ignore[call-overload]
-        elif family == _SESSION:
-            self.sessions.pop(key, None)  # type: ignore[call-overload]
-        else:
-            ref = self.playbacks.pop(key, None)  # type: ignore[call-overload]
-            if ref is not None:
-                peers = self.by_cross.get(ref.cross, [])
-                peers[:] = [p for p in peers if p is not ref]
-                if not peers:
-                    self.by_cross.pop(ref.cross, None)
+    def _forget(self, ref: PlaybackRef) -> None:
+        for event_id in ref.event_ids:
+            if self.event_ids.get(event_id) is ref:
+                del self.event_ids[event_id]
+        for step in ref.steps:
+            self.steps.pop(step, None)
+        for session in ref.sessions:
+            if self.sessions.get(session) is ref:
+                del self.sessions[session]
+        if self.playbacks.get(ref.key) is ref:
+            del self.playbacks[ref.key]
+        peers = self.by_cross.get(ref.cross)
+        if peers is not None:
+            peers[:] = [p for p in peers if p is not ref]
+            if not peers:
+                del self.by_cross[ref.cross]
+
+    def _drop_ref(self, ref: PlaybackRef) -> None:
+        self._forget(ref)
+        bucket = self._buckets.get(int(ref.start // _BUCKET_S))
+        if bucket is not None and ref in bucket:
+            bucket.remove(ref)
 
 
-_EVENT, _STEP, _SESSION, _PLAYBACK = range(4)
-
-
-def decide_batch(
-    index: DedupIndex,
-    events: Iterable[tuple[MediaEvent, int]],
-) -> list[Decision]:
-    """Decide a batch of (event, seq) pairs in order."""
-    return [index.decide(event, seq) for event, seq in events]
+__all__ = ["Action", "Decision", "DedupIndex", "PlaybackRef", "Tier", "session_key"]

@@ -8,7 +8,7 @@ Identity and keys are structured values:
 
 * ``event_id`` is a deterministic hash of the source occurrence (:func:`make_event_id`),
   never random, never all-zero.
-* :class:`SessionStepKey` names one step of one source session (dedup tier b).
+* :data:`StepKey` names one step of one source session (dedup tier b).
 * :class:`CorrelationKey` names the playback a report is about (dedup tier c); its
   :attr:`CorrelationKey.cross_source` drops the source so reports from different sources of
   the same playback meet.
@@ -134,10 +134,6 @@ class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
         return self.started_at or self.occurred_at
 
     @property
-    def session_step(self) -> SessionStepKey:
-        return SessionStepKey.of(self)
-
-    @property
     def correlation(self) -> CorrelationKey:
         return CorrelationKey(
             source=self.source,
@@ -153,12 +149,23 @@ class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
         problems = []
         if not self.event_id or not self.event_id.strip("0-"):
             problems.append("event_id is empty or all zero")
-        for name in ("source", "server_id", "session_key", "user_id", "media_type", "title"):
-            if not getattr(self, name):
-                problems.append(f"{name} is empty")
-        for name in ("occurred_at", "started_at", "stopped_at"):
-            value = getattr(self, name)
-            if value is not None and value.utcoffset() is None:
+        if not (
+            self.source
+            and self.server_id
+            and self.session_key
+            and self.user_id
+            and self.media_type
+            and self.title
+        ):
+            for name in ("source", "server_id", "session_key", "user_id", "media_type", "title"):
+                if not getattr(self, name):
+                    problems.append(f"{name} is empty")
+        for name, value in (
+            ("occurred_at", self.occurred_at),
+            ("started_at", self.started_at),
+            ("stopped_at", self.stopped_at),
+        ):
+            if value is not None and value.tzinfo is None:
                 problems.append(f"{name} has no time zone")
         if self.event_type is EventType.SUMMARY and self.started_at is None:
             problems.append("a summary needs started_at")
@@ -167,41 +174,37 @@ class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
         return self
 
 
-class SessionStepKey(msgspec.Struct, frozen=True, array_like=True):
-    """One step of one source session: a second report of it is a re-report (tier b)."""
-
-    source: str
-    server_id: str
-    session_key: str
-    event_type: str
-    step: int
-
-    @classmethod
-    def of(cls, event: MediaEvent) -> SessionStepKey:
-        if event.event_type in _ONCE_PER_SESSION:
-            step = 0
-        else:
-            step = (
-                event.position_ms if event.position_ms is not None else _epoch_ms(event.occurred_at)
-            )
-        return cls(event.source, event.server_id, event.session_key, event.event_type.value, step)
+# Keys are tuples of their fields: structured, hashable, cheap (the dedup index builds
+# several per event), and never a string split on a separator.
+SessionKey = tuple[str, str, str]
+"""A source's own identity of one playback: (source, server_id, session_key)."""
+StepKey = tuple[SessionKey, str, int]
+"""One step of one source session: (session, event_type, step). Tier (b) keys on it."""
+CrossKey = tuple[str, str, str, str]
+"""What two sources' reports of one playback share: (server_id, user_id, item, machine_id)."""
 
 
-class SourceSession(msgspec.Struct, frozen=True, array_like=True):
-    """A source's own identity of one playback: every event of it folds into one row."""
-
-    source: str
-    server_id: str
-    session_key: str
+def session_key(event: MediaEvent) -> SessionKey:
+    return (event.source, event.server_id, event.session_key)
 
 
-class CrossSourceKey(msgspec.Struct, frozen=True, array_like=True):
-    """What two sources' reports of one playback share: server, user, item, device."""
+def step_of(event: MediaEvent) -> int:
+    """Tells apart the steps of one type in a session: 0 for steps that happen once (play,
+    stop, scrobble, summary); the playhead in ms (or the event time) for pause, resume and
+    progress, which can happen many times."""
+    if event.event_type in _ONCE_PER_SESSION:
+        return 0
+    if event.position_ms is not None:
+        return event.position_ms
+    return int(event.occurred_at.timestamp() * 1000)
 
-    server_id: str
-    user_id: str
-    rating_key: str
-    machine_id: str
+
+def step_key(event: MediaEvent) -> StepKey:
+    return ((event.source, event.server_id, event.session_key), event.event_type, step_of(event))
+
+
+def cross_key(event: MediaEvent) -> CrossKey:
+    return (event.server_id, event.user_id, event.rating_key or event.title, event.machine_id)
 
 
 class CorrelationKey(msgspec.Struct, frozen=True, array_like=True):
@@ -215,8 +218,8 @@ class CorrelationKey(msgspec.Struct, frozen=True, array_like=True):
     started_at: datetime
 
     @property
-    def cross_source(self) -> CrossSourceKey:
-        return CrossSourceKey(self.server_id, self.user_id, self.rating_key, self.machine_id)
+    def cross_source(self) -> CrossKey:
+        return (self.server_id, self.user_id, self.rating_key, self.machine_id)
 
     def encode(self) -> str:
         """Canonical text form for storage (a JSON array: never split on a separator)."""

@@ -29,6 +29,7 @@ class Message:
     data: bytes
     subject: str = ""
     num_delivered: int = 1
+    pending: int = 0  # messages the consumer had left after this one when it was delivered
 
 
 @dataclass(slots=True)

@@ -15,9 +15,11 @@ Middleware, outermost first (ARCHITECTURE invariant 5):
 
 Fetching is a lean pull loop, not nats-py's ``fetch()``: the router sends the JetStream pull
 request itself and collects replies in a subscription callback, with one ``AckAll`` per
-committed batch. The consumer is (re)created at start from the DuckDB checkpoint, so the
-checkpoint, not the server's ack floor, decides where processing resumes, and messages are
-always applied in stream order.
+committed batch. A batch is committed when it holds ``NATS_BATCH_SIZE`` messages, when
+``NATS_FLUSH_INTERVAL`` has passed, or as soon as the consumer has caught up (the newest
+message says nothing is pending behind it). The consumer is (re)created at start from the
+DuckDB checkpoint, so the checkpoint, not the server's ack floor, decides where processing
+resumes, and messages are always applied in stream order.
 """
 
 from __future__ import annotations
@@ -216,6 +218,8 @@ class Router:
             return  # redelivered after ack_wait while we still held it: already ours
         self._high_water = message.seq
         self._buffer.append((message, msg.reply))
+        if message.pending == 0:
+            self._arrived.set()
         if self._outstanding <= 0:
             self._request_done.set()
         if len(self._buffer) >= self.batch_size:
@@ -248,7 +252,10 @@ class Router:
                 return
             full = len(self._buffer) >= self.batch_size
             due = time.monotonic() >= deadline
-            if self._buffer and (full or due or stopping):
+            # caught up: the newest message says nothing is pending behind it, so waiting for
+            # the flush interval would only add latency
+            caught_up = bool(self._buffer) and self._buffer[-1][0].pending == 0
+            if self._buffer and (full or due or caught_up or stopping):
                 n = min(self.batch_size, len(self._buffer))
                 batch = [self._buffer.popleft() for _ in range(n)]
                 await self._handle([m for m, _ in batch], batch[-1][1])

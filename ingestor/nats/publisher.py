@@ -26,6 +26,7 @@ from ingestor.nats.streams import STREAM
 log = logging.getLogger(__name__)
 
 MSG_ID = "Nats-Msg-Id"
+_CHUNK = 512
 _RETRYABLE = (TimeoutError, asyncio.TimeoutError, NoRespondersError, ConnectionReconnectingError)
 
 
@@ -105,15 +106,23 @@ class Publisher:
     async def iter_publish(
         self, events: Iterable[MediaEvent] | Iterable[OutgoingMessage]
     ) -> AsyncIterator[PublishResult]:
+        """Publish in order, yielding each outcome in order.
+
+        Messages go out in chunks without yielding to the event loop in between, so the
+        client writes a chunk to the socket at once; acks are awaited a chunk at a time once
+        ``max_in_flight`` messages are unacknowledged.
+        """
         window: deque[tuple[OutgoingMessage, asyncio.Future[PubAck]]] = deque()
+        chunk = max(1, min(_CHUNK, self._max_in_flight // 2))
         for item in events:
             message = item if isinstance(item, OutgoingMessage) else OutgoingMessage.of(item)
-            if len(window) >= self._max_in_flight:
-                yield await self._settle(*window.popleft())
             future = await self._js.publish_async(
                 message.subject, message.data, headers={MSG_ID: message.msg_id}
             )
             window.append((message, future))
+            if len(window) >= self._max_in_flight:
+                for _ in range(chunk):
+                    yield await self._settle(*window.popleft())
         while window:
             yield await self._settle(*window.popleft())
 

@@ -109,11 +109,12 @@ def message_of(msg: Msg) -> Message:
     """
     tokens = msg.reply.split(".")
     offset = 4 if len(tokens) == 9 else 6
-    delivered, sseq, _cseq, ns = tokens[offset : offset + 4]
+    delivered, sseq, _cseq, ns, pending = tokens[offset : offset + 5]
     return Message(
         seq=int(sseq),
         recorded_at=datetime.fromtimestamp(int(ns) / 1e9, UTC),
         data=msg.data,
         subject=msg.subject,
         num_delivered=int(delivered),
+        pending=int(pending),
     )

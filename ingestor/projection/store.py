@@ -26,12 +26,10 @@ from ingestor.dedup import Action, Decision, DedupIndex, PlaybackRef, Tier
 from ingestor.errors import TransientError
 from ingestor.events import (
     CorrelationKey,
-    CrossSourceKey,
     MediaEvent,
-    SessionStepKey,
-    SourceSession,
     encode_event,
     make_event_id,
+    step_of,
 )
 from ingestor.projection.fold import FOLD_INPUT_COLUMNS, fold_playbacks
 from ingestor.projection.schema import (
@@ -78,19 +76,19 @@ class BatchResult:
 
 
 SELECT_CHECKPOINT = f"SELECT last_seq FROM {CHECKPOINT_TABLE} WHERE consumer = ?"
-UPSERT_CHECKPOINT = f"""
-INSERT INTO {CHECKPOINT_TABLE} (consumer, last_seq, updated_at) VALUES (?, ?, now())
-ON CONFLICT (consumer) DO UPDATE SET last_seq = excluded.last_seq, updated_at = excluded.updated_at
-"""
-INSERT_MEDIA_EVENTS = "INSERT INTO media_events BY NAME SELECT * FROM batch_events"
-INSERT_PLAYBACKS = "INSERT OR REPLACE INTO playback_events SELECT * FROM batch_playbacks"
-SELECT_PRIOR_EVENTS = (
-    "SELECT "
-    + ", ".join(FOLD_INPUT_COLUMNS)
-    + " FROM media_events WHERE seq >= $min_seq AND seq < $batch_seq"
-    " AND correlation_key IN (SELECT correlation_key FROM prior_playbacks)"
+UPDATE_CHECKPOINT = (
+    f"UPDATE {CHECKPOINT_TABLE} SET last_seq = ?, updated_at = now() WHERE consumer = ?"
 )
-INSERT_AUDIT = "INSERT INTO dedupe_audit_log BY NAME SELECT * FROM batch_audit"
+INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINT_TABLE} VALUES (?, ?, now())"
+# Uniqueness of playback_events.correlation_key and dedupe_audit_log.audit_id holds by
+# construction: a touched playback's row is deleted and re-inserted in the batch's
+# transaction, and an audit id hashes the event and its stream sequence. A unique index would
+# enforce the same thing at 2-3x the cost of every batch here (tests check the uniqueness).
+DELETE_PLAYBACKS = "DELETE FROM playback_events WHERE correlation_key IN (SELECT unnest($keys))"
+SELECT_PRIOR_EVENTS = (
+    "SELECT seq, correlation_key, payload FROM media_events"
+    " WHERE seq >= $min_seq AND seq < $batch_seq AND correlation_key IN (SELECT unnest($keys))"
+)
 SELECT_HOT_PLAYBACKS = """
 SELECT correlation_key, server_id, user_id, coalesce(nullif(rating_key, ''), title),
        machine_id, epoch(key_started_at), sources, first_seq, opening_event_id
@@ -257,9 +255,8 @@ class Projection:
     def _remember_events(index: DedupIndex, rows: list[tuple]) -> None:
         for event_id, source, server_id, session_key, event_type, step, key in rows:
             index.remember_event(
-                event_id, SessionStepKey(source, server_id, session_key, event_type, step), key
+                event_id, ((source, server_id, session_key), event_type, step), key
             )
-            index.remember_session(SourceSession(source, server_id, session_key), key)
 
     # ------------------------------------------------------------------ writes
 
@@ -296,26 +293,27 @@ class Projection:
                 self.fault(items)
             if accepted:
                 events = media_events_frame(accepted)
-                con.register("batch_events", events)
-                con.execute(INSERT_MEDIA_EVENTS)
-                con.unregister("batch_events")
+                rows = events.select(_MEDIA_EVENTS_ORDER).to_arrow()
+                con.from_arrow(rows).insert_into("media_events")
                 fold_input = events.select(FOLD_INPUT_COLUMNS)
                 if prior:
-                    con.register("prior_playbacks", pa.table({"correlation_key": list(prior)}))
-                    earlier = con.sql(
-                        SELECT_PRIOR_EVENTS,
-                        params={"min_seq": min(prior.values()), "batch_seq": batch_seq},
-                    ).pl()
-                    con.unregister("prior_playbacks")
-                    fold_input = pl.concat([earlier, fold_input], how="vertical_relaxed")
-                con.register("batch_playbacks", fold_playbacks(fold_input))
-                con.execute(INSERT_PLAYBACKS)
-                con.unregister("batch_playbacks")
+                    keys = list(prior)
+                    bounds = {"min_seq": min(prior.values()), "batch_seq": batch_seq}
+                    earlier = con.sql(SELECT_PRIOR_EVENTS, params={"keys": keys, **bounds}).pl()
+                    earlier = parse_events(earlier["payload"]).with_columns(
+                        earlier["seq"], earlier["correlation_key"]
+                    )
+                    fold_input = pl.concat(
+                        [earlier.select(FOLD_INPUT_COLUMNS), fold_input], how="vertical_relaxed"
+                    )
+                    con.execute(DELETE_PLAYBACKS, {"keys": keys})
+                playbacks = fold_playbacks(fold_input)
+                con.from_arrow(playbacks.to_arrow()).insert_into("playback_events")
             if audited:
-                con.register("batch_audit", audit_table(audited))
-                con.execute(INSERT_AUDIT)
-                con.unregister("batch_audit")
-            con.execute(UPSERT_CHECKPOINT, [consumer, last_seq])
+                con.from_arrow(audit_table(audited)).insert_into("dedupe_audit_log")
+            (changed,) = con.execute(UPDATE_CHECKPOINT, [last_seq, consumer]).fetchall()[0]
+            if not changed:
+                con.execute(INSERT_CHECKPOINT, [consumer, last_seq])
             con.commit()
         except BaseException as exc:
             try:
@@ -326,9 +324,6 @@ class Projection:
                 raise TransientError(f"database unavailable: {exc}") from exc
             raise
         return result
-
-    def set_checkpoint(self, last_seq: int, consumer: str = PROJECTOR) -> None:
-        self.con.execute(UPSERT_CHECKPOINT, [consumer, last_seq])
 
 
 # ---------------------------------------------------------------------- Arrow builders
@@ -341,28 +336,43 @@ _POLARS_TYPES = {
     "BOOLEAN": pl.Boolean,
     "TIMESTAMPTZ": pl.Datetime("us", "UTC"),
 }
-_TIMES = [name for name, duck, _ in EVENT_COLUMNS if duck == "TIMESTAMPTZ"]
+_EVENT_TYPES = {name: duck for name, duck, _ in EVENT_COLUMNS}
+_FOLD_FIELDS = [c for c in FOLD_INPUT_COLUMNS if c in _EVENT_TYPES]
+_TIMES = [name for name in _FOLD_FIELDS if _EVENT_TYPES[name] == "TIMESTAMPTZ"]
 # timestamps are read as text and parsed in one vectorised pass (faster than the JSON reader's)
 _JSON_SCHEMA = {
-    name: pl.String if duck == "TIMESTAMPTZ" else _POLARS_TYPES[duck]
-    for name, duck, _ in EVENT_COLUMNS
+    name: pl.String if _EVENT_TYPES[name] == "TIMESTAMPTZ" else _POLARS_TYPES[_EVENT_TYPES[name]]
+    for name in _FOLD_FIELDS
 }
 _MEDIA_EVENTS_ORDER = [name for name, _, _ in MEDIA_EVENT_COLUMNS]
 
 
-def media_events_frame(items: Sequence[Applied]) -> pl.DataFrame:
-    """The ``media_events`` rows of a batch, parsed from the events' JSON in one pass."""
-    frame = pl.read_ndjson(io.BytesIO(b"\n".join(a.data for a in items)), schema=_JSON_SCHEMA)
+def parse_events(payloads: list[bytes] | pl.Series) -> pl.DataFrame:
+    """The fold's fields of many events, parsed from their JSON in one pass."""
+    if isinstance(payloads, pl.Series):
+        blob = "\n".join(payloads.to_list()).encode()
+    else:
+        blob = b"\n".join(payloads)
+    frame = pl.read_ndjson(io.BytesIO(blob), schema=_JSON_SCHEMA)
     return frame.with_columns(
-        [pl.col(name).str.strptime(pl.Datetime("us", "UTC"), format="%+") for name in _TIMES]
-        + [
-            pl.Series("seq", [a.seq for a in items], pl.Int64),
-            pl.Series("recorded_at", [a.recorded_at for a in items], pl.Datetime("us", "UTC")),
-            pl.Series("correlation_key", [a.decision.playback_key for a in items], pl.String),
-            pl.Series("dedup_action", [a.decision.action.value for a in items], pl.String),
-            pl.Series("step", [SessionStepKey.of(a.event).step for a in items], pl.Int64),
-        ]
-    ).select(_MEDIA_EVENTS_ORDER)
+        pl.col(name).str.strptime(pl.Datetime("us", "UTC"), format="%+") for name in _TIMES
+    )
+
+
+def media_events_frame(items: Sequence[Applied]) -> pl.DataFrame:
+    """A batch's events with its tracking columns: the fold's input and, selected, the
+    ``media_events`` rows."""
+    payloads = [a.data for a in items]
+    return parse_events(payloads).with_columns(
+        pl.Series("seq", [a.seq for a in items], pl.Int64),
+        pl.Series(
+            "recorded_at", [int(a.recorded_at.timestamp() * 1e6) for a in items], pl.Int64
+        ).cast(pl.Datetime("us", "UTC")),
+        pl.Series("correlation_key", [a.decision.playback_key for a in items], pl.String),
+        pl.Series("dedup_action", [a.decision.action.value for a in items], pl.String),
+        pl.Series("step", [step_of(a.event) for a in items], pl.Int64),
+        pl.Series("payload", [p.decode() for p in payloads], pl.String),
+    )
 
 
 def audit_table(items: Sequence[Applied]) -> pa.Table:
@@ -408,7 +418,7 @@ def _playback_ref(row: tuple) -> PlaybackRef:
     key, server_id, user_id, item, machine_id, start, sources, first_seq, opening = row
     return PlaybackRef(
         key=key,
-        cross=CrossSourceKey(server_id, user_id, item, machine_id),
+        cross=(server_id, user_id, item, machine_id),
         start=float(start),
         sources=set(sources or ()),
         first_seq=int(first_seq),

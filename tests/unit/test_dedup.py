@@ -115,25 +115,23 @@ def test_an_evicting_index_decides_like_an_unbounded_one_given_cold_lookups(pick
 def _load_committed(index: DedupIndex, committed: list) -> None:
     """What Projection.load_cold does, from an in-memory list instead of DuckDB."""
     from ingestor.dedup import PlaybackRef
-    from ingestor.events import CorrelationKey, SessionStepKey, SourceSession
+    from ingestor.events import CorrelationKey, step_key
 
     for e, d in committed:
         if d.action is Action.DROP:
             continue
         if d.action is Action.OPEN:
             key = CorrelationKey.decode(d.playback_key)
-            index.remember_playback(
-                PlaybackRef(
-                    d.playback_key,
-                    key.cross_source,
-                    key.started_at.timestamp(),
-                    {e.source},
-                    d.first_seq,
-                    e.event_id,
-                )
+            ref = PlaybackRef(
+                d.playback_key,
+                key.cross_source,
+                key.started_at.timestamp(),
+                {e.source},
+                d.first_seq,
+                e.event_id,
             )
+            index.remember_playback(ref)
         elif d.action is Action.LINK and d.playback_key in index.playbacks:
             index.playbacks[d.playback_key].sources.add(e.source)
-        index.remember_event(e.event_id, SessionStepKey.of(e), d.playback_key)
-        index.remember_session(SourceSession(e.source, e.server_id, e.session_key), d.playback_key)
+        index.remember_event(e.event_id, step_key(e), d.playback_key)
     index.commit()

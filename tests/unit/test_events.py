@@ -13,10 +13,10 @@ from ingestor.events import (
     SCHEMA_VERSION,
     CorrelationKey,
     EventType,
-    SessionStepKey,
     decode_event,
     encode_event,
     make_event_id,
+    step_key,
     subject_token,
     upcaster,
 )
@@ -96,8 +96,8 @@ def test_session_steps_distinguish_pauses_by_position() -> None:
     first = event("jellyfin", "pause", T0, "s", position_ms=1000)
     again = event("jellyfin", "pause", T0 + timedelta(seconds=30), "s", position_ms=1000)
     later = event("jellyfin", "pause", T0 + timedelta(minutes=5), "s", position_ms=5000)
-    assert SessionStepKey.of(first) == SessionStepKey.of(again)
-    assert SessionStepKey.of(first) != SessionStepKey.of(later)
+    assert step_key(first) == step_key(again)
+    assert step_key(first) != step_key(later)
 
 
 @given(

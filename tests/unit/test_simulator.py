@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ingestor.events import EventType, MediaEvent, decode_event, encode_event
+from ingestor.events import EventType, MediaEvent, decode_event, encode_event, step_key
 from ingestor.sources.simulator import (
     Simulation,
     SimulationConfig,
@@ -196,7 +196,7 @@ def test_tautulli_durations_are_consistent(sim: Simulation) -> None:
 def test_rereported_steps_share_session_key_with_their_original(sim: Simulation) -> None:
     steps: dict[object, list[MediaEvent]] = defaultdict(list)
     for event in unique_events(sim.events):
-        steps[event.session_step].append(event)
+        steps[step_key(event)].append(event)
     rereports = paused_rereports = 0
     for reports in steps.values():
         if len(reports) == 1:
@@ -222,7 +222,7 @@ def test_rereports_are_never_redelivered() -> None:
     first_of_step: dict[object, str] = {}
     rereports = 0
     for event in unique_events(big.events):
-        original = first_of_step.setdefault(event.session_step, event.event_id)
+        original = first_of_step.setdefault(step_key(event), event.event_id)
         if original != event.event_id:
             assert counts[event.event_id] == 1
             rereports += 1
