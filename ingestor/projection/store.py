@@ -44,6 +44,7 @@ from ingestor.projection.schema import (
 log = logging.getLogger(__name__)
 
 PROJECTOR = "projector"
+DUCKDB_MEMORY_LIMIT = "192MB"
 PROJECTION_SCHEMA_VERSION = 1  # of the tables; a file written by a later version is refused
 
 # DuckDB failures that a later attempt can get past: I/O (disk full, file unavailable),
@@ -156,6 +157,9 @@ class Projection:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = duckdb.connect(str(self.path), read_only=read_only)
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, not local
+        # DuckDB caches up to 80 % of the machine's memory by default; the ingestor is one
+        # service among others, so its buffer pool is capped (DuckDB spills beyond it).
+        self.con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         # ``fault`` is a seam for failure tests: called with the batch inside each
         # transaction before the writes, it may raise (the database is unavailable) or stall.
         self.fault = fault
