@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -62,6 +63,18 @@ def new_pipeline(settings: Settings, projection: Projection) -> Pipeline:
     return Pipeline(projection, DedupIndex(tolerance=settings.dedup_tolerance))
 
 
+def tune_gc() -> None:
+    """Collect young objects less often, and never scan what start-up created.
+
+    The dedup index keeps many small long-lived objects; with CPython's default thresholds
+    the collector rescanned them so often that it took most of the time attributed to
+    decoding and dedup (measured on 170k events: dedup 37 -> 7 us/event, decode halved).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def install_stop_signals(stop: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -78,6 +91,7 @@ async def run_service(
     """``ingestor run``: project the stream until SIGTERM or SIGINT, then drain and exit."""
     stopped = asyncio.Event()
     install_stop_signals(stopped.set)
+    tune_gc()
     projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
     handle: NatsHandle | None = None
     runner = None
@@ -252,6 +266,7 @@ async def run_demo(
 ) -> DemoReport:
     """Embedded server + simulator + projection, checked against the simulator's truth."""
     started = time.monotonic()
+    tune_gc()
     sim = simulator.simulate(config)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     truth_path = settings.data_dir / "demo-truth.json"
@@ -455,6 +470,7 @@ async def replay_command(
             f"{output} exists; replay writes a new file (remove it or pick another path)"
         )
     started = time.monotonic()
+    tune_gc()
     handle = await open_nats(settings)
     projection = await asyncio.to_thread(open_projection, output)
     messages = applied = rejected = last_seq = 0
