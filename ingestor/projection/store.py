@@ -44,7 +44,7 @@ from ingestor.projection.schema import (
 log = logging.getLogger(__name__)
 
 PROJECTOR = "projector"
-DUCKDB_MEMORY_LIMIT = "192MB"
+DUCKDB_MEMORY_LIMIT = "128MB"
 DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
 PROJECTION_SCHEMA_VERSION = 1  # of the tables; a file written by a later version is refused
 
