@@ -41,6 +41,7 @@ from ingestor.sources import simulator
 log = logging.getLogger(__name__)
 
 Out = Callable[[str], None]
+TRUTH_SQL = "SELECT " + ", ".join(simulator.TRUTH_KEY_FIELDS) + " FROM playback_events"
 
 
 class DatabaseLocked(IngestorError):
@@ -316,7 +317,7 @@ async def run_demo(
         projection.close()
         if handle is not None:
             await handle.close()
-    truth = {_truth_key(t) for t in sim.truth}
+    truth = simulator.truth_keys(sim.truth)
     report = DemoReport(
         published=len(sim.events),
         stored=publish.stored,
@@ -348,24 +349,9 @@ async def _publish_with_progress(
     return stats
 
 
-def _truth_key(t: simulator.TruthPlayback) -> tuple:
-    return (
-        t.server_id,
-        t.user_id,
-        t.rating_key,
-        t.machine_id,
-        t.started_at,
-        t.stopped_at,
-        t.paused_seconds,
-    )
-
-
 def _playback_keys(projection: Projection) -> set[tuple]:
-    rows = projection.con.execute(
-        "SELECT server_id, user_id, rating_key, machine_id, started_at, stopped_at, paused_seconds "
-        "FROM playback_events"
-    ).fetchall()
-    return {tuple(row) for row in rows}
+    """The projected playbacks, comparable with ``simulator.truth_keys``."""
+    return set(projection.con.execute(TRUTH_SQL).fetchall())
 
 
 def format_demo(report: DemoReport, expected: simulator.ExpectedCounts, *, first_run: bool) -> str:

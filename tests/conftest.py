@@ -3,7 +3,6 @@ temporary data directory, and small helpers for waiting on conditions with a dea
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import sys
@@ -75,13 +74,3 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
-
-
-async def async_wait_until(
-    condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)

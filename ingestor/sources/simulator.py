@@ -34,7 +34,7 @@ import base64
 import os
 import string
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime, timedelta
 from random import Random
 from typing import Any
@@ -162,6 +162,23 @@ class TruthPlayback(msgspec.Struct, frozen=True):
     sources: tuple[str, ...]
 
 
+# what a projected playback is compared on (a column of playback_events each)
+TRUTH_KEY_FIELDS = (
+    "server_id",
+    "user_id",
+    "rating_key",
+    "machine_id",
+    "started_at",
+    "stopped_at",
+    "paused_seconds",
+)
+
+
+def truth_keys(truth: Iterable[TruthPlayback]) -> set[tuple]:
+    """The playbacks as comparable tuples of :data:`TRUTH_KEY_FIELDS`."""
+    return {tuple(getattr(t, name) for name in TRUTH_KEY_FIELDS) for t in truth}
+
+
 class ExpectedCounts(msgspec.Struct, frozen=True):
     """What a correct pipeline must count for the simulated feed."""
 
@@ -183,21 +200,6 @@ class Simulation(msgspec.Struct, frozen=True):
 
 # ---------------------------------------------------------------------------------------
 # the simulated world
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    rating_key: str
-    media_type: str
-    title: str
-    parent_title: str
-    grandparent_title: str
-    year: int
-    duration_s: int
-    resolution: str
-    video_codec: str
-    audio_codec: str
-    bitrate_kbps: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +348,13 @@ class _Title:
     bitrate_kbps: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Item(_Title):
+    """A title as one server holds it, under that server's item id."""
+
+    rating_key: str
+
+
 def _catalog(rng: Random) -> tuple[list[_Title], list[list[_Title]]]:
     """The titles both servers hold: ~60 movies and ~15 shows."""
     taken: set[str] = set()
@@ -413,19 +422,7 @@ def _library(rng: Random, movies: list[_Title], shows: list[list[_Title]], plex:
         return str(next_key)
 
     def item(t: _Title) -> _Item:
-        return _Item(
-            key(),
-            t.media_type,
-            t.title,
-            t.parent_title,
-            t.grandparent_title,
-            t.year,
-            t.duration_s,
-            t.resolution,
-            t.video_codec,
-            t.audio_codec,
-            t.bitrate_kbps,
-        )
+        return _Item(*astuple(t), rating_key=key())
 
     return _Library(
         movies=tuple(item(t) for t in movies),

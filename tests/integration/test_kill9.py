@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from ingestor.app import replay_command
+from ingestor.app import TRUTH_SQL, replay_command
 from ingestor.config import Settings
 from ingestor.nats.connection import open_nats
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer, port_answers
 from ingestor.projection import Projection
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
 from tests.conftest import INGESTOR, free_port, make_env, subprocess_env, wait_until
-from tests.integration.test_router import COMPARED, TRUTH_SQL, truth_rows
+from tests.integration.test_router import COMPARED
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -102,7 +102,7 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
 
     live = Projection(settings.duckdb_path, read_only=True)
-    assert set(live.con.execute(TRUTH_SQL).fetchall()) == truth_rows(sim)
+    assert set(live.con.execute(TRUTH_SQL).fetchall()) == truth_keys(sim.truth)
     (distinct,) = live.con.execute(
         "SELECT count(*) = count(DISTINCT event_id) FROM media_events"
     ).fetchall()

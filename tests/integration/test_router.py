@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ingestor.app import new_pipeline, open_projection, replay_command
+from ingestor.app import TRUTH_SQL, new_pipeline, open_projection, replay_command
 from ingestor.config import Settings
 from ingestor.events import MediaEvent
 from ingestor.nats.connection import NatsHandle, open_nats
@@ -20,30 +20,10 @@ from ingestor.nats.publisher import Publisher
 from ingestor.nats.reader import read_range, stream_bounds
 from ingestor.projection import Projection
 from ingestor.router import Router, RouterStats
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
 from tests.factory import T0, plex_playback, tautulli_summary
 
 pytestmark = pytest.mark.integration
-
-TRUTH_SQL = (
-    "SELECT server_id, user_id, rating_key, machine_id, started_at, stopped_at, paused_seconds "
-    "FROM playback_events"
-)
-
-
-def truth_rows(sim) -> set[tuple]:
-    return {
-        (
-            t.server_id,
-            t.user_id,
-            t.rating_key,
-            t.machine_id,
-            t.started_at,
-            t.stopped_at,
-            t.paused_seconds,
-        )
-        for t in sim.truth
-    }
 
 
 async def project(
@@ -76,19 +56,26 @@ async def publish(handle: NatsHandle, events: list[MediaEvent]) -> None:
     assert stats.total == len(events)
 
 
+async def ingest(
+    settings: Settings, events: list[MediaEvent], **router_kwargs
+) -> tuple[Projection, RouterStats]:
+    """Publish ``events`` to a fresh stream and project all of it."""
+    handle = await open_nats(settings)
+    try:
+        await publish(handle, events)
+        return await project(settings, handle, **router_kwargs)
+    finally:
+        await handle.close()
+
+
 def table(projection: Projection, sql: str) -> list[tuple]:
     return projection.con.execute(sql).fetchall()
 
 
 async def test_the_simulated_feed_projects_to_its_ground_truth(settings: Settings) -> None:
     sim = simulate(SimulationConfig(seed=5, users=10, days=3))
-    handle = await open_nats(settings)
-    try:
-        await publish(handle, sim.events)
-        projection, stats = await project(settings, handle)
-    finally:
-        await handle.close()
-    assert set(table(projection, TRUTH_SQL)) == truth_rows(sim)
+    projection, stats = await ingest(settings, sim.events)
+    assert set(table(projection, TRUTH_SQL)) == truth_keys(sim.truth)
     assert table(projection, "SELECT count(*) = count(DISTINCT event_id) FROM media_events") == [
         (True,)
     ]
@@ -147,7 +134,7 @@ async def test_a_database_outage_is_retried_and_nothing_is_dead_lettered(
         await handle.close()
     assert len(failures) >= 3 and stats.pauses >= 1  # it really was down, and fetching paused
     assert dead == 0 and stats.dead_lettered == 0
-    assert set(table(projection, TRUTH_SQL)) == truth_rows(sim)
+    assert set(table(projection, TRUTH_SQL)) == truth_keys(sim.truth)
     projection.close()
 
 
@@ -160,17 +147,12 @@ async def test_a_batch_redelivered_during_a_slow_commit_changes_nothing(settings
             stalled.append(1)
             time.sleep(2.5)  # longer than ack_wait: JetStream redelivers the batch
 
-    handle = await open_nats(settings)
-    try:
-        await publish(handle, sim.events)
-        projection, stats = await project(
-            settings, handle, fault=slow_first_commit, ack_wait=1.0, batch_size=100
-        )
-    finally:
-        await handle.close()
+    projection, stats = await ingest(
+        settings, sim.events, fault=slow_first_commit, ack_wait=1.0, batch_size=100
+    )
     assert stalled
     assert stats.redeliveries_skipped > 0  # JetStream did redeliver while we held the batch
-    assert set(table(projection, TRUTH_SQL)) == truth_rows(sim)
+    assert set(table(projection, TRUTH_SQL)) == truth_keys(sim.truth)
     assert table(projection, "SELECT count(*) = count(DISTINCT event_id) FROM media_events") == [
         (True,)
     ]
@@ -215,12 +197,7 @@ async def test_plex_and_tautulli_reports_of_one_playback_are_one_row_and_one_lin
 ) -> None:
     lifecycle, summary = plex_playback(), tautulli_summary(late=6)
     events = [summary, *lifecycle] if tautulli_first else [*lifecycle, summary]
-    handle = await open_nats(settings)
-    try:
-        await publish(handle, events)
-        projection, _ = await project(settings, handle)
-    finally:
-        await handle.close()
+    projection, _ = await ingest(settings, events)
     assert table(projection, "SELECT started_at, paused_seconds, sources FROM playback_events") == [
         (T0, summary.paused_counter, ["plex", "tautulli"])
     ]
@@ -232,12 +209,7 @@ async def test_plex_and_tautulli_reports_of_one_playback_are_one_row_and_one_lin
 
 async def test_the_same_item_on_the_same_device_an_hour_apart_stays_two(settings: Settings) -> None:
     events = plex_playback(T0, stop_at=1800) + plex_playback(T0 + timedelta(hours=1), stop_at=1800)
-    handle = await open_nats(settings)
-    try:
-        await publish(handle, events)
-        projection, _ = await project(settings, handle)
-    finally:
-        await handle.close()
+    projection, _ = await ingest(settings, events)
     assert table(projection, "SELECT count(*) FROM playback_events") == [(2,)]
     assert table(projection, "SELECT count(*) FROM dedupe_audit_log") == [(0,)]
     projection.close()

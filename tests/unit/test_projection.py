@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ingestor.app import TRUTH_SQL
 from ingestor.dedup import DedupIndex
 from ingestor.errors import TransientError
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
 from tests.factory import T0, event, messages, plex_playback, tautulli_summary
 
 PLAYBACK_COLUMNS = "* EXCLUDE (last_seq, event_count)"
@@ -165,26 +166,8 @@ def test_the_simulated_feed_projects_to_its_ground_truth(tmp_path: Path) -> None
     p = pipeline_at(tmp_path / "a.duckdb")
     for lo in range(0, len(sim.events), 500):
         p.process(messages(sim.events[lo : lo + 500], first_seq=lo + 1))
-    got = set(
-        rows(
-            p,
-            "SELECT server_id, user_id, rating_key, machine_id, started_at, stopped_at, "
-            "paused_seconds FROM playback_events",
-        )
-    )
-    want = {
-        (
-            t.server_id,
-            t.user_id,
-            t.rating_key,
-            t.machine_id,
-            t.started_at,
-            t.stopped_at,
-            t.paused_seconds,
-        )
-        for t in sim.truth
-    }
-    assert got == want
+    got = set(rows(p, TRUTH_SQL))
+    assert got == truth_keys(sim.truth)
     counts = p.projection.counts()
     assert counts["dropped_event_id"] == sim.expected.dropped_event_id
     assert counts["dropped_session_key"] == sim.expected.dropped_session_key
