@@ -1,0 +1,310 @@
+"""Where a Tautulli history row becomes a MediaEvent: the one mapping the API sync
+(:mod:`ingestor.sources.tautulli`) and the database import
+(:mod:`ingestor.sources.tautulli_import`) share, so both give the same event for one row.
+
+A finished history row is one ``summary`` event:
+
+* identity: ``session_key = str(row_id)`` and ``event_id = make_event_id("tautulli",
+  server_id, row_id)`` (``row_id`` as an int, ``session_history.id``). The id is stable across
+  re-syncs and re-imports of one Tautulli database, so a row the sync already brought in adds
+  nothing when the database is imported (dedup tier a). ``reference_id`` only labels
+  Tautulli's play group; it is kept in the raw payload, never used as identity.
+* ``server_id`` is the Plex server's machineIdentifier (``get_server_info.pms_identifier``):
+  history rows carry none, so the caller passes it.
+* times: ``started``/``stopped`` (epoch seconds) become ``started_at``/``stopped_at``;
+  ``occurred_at`` is the stop, since a summary happens when the session ends.
+* durations are seconds (``play_duration``, falling back to ``duration``, which is the same
+  value kept for backwards compatibility, never the item length), ``paused_counter`` seconds.
+* ids become strings (``user_id``, ``rating_key``); ``""`` and ``None`` mean "not said".
+* ``transcode_decision`` ``copy`` is a direct stream: it becomes ``"direct stream"``.
+* ``secure``/``relayed``/``local`` 0/1/None become booleans; ``local`` falls back to
+  ``location == "lan"`` (history rows have no ``local`` column).
+
+Two kinds of rows are not summaries and :func:`summary_from_history_row` refuses them:
+
+* in-progress rows (``state`` set: ``playing``/``paused``/``buffering``, added by
+  ``include_activity=1``): the session has not ended. The sync skips them; the next pass sees
+  the finished row. Live sessions reach the log as play/pause/resume/stop transitions from
+  ``get_activity`` instead.
+* grouped rows (``group_count`` > 1): one row standing for several sessions (Tautulli's
+  "continued" plays, ``grouping=1``). The sync always asks for ``grouping=0``. A grouped row
+  cannot be split, and keying it on either ``row_id`` (its newest session) or
+  ``reference_id`` (its first) would merge different playbacks into one summary and lose or
+  double count the others; so it is refused, and the caller reports it (the database import
+  recovers every session of the group one by one).
+
+Rows carry more than the API returns when they come from the database (``view_offset``, the
+item length, stream details, app versions): the builder takes those optional keys too, so the
+imported event can be richer; its identity, times and durations are the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from ingestor.errors import InvalidEvent
+from ingestor.events import EventType, MediaEvent, make_event_id
+
+SOURCE = "tautulli"
+
+# Tautulli shows this placeholder when a user has no avatar: it is no avatar.
+DEFAULT_USER_THUMB = "interfaces/default/images/gravatar-default-80x80.png"
+
+_TRANSCODE_DECISIONS = {
+    "direct play": "direct play",
+    "directplay": "direct play",
+    "copy": "direct stream",
+    "direct stream": "direct stream",
+    "transcode": "transcode",
+}
+
+_json = msgspec.json.Encoder()
+
+
+class InvalidHistoryRow(InvalidEvent):
+    """A Tautulli history row that is not a finished session, or lacks what an event needs."""
+
+    category = "invalid_tautulli_row"
+
+
+# ---------------------------------------------------------------------------------------
+# value normalisers: Tautulli mixes ints, numeric strings, "" and None for the same column
+
+
+def as_int(value: Any) -> int | None:
+    """An int from an int, a float or a numeric string; ``None`` for ``None``/``""``/junk.
+
+    >>> as_int("42"), as_int(""), as_int(None), as_int(97.6), as_int("12.0")
+    (42, None, None, 98, 12)
+    """
+    if value is None or isinstance(value, bool):
+        return None if value is None else int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return round(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return round(float(text))
+        except ValueError:
+            return None
+
+
+def as_id(value: Any) -> str:
+    """An identifier as a string: ``5120`` and ``"5120"`` are both ``"5120"``; ``""`` for none.
+
+    >>> as_id(5120), as_id("5120"), as_id(""), as_id(None), as_id(12.0)
+    ('5120', '5120', '', '', '12')
+    """
+    if value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def as_text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def as_bool(value: Any) -> bool | None:
+    """0/1 (int or string) or a bool to a bool; ``None`` when not said.
+
+    >>> as_bool(1), as_bool("0"), as_bool(None), as_bool("")
+    (True, False, None, None)
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    number = as_int(value)
+    return None if number is None else number != 0
+
+
+def as_time(value: Any) -> datetime | None:
+    """Epoch seconds to an aware UTC datetime; ``None`` for 0, ``None`` or ``""``."""
+    seconds = as_int(value)
+    if not seconds:
+        return None
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def transcode_decision(value: Any) -> str:
+    """Tautulli's ``direct play``/``copy``/``transcode`` in the event's words.
+
+    >>> transcode_decision("copy"), transcode_decision("direct play"), transcode_decision(None)
+    ('direct stream', 'direct play', '')
+    """
+    text = as_text(value).strip().lower()
+    return _TRANSCODE_DECISIONS.get(text, text)
+
+
+# ---------------------------------------------------------------------------------------
+# row kinds and identity
+
+
+def is_in_progress(row: Mapping[str, Any]) -> bool:
+    """True for a row of a session still running (``state`` set by ``include_activity``)."""
+    return bool(row.get("state"))
+
+
+def is_grouped(row: Mapping[str, Any]) -> bool:
+    """True for a row standing for several sessions (``grouping=1``)."""
+    count = as_int(row.get("group_count"))
+    return count is not None and count > 1
+
+
+def history_row_id(row: Mapping[str, Any]) -> int | None:
+    """The row's ``session_history.id`` (``row_id``, or ``id``); ``None`` if it has none."""
+    for key in ("row_id", "id"):
+        value = as_int(row.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def summary_event_id(server_id: str, row_id: int) -> str:
+    """The event id of history row ``row_id`` of the Plex server ``server_id``."""
+    return make_event_id(SOURCE, server_id, int(row_id))
+
+
+def encode_raw(raw: Mapping[str, Any]) -> str:
+    """The raw row as JSON text, for the audit trail."""
+    return _json.encode(dict(raw)).decode()
+
+
+# ---------------------------------------------------------------------------------------
+# the mapping
+
+
+def summary_from_history_row(
+    row: Mapping[str, Any],
+    server_id: str,
+    *,
+    raw: Mapping[str, Any] | None = None,
+) -> MediaEvent:
+    """The ``summary`` event of one finished Tautulli history row.
+
+    ``row`` has the keys of a ``get_history`` row (the database import builds such a mapping,
+    with a few extra keys the database has: ``view_offset``, ``media_duration_ms``,
+    ``platform_version``, ``product_version``, ``bandwidth``, ``video_resolution``,
+    ``video_codec``, ``video_dynamic_range``, ``audio_codec``, ``audio_channels``,
+    ``stream_bitrate``). ``raw`` is what goes to ``raw_payload`` (default: ``row``).
+
+    Raises :class:`InvalidHistoryRow` for an in-progress or grouped row, or a row missing
+    what an event needs (an id, a start, a user, a title).
+
+    >>> event = summary_from_history_row(
+    ...     {"row_id": 5120, "started": 1767600000, "stopped": 1767607200,
+    ...      "paused_counter": 300, "play_duration": 6900, "user_id": 8312457,
+    ...      "user": "alice", "media_type": "movie", "title": "Heat", "rating_key": 54321,
+    ...      "parent_rating_key": "", "year": 1995, "transcode_decision": "copy",
+    ...      "secure": 1, "relayed": 0, "location": "lan", "state": None},
+    ...     "srv")
+    >>> event.session_key, event.user_id, event.rating_key, event.transcode_decision
+    ('5120', '8312457', '54321', 'direct stream')
+    >>> event.play_duration, event.local, event.occurred_at == event.stopped_at
+    (6900, True, True)
+    """
+    row_id = history_row_id(row)
+    where = f"Tautulli history row {row_id if row_id is not None else '(no id)'}"
+    if is_in_progress(row):
+        raise InvalidHistoryRow(f"{where} is in progress (state {row.get('state')!r})")
+    if is_grouped(row):
+        raise InvalidHistoryRow(
+            f"{where} groups sessions {row.get('group_ids')!r}; ask for grouping=0"
+        )
+    if row_id is None:
+        raise InvalidHistoryRow(f"{where}: no row_id or id")
+    if not server_id:
+        raise InvalidHistoryRow(f"{where}: the Plex server id is unknown")
+    started = as_time(row.get("started"))
+    stopped = as_time(row.get("stopped"))
+    if started is None:
+        raise InvalidHistoryRow(f"{where}: no started time")
+    paused = as_int(row.get("paused_counter"))
+    played = as_int(row.get("play_duration"))
+    if played is None:
+        played = as_int(row.get("duration"))
+    media_ms = as_int(row.get("media_duration_ms"))
+    location = as_text(row.get("location")).strip().lower()
+    local = as_bool(row.get("local"))
+    if local is None and location in ("lan", "wan", "cellular"):
+        local = location == "lan"
+    thumb = as_text(row.get("user_thumb"))
+    title = as_text(row.get("title")) or as_text(row.get("full_title"))
+    event = MediaEvent(
+        event_id=summary_event_id(server_id, row_id),
+        event_type=EventType.SUMMARY,
+        occurred_at=stopped or started,
+        source=SOURCE,
+        server_id=server_id,
+        session_key=str(row_id),
+        user_id=as_id(row.get("user_id")),
+        username=as_text(row.get("user")),
+        friendly_name=as_text(row.get("friendly_name")),
+        user_thumb="" if thumb == DEFAULT_USER_THUMB else thumb,
+        media_type=as_text(row.get("media_type")),
+        title=title,
+        parent_title=as_text(row.get("parent_title")),
+        grandparent_title=as_text(row.get("grandparent_title")),
+        rating_key=as_id(row.get("rating_key")),
+        year=as_int(row.get("year")) or None,
+        media_duration=media_ms // 1000 if media_ms else None,
+        started_at=started,
+        stopped_at=stopped,
+        position_ms=as_int(row.get("view_offset")),
+        percent_complete=as_int(row.get("percent_complete")),
+        play_duration=played,
+        paused_counter=paused,
+        platform=as_text(row.get("platform")),
+        platform_version=as_text(row.get("platform_version")),
+        player=as_text(row.get("player")),
+        product=as_text(row.get("product")),
+        product_version=as_text(row.get("product_version")),
+        machine_id=as_text(row.get("machine_id")),
+        ip_address=as_text(row.get("ip_address")),
+        location_type=location,
+        transcode_decision=transcode_decision(row.get("transcode_decision")),
+        video_resolution=as_text(row.get("video_resolution")),
+        video_codec=as_text(row.get("video_codec")),
+        video_dynamic_range=as_text(row.get("video_dynamic_range")),
+        audio_codec=as_text(row.get("audio_codec")),
+        audio_channels=as_int(row.get("audio_channels")),
+        stream_bitrate=as_int(row.get("stream_bitrate")),
+        bandwidth=as_int(row.get("bandwidth")),
+        secure=as_bool(row.get("secure")),
+        local=local,
+        relayed=as_bool(row.get("relayed")),
+        raw_payload=encode_raw(row if raw is None else raw),
+    )
+    try:
+        return event.validate()
+    except InvalidEvent as exc:
+        raise InvalidHistoryRow(f"{where}: {exc}") from None
+
+
+__all__ = [
+    "DEFAULT_USER_THUMB",
+    "SOURCE",
+    "InvalidHistoryRow",
+    "as_bool",
+    "as_id",
+    "as_int",
+    "as_text",
+    "as_time",
+    "encode_raw",
+    "history_row_id",
+    "is_grouped",
+    "is_in_progress",
+    "summary_event_id",
+    "summary_from_history_row",
+    "transcode_decision",
+]
