@@ -1,0 +1,551 @@
+"""Jellyfin and Emby: the WebSocket client, and the tracker it shares with the webhook.
+
+:class:`MediaServerSocket` (one class, ``flavour`` ``"jellyfin"`` or ``"emby"``) follows a
+server's sessions the way the official clients do: it opens ``/socket`` (Jellyfin) or
+``/embywebsocket`` (Emby) with ``?api_key=...&deviceId=...`` (and the token in the
+``Authorization: MediaBrowser Token="..."`` and ``X-Emby-Token`` headers, which newer
+Jellyfin servers require), subscribes with ``{"MessageType":"SessionsStart","Data":"0,1500"}``
+and turns every ``Sessions`` push into transitions through the session state machine
+(:mod:`ingestor.sources.session_machine`).
+
+On each connect it first asks ``GET /System/Info`` (Emby: ``/emby/System/Info``) for the
+server id (a rejected key stops here with "JELLYFIN_API_KEY rejected by <url>"), then
+``GET /Sessions`` for the current sessions, so playbacks that ended while it was away are
+stopped and those still running are recognised (the snapshot is read *before* subscribing,
+so no push processed after it is older than it). It sends ``KeepAlive`` every
+``keepalive_interval`` seconds, and at once when the server sends ``ForceKeepAlive`` (then at
+least every half of the server's timeout); it gives up on a socket silent for
+``read_timeout`` seconds, and reconnects with :class:`Backoff` (1 s doubling to 32 s; reset
+once the new socket delivers a message). Connect failures feed a :class:`CircuitBreaker`, so
+a dead server is not hammered.
+
+:class:`PlaybackTracker` owns the state machine of one source name, its :class:`StateFile`
+and the sink. The WebSocket clients of that source (one per server) and the Jellyfin webhook
+receiver share one tracker, so a playback seen by both is one playback with one event per
+transition. It persists open playbacks (their ``session_key`` and ``started_at``) and an
+outbox of events not yet confirmed by the sink: events are saved to the outbox before
+``Sink.emit`` and removed after it returns, so a crash in between re-emits the same events
+(same ids: dedup tier a) and never loses or re-derives them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from ingestor.errors import InvalidEvent
+from ingestor.events import MediaEvent, decode_event, encode_event
+from ingestor.sink import Sink
+from ingestor.sources.base import (
+    Backoff,
+    CircuitBreaker,
+    CircuitOpen,
+    SourceHealth,
+    StateFile,
+    receipt_time,
+)
+from ingestor.sources.session_machine import (
+    DEFAULT_ECHO_WINDOW,
+    DEFAULT_PROGRESS_INTERVAL,
+    MachineState,
+    Observation,
+    SessionMachine,
+    observe_sessions,
+)
+
+log = logging.getLogger(__name__)
+
+FLAVOURS = ("jellyfin", "emby")
+SOCKET_PATHS = {"jellyfin": "socket", "emby": "embywebsocket"}
+# Emby's clients address the REST API under /emby (its socket stays at /embywebsocket).
+API_PREFIXES = {"jellyfin": "", "emby": "emby/"}
+SESSIONS_START = {"MessageType": "SessionsStart", "Data": "0,1500"}
+KEEPALIVE = {"MessageType": "KeepAlive"}
+CLIENT_NAME = "mediaevents"
+CLIENT_VERSION = "0.1.0"
+
+
+class AuthRejected(Exception):
+    """The server refused the API key (HTTP 401/403)."""
+
+
+class UpstreamError(Exception):
+    """The server answered, but not with what the protocol says."""
+
+
+# ---------------------------------------------------------------------------------------
+# the tracker: machine + persisted state + outbox + sink
+
+
+class PlaybackTracker:
+    """One source's session state machine, persisted in ``state_path``, emitting to ``sink``.
+
+    Share one instance between every adapter of the source name (the WebSocket clients of
+    all Jellyfin servers and the Jellyfin webhook); two trackers over one file would
+    overwrite each other.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        state_path: Path | str,
+        sink: Sink,
+        *,
+        progress_interval: float | None = DEFAULT_PROGRESS_INTERVAL,
+        echo_window: float = DEFAULT_ECHO_WINDOW,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.state_file = StateFile(Path(state_path))
+        stored = self.state_file.load()
+        try:
+            state = MachineState.load(stored.get("machine", {}))
+            outbox = [str(item) for item in stored.get("outbox", [])]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"{self.state_file.path} is not a {source} session state ({exc}); "
+                "remove it to start over"
+            ) from None
+        self.machine = SessionMachine(
+            source, progress_interval=progress_interval, echo_window=echo_window, state=state
+        )
+        self._outbox: list[str] = [item for item in outbox if _readable(item)]
+        self._lock = asyncio.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Events saved but not yet confirmed stored by the sink."""
+        return len(self._outbox)
+
+    async def snapshot(
+        self,
+        server_id: str,
+        playing: Sequence[Observation],
+        now: datetime,
+        *,
+        unknown: Collection[str] = (),
+    ) -> int:
+        """Apply a full sessions snapshot; return the number of events emitted."""
+        return await self._apply(
+            lambda: self.machine.snapshot(server_id, playing, now, unknown=unknown)
+        )
+
+    async def report(self, server_id: str, observation: Observation, now: datetime) -> int:
+        """Apply one session's state; return the number of events emitted."""
+        return await self._apply(lambda: self.machine.report(server_id, observation, now))
+
+    async def end(self, server_id: str, observation: Observation, now: datetime) -> int:
+        """Apply one session's stop; return the number of events emitted."""
+        return await self._apply(lambda: self.machine.end(server_id, observation, now))
+
+    async def flush(self) -> int:
+        """Emit what an earlier run (or a failed emit) left in the outbox."""
+        async with self._lock:
+            return await self._flush()
+
+    async def save(self) -> None:
+        async with self._lock:
+            await self._save()
+
+    async def _apply(self, step: Callable[[], list[MediaEvent]]) -> int:
+        async with self._lock:
+            events = [event for event in step() if _valid(event)]
+            if not events and not self._outbox:
+                return 0
+            self._outbox += [encode_event(event).decode() for event in events]
+            await self._save()  # the transitions and the new state, before the sink sees them
+            return await self._flush()
+
+    async def _flush(self) -> int:
+        if not self._outbox:
+            return 0
+        events = [decode_event(item.encode()) for item in self._outbox]
+        await self.sink.emit(events)
+        self._outbox = []
+        await self._save()
+        return len(events)
+
+    async def _save(self) -> None:
+        document = {"machine": self.machine.state.dump(), "outbox": list(self._outbox)}
+        await asyncio.to_thread(self.state_file.save, document)
+
+
+def _readable(item: str) -> bool:
+    try:
+        decode_event(item.encode()).validate()
+    except InvalidEvent as exc:
+        log.error("dropped an unreadable event from the session state's outbox: %s", exc)
+        return False
+    return True
+
+
+def _valid(event: MediaEvent) -> bool:
+    """Keep an invalid event out of the outbox, where it would block every later one."""
+    try:
+        event.validate()
+    except InvalidEvent as exc:
+        log.error("%s: dropped an event the session machine built: %s", event.source, exc)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------
+# the WebSocket client
+
+
+class MediaServerSocket:
+    """Follows one Jellyfin or Emby server's sessions over its WebSocket (a ``Source``).
+
+    Give either ``state_path`` and ``sink`` (the client builds its own tracker) or a shared
+    ``tracker`` (whose source must be ``flavour``). ``name`` is the configured source name
+    (``jellyfin``, ``jellyfin_2``, ``emby``...), used in health and in the name of the
+    variable an error points at.
+    """
+
+    def __init__(
+        self,
+        flavour: str,
+        url: str,
+        api_key: str,
+        state_path: Path | str | None = None,
+        sink: Sink | None = None,
+        *,
+        tracker: PlaybackTracker | None = None,
+        name: str | None = None,
+        keepalive_interval: float = 30.0,
+        read_timeout: float = 120.0,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 30.0,
+        progress_interval: float | None = DEFAULT_PROGRESS_INTERVAL,
+        backoff: Backoff | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Callable[[], datetime] = receipt_time,
+        device_id: str | None = None,
+    ) -> None:
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {FLAVOURS}, not {flavour!r}")
+        if tracker is None:
+            if state_path is None or sink is None:
+                raise ValueError("give a tracker, or a state_path and a sink")
+            tracker = PlaybackTracker(
+                flavour, state_path, sink, progress_interval=progress_interval
+            )
+        elif tracker.source != flavour:
+            raise ValueError(f"a {flavour} socket needs a {flavour} tracker, not {tracker.source}")
+        self.flavour = flavour
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.tracker = tracker
+        self.name = name or flavour
+        self.keepalive_interval = keepalive_interval
+        self.read_timeout = read_timeout
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.backoff = backoff or Backoff(1.0, 32.0)
+        self.breaker = breaker or CircuitBreaker(threshold=5, reset_timeout=60.0)
+        self.clock = clock
+        self.device_id = device_id or _device_id(self.url)
+        self.health = SourceHealth(name=self.name, kind=flavour)
+        self.server_id = ""
+        self.connections = 0  # sockets opened
+        self.snapshots = 0  # Sessions snapshots applied (the REST one at connect included)
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def key_variable(self) -> str:
+        """The variable holding this server's API key (``JELLYFIN_API_KEY``, ``EMBY_API_KEY_2``)."""
+        match = re.fullmatch(rf"{self.flavour}_(\d+)", self.name)
+        suffix = f"_{match.group(1)}" if match else ""
+        return f"{self.flavour.upper()}_API_KEY{suffix}"
+
+    @property
+    def socket_url(self) -> URL:
+        base = URL(self.url)
+        scheme = "wss" if base.scheme == "https" else "ws"
+        path = base.path.rstrip("/") + "/" + SOCKET_PATHS[self.flavour]
+        return (
+            base.with_scheme(scheme)
+            .with_path(path)
+            .with_query(api_key=self.api_key, deviceId=self.device_id)
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        authorization = (
+            f'MediaBrowser Client="{CLIENT_NAME}", Device="ingestor", '
+            f'DeviceId="{self.device_id}", Version="{CLIENT_VERSION}", Token="{self.api_key}"'
+        )
+        return {
+            "Authorization": authorization,
+            "X-Emby-Token": self.api_key,
+            "Accept": "application/json",
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Follow the server until ``stop`` is set; upstream trouble goes to ``health``."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.connect_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await self._flush_outbox()
+                while not stop.is_set():
+                    try:
+                        self.breaker.check()
+                    except CircuitOpen as exc:
+                        self._failed(f"{self.url}: {exc}")
+                    else:
+                        await self._attempt(http, stopped)
+                    if stop.is_set() or await self.backoff.sleep(stop):
+                        break
+            finally:
+                stopped.cancel()
+                with contextlib.suppress(Exception):
+                    await self.tracker.save()
+
+    async def _attempt(self, http: aiohttp.ClientSession, stopped: asyncio.Future[Any]) -> None:
+        try:
+            ws = await self._connect(http)
+        except AuthRejected as exc:
+            self.breaker.failure()
+            self._failed(str(exc), level=logging.ERROR)
+            return
+        except (aiohttp.ClientError, UpstreamError, TimeoutError, OSError) as exc:
+            self.breaker.failure()
+            self._failed(f"cannot connect to {self.url}: {_describe(exc)}")
+            return
+        except Exception as exc:  # a defect, not upstream trouble: log it, keep the source up
+            self.breaker.failure()
+            log.exception("%s: connecting to %s failed", self.health.name, self.url)
+            self._failed(f"cannot connect to {self.url}: {_describe(exc)}")
+            return
+        self.breaker.success()
+        self.connections += 1
+        try:
+            await self._follow(ws, stopped)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._failed(f"connection to {self.url} lost: {_describe(exc)}; reconnecting")
+        except Exception as exc:
+            log.exception("%s: reading %s failed", self.health.name, self.url)
+            self._failed(f"connection to {self.url} abandoned: {_describe(exc)}; reconnecting")
+        finally:
+            await ws.close()
+
+    async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        info = await self._get_json(http, "System/Info")
+        server_id = info.get("Id") if isinstance(info, dict) else None
+        if not isinstance(server_id, str) or not server_id.strip():
+            raise UpstreamError(f"{self.url}: System/Info has no server Id")
+        self._set_server(server_id.strip())
+        sessions = await self._get_json(http, "Sessions")
+        if not isinstance(sessions, list):
+            raise UpstreamError(f"{self.url}: Sessions did not answer a list of sessions")
+        try:
+            async with asyncio.timeout(self.request_timeout):  # the upgrade answer, too
+                ws = await http.ws_connect(
+                    self.socket_url,
+                    headers=self.headers,
+                    autoping=True,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (401, 403):
+                raise AuthRejected(self._rejected(exc.status)) from None
+            raise
+        try:
+            await ws.send_json(SESSIONS_START)
+            await self._apply_sessions(sessions)
+        except BaseException:
+            await ws.close()
+            raise
+        log.info(
+            "%s connected: server_id=%s url=%s",
+            self.flavour,
+            self.server_id,
+            self.socket_url.with_query(None),
+        )
+        return ws
+
+    async def _get_json(self, http: aiohttp.ClientSession, path: str) -> Any:
+        url = f"{self.url}/{API_PREFIXES[self.flavour]}{path}"
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout)
+        async with http.get(url, headers=self.headers, timeout=timeout) as response:
+            if response.status in (401, 403):
+                raise AuthRejected(self._rejected(response.status))
+            if response.status != 200:
+                raise UpstreamError(f"GET {url} answered HTTP {response.status}")
+            try:
+                return await response.json(content_type=None)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UpstreamError(f"GET {url} did not answer JSON: {exc}") from None
+
+    async def _follow(
+        self, ws: aiohttp.ClientWebSocketResponse, stopped: asyncio.Future[Any]
+    ) -> None:
+        """Read frames until the socket closes, goes silent, or ``stop`` is set."""
+        timer = _KeepAliveTimer(self.keepalive_interval)
+        keepalive = asyncio.create_task(self._keep_alive(ws, timer))
+        first = True
+        try:
+            while True:
+                receive = asyncio.ensure_future(ws.receive())
+                done, _ = await asyncio.wait(
+                    {receive, stopped},
+                    timeout=self.read_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if receive not in done:
+                    receive.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await receive
+                    if stopped.done():
+                        return
+                    raise TimeoutError(f"no message in {self.read_timeout:g}s")
+                message = receive.result()
+                if message.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSING,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.ERROR,
+                ):
+                    code = ws.close_code
+                    self._failed(
+                        f"{self.url} closed the connection (code {code}); reconnecting",
+                        level=logging.WARNING,
+                    )
+                    return
+                if first:
+                    self.backoff.reset()  # the connection works: the next drop retries soon
+                    first = False
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    await self._on_text(ws, message.data, timer)
+        finally:
+            keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keepalive
+
+    async def _keep_alive(
+        self, ws: aiohttp.ClientWebSocketResponse, timer: _KeepAliveTimer
+    ) -> None:
+        while not ws.closed:
+            timer.restarted.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(timer.restarted.wait(), timer.interval)
+            if timer.restarted.is_set():
+                continue  # a KeepAlive was just sent: count the interval from it
+            if ws.closed:
+                return
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                await ws.send_json(KEEPALIVE)
+
+    async def _on_text(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        text: str,
+        timer: _KeepAliveTimer,
+    ) -> None:
+        try:
+            message = json.loads(text)
+        except json.JSONDecodeError as exc:
+            self._failed(f"{self.url} sent a frame that is not JSON ({exc}); skipped")
+            return
+        if not isinstance(message, dict):
+            self._failed(f"{self.url} sent a JSON {type(message).__name__} frame; skipped")
+            return
+        kind = message.get("MessageType")
+        if kind == "Sessions":
+            data = message.get("Data")
+            if not isinstance(data, list):
+                self._failed(f"{self.url} sent a Sessions frame without a list of sessions")
+                return
+            await self._apply_sessions(data)
+        elif kind == "ForceKeepAlive":
+            timeout = message.get("Data")
+            if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+                timer.interval = min(self.keepalive_interval, timeout / 2)
+            await ws.send_json(KEEPALIVE)
+            timer.restarted.set()
+        elif kind in ("ServerShuttingDown", "ServerRestarting"):
+            log.info("%s %s: %s", self.flavour, self.server_id, kind)
+
+    async def _apply_sessions(self, entries: list[Any]) -> None:
+        now = self.clock()
+        playing, unknown, problems = observe_sessions(entries)
+        for problem in problems:
+            self._failed(f"{self.url}: unreadable session skipped: {problem}")
+        try:
+            emitted = await self.tracker.snapshot(self.server_id, playing, now, unknown=unknown)
+        except Exception as exc:  # the sink is down: the events wait in the outbox
+            self._failed(
+                f"{self.flavour} events not stored yet ({_describe(exc)}); "
+                f"{self.tracker.pending} kept for the next attempt",
+                level=logging.ERROR,
+            )
+            return
+        self.snapshots += 1
+        self.health.success(emitted)
+
+    async def _flush_outbox(self) -> None:
+        try:
+            emitted = await self.tracker.flush()
+        except Exception as exc:
+            self._failed(f"{self.flavour} outbox not stored yet: {_describe(exc)}")
+            return
+        if emitted:
+            self.health.success(emitted)
+
+    # ------------------------------------------------------------------ health
+
+    def _set_server(self, server_id: str) -> None:
+        self.server_id = server_id
+        self.health.server_id = server_id
+        self.health.name = f"{self.name}:{server_id}"
+
+    def _rejected(self, status: int) -> str:
+        return f"{self.key_variable} rejected by {self.url} (HTTP {status})"
+
+    def _failed(self, error: str, *, level: int = logging.WARNING) -> None:
+        if self.api_key:  # aiohttp errors quote the socket URL, whose query holds the key
+            error = error.replace(self.api_key, "***")
+        self.health.failure(error)
+        log.log(level, "%s: %s", self.health.name, error)
+
+
+class _KeepAliveTimer:
+    """When the next KeepAlive is due on one connection."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.restarted = asyncio.Event()  # set when a KeepAlive was sent out of turn
+
+
+def _device_id(url: str) -> str:
+    """A stable device id for this ingestor and server, so the server sees one device."""
+    return "mediaevents-" + hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+__all__ = [
+    "FLAVOURS",
+    "AuthRejected",
+    "MediaServerSocket",
+    "PlaybackTracker",
+    "UpstreamError",
+]
