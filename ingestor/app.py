@@ -35,8 +35,10 @@ from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Pipeline, decode_messages
 from ingestor.projection import PROJECTOR, Projection
 from ingestor.router import Router, RouterStats
-from ingestor.sink import DIRECT, DirectSink
+from ingestor.sink import DIRECT, DirectSink, Sink, StreamSink
 from ingestor.sources import simulator
+from ingestor.sources.assemble import build_sources
+from ingestor.sources.config import SourcesConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +89,16 @@ def install_stop_signals(stop: Callable[[], None]) -> None:
 
 
 async def run_service(
-    settings: Settings, *, ready: Callable[[], None] | None = None
+    settings: Settings,
+    sources_config: SourcesConfig | None = None,
+    *,
+    ready: Callable[[], None] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> RouterStats | None:
-    """``ingestor run``: project the stream until SIGTERM or SIGINT, then drain and exit."""
-    stopped = asyncio.Event()
+    """``ingestor run``: run the configured sources and project until SIGTERM or SIGINT (or
+    ``stop`` is set), then stop taking input, drain, checkpoint and return."""
+    sources_config = sources_config or SourcesConfig()
+    stopped = stop or asyncio.Event()
     install_stop_signals(stopped.set)
     tune_gc()
     projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
@@ -101,35 +109,52 @@ async def run_service(
         router: Router | None = None
         if settings.nats_enabled:
             handle = await open_nats(settings)
+        publisher = Publisher(handle.nc) if handle is not None else None
+        sink: Sink
         if settings.event_sourcing:
-            assert handle is not None
+            assert handle is not None and publisher is not None
             router = Router(
                 handle.nc,
                 pipeline,
                 batch_size=settings.nats_batch_size,
                 flush_interval=settings.nats_flush_interval,
             )
+            sink = StreamSink(publisher)
+        else:
+            sink = DirectSink(pipeline, publisher, batch_size=settings.nats_batch_size)
+        sources = build_sources(sources_config, sink, settings.data_dir)
 
         async def status() -> dict[str, Any]:
             status = await collect_status(settings, handle, projection, running=True)
             if router is not None:
                 status["router"] = router.stats.as_dict()
+            status["sources"] = [health.as_dict() for health in sources.health]
             return status
 
-        runner = await start_http(build_app(status), settings.http_host, settings.http_port)
+        app = build_app(status)
+        for webhook in sources.webhooks:
+            webhook.add_routes(app)
+        runner = await start_http(app, settings.http_host, settings.http_port)
         mode = "event sourcing" if router else ("legacy" if handle else "NATS off")
-        log.info("ingestor running (%s mode); SIGTERM or Ctrl-C stops it", mode)
+        names = ", ".join(h.name for h in sources.health) or "none configured"
+        log.info("ingestor running (%s mode; sources: %s); SIGTERM or Ctrl-C stops it", mode, names)
         if ready is not None:
             ready()
-        if router is None:
+        stop_sources = asyncio.Event()
+        async with asyncio.TaskGroup() as tasks:
+            for source in sources.runners:
+                tasks.create_task(source.run(stop_sources))
+            routing = tasks.create_task(router.run()) if router is not None else None
             await stopped.wait()
+            log.info("stopping: no new input, draining")
+            await runner.cleanup()  # webhooks first: nothing new arrives while we drain
+            runner = None
+            stop_sources.set()
+            if router is not None:
+                router.stop()
+        if routing is None:
             return None
-        task = asyncio.create_task(router.run())
-        stop_wait = asyncio.create_task(stopped.wait())
-        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        router.stop()
-        stats = await task
-        stop_wait.cancel()
+        stats = routing.result()
         log.info(
             "stopped cleanly at checkpoint %d (%d batches, %d events accepted)",
             stats.last_seq,
@@ -489,6 +514,60 @@ async def replay_command(
         projection.close()
         await handle.close()
     return ReplayReport(messages, applied, rejected, last_seq, counts, time.monotonic() - started)
+
+
+# --------------------------------------------------------------------------- import
+
+
+async def import_tautulli_command(
+    settings: Settings, path: Path, *, server_id: str | None, out: Out = print
+) -> int:
+    """``ingestor import tautulli-db PATH``: a Tautulli database's history as summary events,
+    through the mode's sink; resumable, and a second import of the same file adds nothing."""
+    from ingestor.progress import Progress
+    from ingestor.sources.tautulli_import import import_tautulli_db
+
+    if not path.exists():
+        raise IngestorError(f"{path}: no such file")
+    handle = await open_nats(settings) if settings.nats_enabled else None
+    projection = None
+    try:
+        if settings.event_sourcing:
+            assert handle is not None
+            sink: Sink = StreamSink(Publisher(handle.nc))
+        else:
+            projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
+            pipeline = await asyncio.to_thread(new_pipeline, settings, projection)
+            publisher = Publisher(handle.nc) if handle is not None else None
+            sink = DirectSink(pipeline, publisher, batch_size=settings.nats_batch_size)
+        bar = Progress(f"importing {path.name}")
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done)
+
+        result = await import_tautulli_db(
+            path,
+            sink,
+            server_id=server_id,
+            progress=progress,
+            state_path=settings.data_dir / "sources" / "tautulli-import.json",
+        )
+        bar.close()
+    finally:
+        if projection is not None:
+            projection.close()
+        if handle is not None:
+            await handle.close()
+    resumed = f", resumed after row {result.resumed_after:,}" if result.resumed_after else ""
+    out(
+        f"imported {path} (server {result.server_id}): {result.rows_read:,} of "
+        f"{result.total_rows:,} history rows read{resumed}; {result.stored:,} new events, "
+        f"{result.duplicate:,} already known, {result.invalid:,} invalid rows skipped"
+    )
+    if settings.event_sourcing:
+        out("the events are in the stream; `ingestor run` projects them")
+    return 0
 
 
 # --------------------------------------------------------------------------- dlq

@@ -14,6 +14,7 @@ from ingestor import app
 from ingestor.config import Settings
 from ingestor.errors import ConfigError, IngestorError
 from ingestor.sources import simulator
+from ingestor.sources.config import SourcesConfig
 
 log = logging.getLogger("ingestor")
 
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--clock", choices=("recorded", "occurred"), default="recorded")
     status = sub.add_parser("status", help="stream, checkpoint, lag, DLQ, playbacks")
     status.add_argument("--json", action="store_true", help="print JSON")
+    imports = sub.add_parser("import", help="import history from before install")
+    imports.add_argument("kind", choices=("tautulli-db",), help="what to import")
+    imports.add_argument("path", type=Path, help="the Tautulli database (tautulli.db)")
+    imports.add_argument("--server-id", help="the Plex server id, if the file does not say")
     dlq = sub.add_parser("dlq", help="dead letters: list, retry, purge")
     dlq.add_argument("action", choices=("list", "retry", "purge"))
     dlq.add_argument("--seq", type=int, help="only this dead letter (its DLQ sequence)")
@@ -87,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_dispatch(args, settings))
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"ingestor: {problem}", file=sys.stderr)
+        return 2
     except (IngestorError, OSError) as exc:
         print(f"ingestor: {exc}", file=sys.stderr)
         return 1
@@ -95,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "run":
-        await app.run_service(settings)
+        await app.run_service(settings, SourcesConfig.from_env())
         return 0
     if command == "demo":
         report = await app.run_demo(settings, _simulation_config(args))
@@ -116,6 +125,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         status = await app.status_command(settings)
         print(json.dumps(status, indent=2) if args.json else app.format_status(status))
         return 0
+    if command == "import":
+        return await app.import_tautulli_command(settings, args.path, server_id=args.server_id)
     if command == "dlq":
         return await app.dlq_command(settings, args.action, args.seq)
     raise AssertionError(command)

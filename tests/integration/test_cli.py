@@ -174,3 +174,23 @@ def test_a_database_held_by_another_process_is_a_clear_error(tmp_path: Path) -> 
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_importing_a_tautulli_database_twice_adds_nothing(tmp_path: Path) -> None:
+    from tests.fakes.tautulli import Play, TautulliDb
+
+    db = TautulliDb(tmp_path / "tautulli.db")
+    for hour in range(3):
+        start = 1_767_643_200 + hour * 3600
+        db.add(Play(start, start + 1800, paused_counter=60))
+    db.close()
+    env = make_env(tmp_path / "data", f"nats://127.0.0.1:{free_port()}", NATS_ENABLED="false")
+    first = ingestor(env, "import", "tautulli-db", str(tmp_path / "tautulli.db"))
+    assert first.returncode == 0, first.stderr
+    assert "3 new events" in first.stdout
+    again = ingestor(env, "import", "tautulli-db", str(tmp_path / "tautulli.db"))
+    assert again.returncode == 0, again.stderr
+    status = json.loads(ingestor(env, "status", "--json").stdout)
+    assert status["playbacks"] == 3 and status["accepted"] == 3
+    missing = ingestor(env, "import", "tautulli-db", str(tmp_path / "nope.db"))
+    assert missing.returncode == 1 and "no such file" in missing.stderr
