@@ -45,7 +45,7 @@ class PlexPollConfig:
     name: str
     url: str
     token: str
-    interval: float = 10.0
+    interval: float = 5.0
     owner_id: str | None = None
 
 
@@ -218,7 +218,7 @@ def _build(entries: dict[str, list[_Entry]], problems: list[str]) -> SourcesConf
             name=_name("plex", i),
             url=url(e),
             token=required(e, "token"),
-            interval=get(e, "poll_interval", parse_duration, "a duration like 10s", 10.0),
+            interval=get(e, "poll_interval", parse_duration, "a duration like 5s", 5.0),
             owner_id=e.values.get("owner_id") or None,
         )
         for i, e in enumerate(entries["plex"])
