@@ -62,6 +62,7 @@ from ingestor.sources.base import (
     StateFile,
     receipt_time,
 )
+from ingestor.sources.plex_owner import OwnerMap
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ SESSIONS_PATH = "/status/sessions"
 IDENTITY_PATH = "/identity"
 DEFAULT_INTERVAL = 10.0
 SCROBBLE_FRACTION = 0.9
-OWNER_USER_ID = "1"
 STATE_VERSION = 1
 
 
@@ -392,7 +392,7 @@ class PlexSessionsPoller:
         self.sink = sink
         self.url = url.rstrip("/")
         self.interval = interval
-        self.owner_id = str(owner_id) if owner_id else None
+        self.owner = OwnerMap(owner_id, "plex poll")
         self.timeout = timeout
         self.backoff = backoff or Backoff(initial=min(1.0, interval), maximum=max(60.0, interval))
         self.breaker = breaker or CircuitBreaker(threshold=5, reset_timeout=60.0)
@@ -409,13 +409,12 @@ class PlexSessionsPoller:
         self._pending: list[MediaEvent] = [
             decode_event(text.encode()) for text in state.get("pending", [])
         ]
-        self._owner_warned = False
         self._breaker_was_open = False
         self._last_failure = "Plex failing"
 
     def set_owner_id(self, owner_id: str | int) -> None:
         """Map ``User.id`` "1" (the server owner) to ``owner_id`` from now on."""
-        self.owner_id = str(owner_id)
+        self.owner.learn(owner_id)
 
     @property
     def open_sessions(self) -> int:
@@ -575,20 +574,6 @@ class PlexSessionsPoller:
 
     # -- mapping
 
-    def _user_id(self, raw: int | str) -> str:
-        user_id = str(raw).strip()
-        if user_id != OWNER_USER_ID:
-            return user_id
-        if self.owner_id is not None:
-            return self.owner_id
-        if not self._owner_warned:
-            self._owner_warned = True
-            log.warning(
-                "plex poll: the server owner appears as User.id 1 and PLEX_OWNER_ID is not "
-                "set; their events keep user id 1 and will not link with Tautulli's rows"
-            )
-        return user_id
-
     def _event(self, change: Change, now: datetime) -> MediaEvent:
         assert self.server_id is not None
         session, tracked, player = change.session, change.tracked, change.session.player
@@ -612,7 +597,7 @@ class PlexSessionsPoller:
             source=SOURCE,
             server_id=self.server_id,
             session_key=tracked.session_key,
-            user_id=self._user_id(session.user.id),
+            user_id=self.owner.user_id(session.user.id),
             username=session.user.title,
             user_thumb=session.user.thumb,
             media_type=session.type,

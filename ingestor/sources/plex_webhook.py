@@ -66,6 +66,7 @@ from ingestor.errors import InvalidEvent
 from ingestor.events import EventType, MediaEvent, make_event_id
 from ingestor.sink import Sink
 from ingestor.sources.base import SourceHealth, StateFile, receipt_time
+from ingestor.sources.plex_owner import OwnerMap
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,6 @@ PATH = "/webhooks/plex"
 DEFAULT_MAX_BODY = 2 * 1024 * 1024  # the JSON and the thumb together
 DEFAULT_DUPLICATE_WINDOW = 10.0  # seconds
 DEFAULT_STALE_AFTER = 86_400.0  # seconds
-OWNER_ACCOUNT_ID = "1"
 STATE_VERSION = 1
 
 KINDS: dict[str, EventType] = {
@@ -336,7 +336,7 @@ class PlexWebhook:
     ) -> None:
         self.sink = sink
         self.token = token or None
-        self.owner_id = str(owner_id) if owner_id else None
+        self.owner = OwnerMap(owner_id, "plex webhook")
         self.max_body = max_body
         self.path = path
         self.clock = clock
@@ -345,7 +345,6 @@ class PlexWebhook:
         self._book = PlaybackBook(duplicate_window, stale_after)
         self._book.load(self._state.load())
         self._lock = asyncio.Lock()
-        self._owner_warned = False
 
     # -- wiring
 
@@ -354,8 +353,7 @@ class PlexWebhook:
 
     def set_owner_id(self, owner_id: str | int) -> None:
         """Map ``Account.id`` 1 (the server owner) to ``owner_id`` from now on."""
-        self.owner_id = str(owner_id)
-        log.info("plex webhook: the server owner (Account.id 1) is user %s", self.owner_id)
+        self.owner.learn(owner_id)
 
     @property
     def open_playbacks(self) -> int:
@@ -482,20 +480,6 @@ class PlexWebhook:
 
     # -- mapping
 
-    def _user_id(self, account_id: int | str) -> str:
-        user_id = str(account_id).strip()
-        if user_id != OWNER_ACCOUNT_ID:
-            return user_id
-        if self.owner_id is not None:
-            return self.owner_id
-        if not self._owner_warned:
-            self._owner_warned = True
-            log.warning(
-                "plex webhook: the server owner appears as Account.id 1 and PLEX_OWNER_ID is "
-                "not set; their events keep user id 1 and will not link with Tautulli's rows"
-            )
-        return user_id
-
     def _event(
         self, step: Step, parsed: PlexWebhookPayload, payload: bytes, now: datetime
     ) -> MediaEvent:
@@ -515,7 +499,7 @@ class PlexWebhook:
             source=SOURCE,
             server_id=parsed.server.uuid,
             session_key=playback.session_key,
-            user_id=self._user_id(parsed.account.id),
+            user_id=self.owner.user_id(parsed.account.id),
             username=parsed.account.title,
             user_thumb=parsed.account.thumb,
             media_type=meta.type,
