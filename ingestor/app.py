@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import duckdb
 
+from ingestor.archive import Archiver
 from ingestor.config import Settings
 from ingestor.dedup import DedupIndex
 from ingestor.errors import IngestorError
@@ -123,12 +124,20 @@ async def run_service(
         else:
             sink = DirectSink(pipeline, publisher, batch_size=settings.nats_batch_size)
         sources = build_sources(sources_config, sink, settings.data_dir)
+        # the archive keeps every message after the stream's retention has aged it out
+        archiver = (
+            Archiver(handle.nc, settings.archive_dir, batch_size=settings.nats_batch_size)
+            if handle is not None
+            else None
+        )
 
         async def status() -> dict[str, Any]:
             status = await collect_status(settings, handle, projection, running=True)
             if router is not None:
                 status["router"] = router.stats.as_dict()
             status["sources"] = [health.as_dict() for health in sources.health]
+            if archiver is not None:
+                status["archive"] = archiver.status()
             return status
 
         app = build_app(status)
@@ -145,6 +154,8 @@ async def run_service(
             for source in sources.runners:
                 tasks.create_task(source.run(stop_sources))
             routing = tasks.create_task(router.run()) if router is not None else None
+            if archiver is not None:
+                tasks.create_task(archiver.run())
             await stopped.wait()
             log.info("stopping: no new input, draining")
             await runner.cleanup()  # webhooks first: nothing new arrives while we drain
@@ -152,6 +163,8 @@ async def run_service(
             stop_sources.set()
             if router is not None:
                 router.stop()
+            if archiver is not None:
+                archiver.stop()  # seals what it holds, so a restart starts after it
         if routing is None:
             return None
         stats = routing.result()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ingestor.archive import archive_segments
 from ingestor.config import Settings
 from ingestor.nats.connection import open_nats
 from ingestor.nats.server import EmbeddedServer, port_answers
@@ -85,6 +86,11 @@ def test_run_answers_status_and_stops_cleanly_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     assert "stopped cleanly at checkpoint" in (tmp_path / "run.log").read_text()
+    # the archiver sealed everything it held on the way out
+    segments = archive_segments(Path(env["DATA_DIR"]) / "archive")
+    assert segments and segments[0].first_seq == 1
+    assert segments[-1].last_seq == live["stream_last_seq"]
+    assert live["archive"]["archive_dir"]
     offline = json.loads(ingestor(env, "status", "--json").stdout)
     assert offline["running"] is False
     assert offline["checkpoint_seq"] == live["checkpoint_seq"]
