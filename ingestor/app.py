@@ -26,7 +26,7 @@ from ingestor.config import Settings
 from ingestor.dedup import DedupIndex
 from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent
-from ingestor.http import build_app, start_http
+from ingestor.http import add_query_route, build_app, start_http
 from ingestor.nats.connection import NatsHandle, open_nats
 from ingestor.nats.dlq import DeadLetters
 from ingestor.nats.publisher import Publisher, PublishStats
@@ -141,6 +141,12 @@ async def run_service(
             return status
 
         app = build_app(status)
+        consumer = PROJECTOR if settings.event_sourcing else DIRECT
+
+        async def query(sql: str) -> tuple[Any, int]:
+            return await asyncio.to_thread(projection.snapshot_query, sql, consumer)
+
+        add_query_route(app, query, settings.query_token)
         for webhook in sources.webhooks:
             webhook.add_routes(app)
         runner = await start_http(app, settings.http_host, settings.http_port)

@@ -64,6 +64,7 @@ class Settings:
     http_host: str
     http_port: int
     log_level: str
+    query_token: str | None = None
 
     @property
     def nats_servers(self) -> list[str]:
@@ -129,6 +130,7 @@ class Settings:
             "log_level": reader.get(
                 "LOG_LEVEL", "info", _one_of(LOG_LEVELS), "one of " + ", ".join(LOG_LEVELS)
             ),
+            "query_token": (env.get("QUERY_TOKEN") or "").strip() or None,
         }
         if reader.problems:
             raise ConfigError(reader.problems)

@@ -196,6 +196,30 @@ class Projection:
         row = self.con.execute(SELECT_CHECKPOINT, [consumer]).fetchall()
         return int(row[0][0]) if row else 0
 
+    def snapshot_query(self, sql: str, consumer: str = PROJECTOR) -> tuple[pa.Table, int]:
+        """Run one read-only SELECT on a new cursor, in one transaction, and return its rows
+        with the checkpoint they are consistent as of (DuckDB's MVCC gives the transaction a
+        snapshot, so concurrent batches neither block it nor show through).
+
+        Raises ValueError when ``sql`` is not exactly one SELECT, or DuckDB refuses it.
+        """
+        cursor = self.con.cursor()
+        try:
+            statements = cursor.extract_statements(sql)
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                raise ValueError("send exactly one SELECT statement")
+            cursor.begin()
+            try:
+                rows = cursor.execute(SELECT_CHECKPOINT, [consumer]).fetchall()
+                table = cursor.sql(sql).to_arrow_table()
+            finally:
+                cursor.rollback()
+            return table, int(rows[0][0]) if rows else 0
+        except duckdb.Error as exc:
+            raise ValueError(str(exc).splitlines()[0]) from None
+        finally:
+            cursor.close()
+
     def counts(self) -> dict[str, int]:
         """Row counts that the demo and ``status`` report."""
         rows = self.con.execute(

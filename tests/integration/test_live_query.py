@@ -1,0 +1,89 @@
+"""A notebook queries the projection of an ingestor running in another process: consistent as
+of the sequence it reports, while the ingestor keeps committing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from ingestor.config import Settings
+from ingestor.nats.connection import open_nats
+from ingestor.nats.publisher import Publisher
+from ingestor.nats.server import EmbeddedServer
+from ingestor.sources.simulator import SimulationConfig, simulate
+from tests.conftest import make_env, wait_until
+from tests.integration.test_kill9 import start, status
+from workbench.live import LiveProjection, QueryError
+
+pytestmark = pytest.mark.integration
+
+# every message at or below the checkpoint is either an accepted event or a dropped one
+CONSISTENCY = """
+SELECT
+    (SELECT count(*) FROM media_events) AS accepted,
+    (SELECT count(*) FROM dedupe_audit_log WHERE action = 'drop') AS dropped,
+    (SELECT count(*) FROM range(150000000) t(i) WHERE i % 7 = 3) AS busy
+"""
+
+
+def test_a_live_query_is_consistent_while_ingestion_goes_on(
+    tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    env = make_env(tmp_path / "data", nats_server.url, NATS_EMBEDDED="false")
+    settings = Settings.from_env(env)
+    sim = simulate(SimulationConfig(seed=31, users=80, days=30))
+
+    async def publish() -> int:
+        handle = await open_nats(settings)
+        try:
+            await Publisher(handle.nc).publish_many(sim.events)
+            return (await handle.js.stream_info("MEDIA_EVENTS")).state.last_seq
+        finally:
+            await handle.close()
+
+    last = asyncio.run(publish())
+    proc = start(env, tmp_path / "run.log")
+    live = LiveProjection(f"http://127.0.0.1:{env['HTTP_PORT']}")
+    try:
+        wait_until(lambda: (s := status(env)) is not None and s["checkpoint_seq"] > 0, 60)
+        results = []
+        query = threading.Thread(target=lambda: results.append(live.sql(CONSISTENCY)))
+        query.start()
+        seen = []
+        while query.is_alive():
+            if (s := status(env)) is not None:
+                seen.append(s["checkpoint_seq"])
+            query.join(0.05)
+        (result,) = results
+        row = result.frame.row(0, named=True)
+        assert row["accepted"] + row["dropped"] == result.checkpoint_seq  # one snapshot
+        assert result.checkpoint_seq < last, "ingestion finished before the query ran"
+        assert max(seen) > result.checkpoint_seq  # the ingestor committed during the query
+
+        with pytest.raises(QueryError, match="exactly one SELECT"):
+            live.sql("DELETE FROM playback_events")
+        with pytest.raises(QueryError, match="400"):
+            live.sql("SELECT * FROM no_such_table")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_with_a_token_the_query_endpoint_wants_it(
+    tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    env = make_env(tmp_path / "data", nats_server.url, NATS_EMBEDDED="false", QUERY_TOKEN="t0k")
+    proc = start(env, tmp_path / "run.log")
+    url = f"http://127.0.0.1:{env['HTTP_PORT']}"
+    try:
+        wait_until(lambda: status(env) is not None, 60)
+        with pytest.raises(QueryError, match="401"):
+            LiveProjection(url).sql("SELECT 1")
+        assert LiveProjection(url, token="t0k").sql("SELECT 42 AS x").frame["x"].to_list() == [42]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
