@@ -1,0 +1,1147 @@
+"""The statistics users of Tautulli and Jellystat expect, over ``playback_events``.
+
+Every function takes a DuckDB connection (or anything with a ``.con``, such as
+:class:`ingestor.projection.Projection`) whose ``playback_events`` table the projection wrote,
+and returns a polars DataFrame. The aggregation runs in DuckDB over all rows; polars only picks
+the requested metric column and orders the result.
+
+Words
+-----
+playback
+    One row of ``playback_events``: one start-to-stop of one item on one device.
+watch time of a playback
+    ``stopped_at - started_at - paused_seconds``, rounded to whole seconds (half up) and
+    never below 0. This is the formula the projection uses for ``played_seconds``; it is
+    recomputed from the row's own start, stop and pause so that a Tautulli summary's own
+    ``play_duration`` (counted from Tautulli's start, one poll late) does not shift it by the
+    few seconds the two sources disagree on.
+open playback
+    A row without ``stopped_at`` (still playing or paused, or its stop was never reported).
+    It has no watch time yet and whether it passes the short-play rule cannot be decided,
+    so it is **left out of every statistic except the concurrent streams**.
+short playback
+    A playback whose watch time is under ``min_seconds`` (default 120 s, Tautulli's
+    ``LOGGING_IGNORE_INTERVAL``). Left out before grouping, as Tautulli never writes it to
+    its history; ``min_seconds=0`` keeps them all.
+play
+    What ``plays`` counts. With ``grouping=False`` every playback is a play. With
+    ``grouping=True`` (the default, Tautulli's "group history") resumed playbacks are chained
+    into one play by this rule: order the playbacks of one ``(server_id, user_id,
+    rating_key)`` by ``started_at`` (then ``stopped_at``, ``correlation_key``); a playback
+    *continues* the play of the one just before it when
+
+    * it starts at or after that one's ``stopped_at`` (overlapping playbacks on two devices
+      stay two plays),
+    * that one was not watched: its ``percent_complete`` is under ``watched_percent``
+      (a finished item followed by a rewatch is two plays), and
+    * the progress did not go back: its ``percent_complete`` is at least that one's
+      (Tautulli compares ``view_offset``; ``playback_events`` keeps only the percentage).
+
+    A missing ``user_id``, ``rating_key`` or ``percent_complete`` on either side starts a new
+    play. There is no time window, as in Tautulli. Functions without a ``watched_percent``
+    argument group with the default 85. A play takes its start time, user, item,
+    platform, player, stream type and resolution from its **first** playback; its
+    ``stopped_at`` is the last stop, its watch time the **sum** of its playbacks' watch times
+    (so total watch time is the same with grouping on or off), its ``percent_complete`` the
+    highest of its playbacks'.
+watched
+    A play whose ``percent_complete`` reaches ``watched_percent`` (default 85, Tautulli's
+    ``MOVIE_WATCHED_PERCENT``/``TV_WATCHED_PERCENT``).
+
+Buckets in local time
+---------------------
+``tz`` is an IANA zone name; a play falls in the day, hour, weekday and month of its start
+*as a clock in that zone showed it* (DuckDB's ICU ``timezone()``), so a day in which
+daylight saving starts has 23 hours and the hour 02:00 has no plays in Europe/Berlin that
+day. Day and month series are filled with zeros between the first and the last bucket that
+has a play; weekdays (ISO: 1 = Monday ... 7 = Sunday) and hours (0-23) are always complete.
+
+Dimensions
+----------
+Text dimensions (platform, player, media type, stream type, resolution) that are missing
+or empty read ``"unknown"``. ``transcode_decision`` becomes the stream type ``"direct
+play"``, ``"direct stream"`` (also Plex's and Tautulli's ``"copy"``), ``"transcode"`` or
+``"unknown"``; other values are kept lower-cased. ``playback_events`` has no library
+column, so "library" statistics are by ``media_type``; and it keeps one resolution,
+``video_resolution`` (the source media's for the Plex poller, Tautulli and Jellyfin
+adapters), so :func:`by_resolution` is the only resolution split: a separate stream
+resolution needs a ``stream_video_resolution`` column in the projection first.
+Titles roll episodes up to their show and tracks to their artist (``grandparent_title``
+when present, else ``title``), like Tautulli's "most watched TV shows".
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import datetime
+from typing import Literal, Protocol, TypeAlias, get_args
+
+import duckdb
+import polars as pl
+
+Metric = Literal["plays", "watch_time"]
+"""``plays``: how many plays; ``watch_time``: their watch time in seconds."""
+
+
+class HasConnection(Protocol):
+    """Anything holding a DuckDB connection as ``.con`` (e.g. a ``Projection``)."""
+
+    con: duckdb.DuckDBPyConnection
+
+
+Database: TypeAlias = duckdb.DuckDBPyConnection | HasConnection
+
+DEFAULT_MIN_SECONDS = 120
+DEFAULT_WATCHED_PERCENT = 85
+
+# ---------------------------------------------------------------------------------------
+# SQL. Every statement starts with PLAYS_CTE, which leaves one row per play in ``plays``.
+# Parameters: $min_seconds, $grouping, $watched_percent (and $tz, $media_type, $title where
+# a statement says so).
+
+PLAYS_CTE = """
+WITH finished AS (
+    SELECT
+        correlation_key, server_id, user_id, username, rating_key, media_type, title,
+        grandparent_title, platform, player, transcode_decision, video_resolution,
+        started_at, stopped_at, percent_complete,
+        greatest(
+            (greatest(epoch_us(stopped_at) - epoch_us(started_at), 0) + 500000) // 1000000
+                - coalesce(paused_seconds, 0),
+            0
+        ) AS watch_seconds
+    FROM playback_events
+    WHERE started_at IS NOT NULL AND stopped_at IS NOT NULL
+),
+kept AS (
+    SELECT * FROM finished WHERE watch_seconds >= $min_seconds
+),
+chained AS (
+    SELECT
+        *,
+        CASE
+            WHEN $grouping
+                AND user_id IS NOT NULL
+                AND rating_key IS NOT NULL
+                AND started_at >= lag(stopped_at) OVER chain
+                AND lag(percent_complete) OVER chain < $watched_percent
+                AND percent_complete >= lag(percent_complete) OVER chain
+            THEN 0
+            ELSE 1
+        END AS opens_play
+    FROM kept
+    WINDOW chain AS (
+        PARTITION BY server_id, user_id, rating_key
+        ORDER BY started_at, stopped_at, correlation_key
+    )
+),
+numbered AS (
+    SELECT
+        *,
+        sum(opens_play) OVER (
+            PARTITION BY server_id, user_id, rating_key
+            ORDER BY started_at, stopped_at, correlation_key
+            ROWS UNBOUNDED PRECEDING
+        ) AS play_number
+    FROM chained
+),
+summed AS (
+    SELECT
+        *,
+        sum(watch_seconds) OVER play AS play_watch_seconds,
+        max(percent_complete) OVER play AS play_percent,
+        max(stopped_at) OVER play AS play_stopped_at,
+        count(*) OVER play AS play_playbacks
+    FROM numbered
+    WINDOW play AS (PARTITION BY server_id, user_id, rating_key, play_number)
+),
+plays AS (
+    SELECT
+        correlation_key AS play_key,
+        server_id,
+        user_id,
+        username,
+        rating_key,
+        coalesce(nullif(trim(media_type), ''), 'unknown') AS media_type,
+        title,
+        grandparent_title,
+        coalesce(nullif(grandparent_title, ''), nullif(title, ''), rating_key) AS title_key,
+        coalesce(nullif(trim(platform), ''), 'unknown') AS platform,
+        coalesce(nullif(trim(player), ''), 'unknown') AS player,
+        CASE
+            WHEN nullif(trim(transcode_decision), '') IS NULL THEN 'unknown'
+            WHEN lower(trim(transcode_decision)) IN ('copy', 'direct stream', 'directstream')
+                THEN 'direct stream'
+            WHEN lower(trim(transcode_decision)) IN ('direct play', 'directplay')
+                THEN 'direct play'
+            ELSE lower(trim(transcode_decision))
+        END AS stream_type,
+        coalesce(nullif(trim(video_resolution), ''), 'unknown') AS resolution,
+        started_at,
+        play_stopped_at AS stopped_at,
+        CAST(play_watch_seconds AS BIGINT) AS watch_seconds,
+        play_percent AS percent_complete,
+        coalesce(play_percent >= $watched_percent, false) AS watched,
+        play_playbacks AS playbacks
+    FROM summed
+    WHERE opens_play = 1
+)
+"""
+
+SELECT_PLAYS = (
+    PLAYS_CTE
+    + """
+SELECT
+    play_key, server_id, user_id, username, rating_key, media_type, title, grandparent_title,
+    title_key, platform, player, stream_type, resolution, started_at, stopped_at,
+    watch_seconds AS watch_time, percent_complete, watched, playbacks
+FROM plays
+ORDER BY started_at, play_key
+"""
+)
+
+_TOTALS = "count(*) AS plays, CAST(coalesce(sum(watch_seconds), 0) AS BIGINT) AS watch_time"
+_BUCKET_TOTALS = (
+    "count(b.play_key) AS plays, CAST(coalesce(sum(b.watch_seconds), 0) AS BIGINT) AS watch_time"
+)
+
+PLAYS_BY_DAY = (
+    PLAYS_CTE
+    + f"""
+, bucketed AS (
+    SELECT play_key, watch_seconds, CAST(timezone($tz, started_at) AS DATE) AS day FROM plays
+),
+series AS (
+    SELECT CAST(generate_series AS DATE) AS day
+    FROM generate_series(
+        (SELECT CAST(min(day) AS TIMESTAMP) FROM bucketed),
+        (SELECT CAST(max(day) AS TIMESTAMP) FROM bucketed),
+        INTERVAL 1 DAY
+    )
+)
+SELECT s.day, {_BUCKET_TOTALS}
+FROM series s LEFT JOIN bucketed b ON b.day = s.day
+GROUP BY s.day
+ORDER BY s.day
+"""
+)
+
+PLAYS_BY_MONTH = (
+    PLAYS_CTE
+    + f"""
+, bucketed AS (
+    SELECT
+        play_key,
+        watch_seconds,
+        CAST(date_trunc('month', timezone($tz, started_at)) AS DATE) AS month
+    FROM plays
+),
+series AS (
+    SELECT CAST(generate_series AS DATE) AS month
+    FROM generate_series(
+        (SELECT CAST(min(month) AS TIMESTAMP) FROM bucketed),
+        (SELECT CAST(max(month) AS TIMESTAMP) FROM bucketed),
+        INTERVAL 1 MONTH
+    )
+)
+SELECT s.month, {_BUCKET_TOTALS}
+FROM series s LEFT JOIN bucketed b ON b.month = s.month
+GROUP BY s.month
+ORDER BY s.month
+"""
+)
+
+PLAYS_BY_DAY_OF_WEEK = (
+    PLAYS_CTE
+    + f"""
+, bucketed AS (
+    SELECT play_key, watch_seconds, isodow(timezone($tz, started_at)) AS weekday FROM plays
+),
+series AS (
+    SELECT CAST(range AS BIGINT) AS weekday FROM range(1, 8)
+)
+SELECT
+    s.weekday,
+    ['Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday', 'Sunday'][s.weekday]
+        AS day_name,
+    {_BUCKET_TOTALS}
+FROM series s LEFT JOIN bucketed b ON b.weekday = s.weekday
+GROUP BY s.weekday
+ORDER BY s.weekday
+"""
+)
+
+PLAYS_BY_HOUR_OF_DAY = (
+    PLAYS_CTE
+    + f"""
+, bucketed AS (
+    SELECT play_key, watch_seconds, hour(timezone($tz, started_at)) AS hour FROM plays
+),
+series AS (
+    SELECT CAST(range AS BIGINT) AS hour FROM range(24)
+)
+SELECT s.hour, {_BUCKET_TOTALS}
+FROM series s LEFT JOIN bucketed b ON b.hour = s.hour
+GROUP BY s.hour
+ORDER BY s.hour
+"""
+)
+
+PLAYS_BY_USER = (
+    PLAYS_CTE
+    + f"""
+SELECT server_id, user_id, arg_max(username, started_at) AS username, {_TOTALS}
+FROM plays
+GROUP BY server_id, user_id
+"""
+)
+
+_CATEGORY_SQL = PLAYS_CTE + "\nSELECT {column}, " + _TOTALS + "\nFROM plays\nGROUP BY {column}\n"
+PLAYS_BY_PLATFORM = _CATEGORY_SQL.format(column="platform")
+PLAYS_BY_PLAYER = _CATEGORY_SQL.format(column="player")
+PLAYS_BY_MEDIA_TYPE = _CATEGORY_SQL.format(column="media_type")
+PLAYS_BY_STREAM_TYPE = _CATEGORY_SQL.format(column="stream_type")
+PLAYS_BY_RESOLUTION = _CATEGORY_SQL.format(column="resolution")
+PLAYS_BY_SERVER = _CATEGORY_SQL.format(column="server_id")
+
+PLAYS_BY_TITLE = (
+    PLAYS_CTE
+    + f"""
+SELECT
+    media_type,
+    title_key AS title,
+    count(DISTINCT (server_id, user_id)) AS users,
+    {_TOTALS}
+FROM plays
+WHERE $media_type IS NULL OR media_type = $media_type
+GROUP BY media_type, title_key
+"""
+)
+
+WHO_WATCHED = (
+    PLAYS_CTE
+    + f"""
+SELECT
+    server_id,
+    user_id,
+    arg_max(username, started_at) AS username,
+    {_TOTALS},
+    max(started_at) AS last_played
+FROM plays
+WHERE title_key = $title AND ($media_type IS NULL OR media_type = $media_type)
+GROUP BY server_id, user_id
+"""
+)
+
+COMPLETION_BY_MEDIA_TYPE = (
+    PLAYS_CTE
+    + f"""
+SELECT
+    media_type,
+    {_TOTALS},
+    count(*) FILTER (WHERE watched) AS watched_plays,
+    CAST(coalesce(sum(watch_seconds) FILTER (WHERE watched), 0) AS BIGINT)
+        AS watched_watch_time
+FROM plays
+GROUP BY media_type
+ORDER BY media_type
+"""
+)
+
+# The sweep line: +1 at each start, -1 at each end, in time order with a stop at t before
+# a start at t (delta ascending), so back-to-back playbacks never count as concurrent.
+# ``streams`` is the count once every change at ``moment`` is applied; ``running`` the count
+# after each single change (the sweep itself), whose maximum is the peak.
+CONCURRENCY_CHANGES = """
+WITH spans AS (
+    SELECT
+        started_at AS start_at,
+        CASE
+            WHEN stopped_at IS NOT NULL THEN stopped_at
+            ELSE coalesce(CAST($until AS TIMESTAMPTZ), last_event_at)
+        END AS end_at
+    FROM playback_events
+    WHERE started_at IS NOT NULL
+),
+valid AS (
+    SELECT * FROM spans WHERE end_at > start_at
+),
+changes AS (
+    SELECT start_at AS moment, 1 AS delta FROM valid
+    UNION ALL
+    SELECT end_at AS moment, -1 AS delta FROM valid
+),
+swept AS (
+    SELECT
+        moment,
+        delta,
+        sum(delta) OVER (ORDER BY moment, delta ROWS UNBOUNDED PRECEDING) AS running,
+        sum(delta) OVER (ORDER BY moment RANGE UNBOUNDED PRECEDING) AS streams
+    FROM changes
+)
+"""
+
+CONCURRENT_STREAMS = (
+    CONCURRENCY_CHANGES
+    + """
+SELECT DISTINCT moment AS "at", CAST(streams AS BIGINT) AS streams
+FROM swept
+ORDER BY "at"
+"""
+)
+
+MAX_CONCURRENT_STREAMS = (
+    CONCURRENCY_CHANGES
+    + """
+, peak AS (
+    SELECT max(running) AS streams FROM swept
+)
+SELECT
+    CAST(coalesce(peak.streams, 0) AS BIGINT) AS streams,
+    (SELECT min(moment) FROM swept WHERE running = peak.streams) AS "at"
+FROM peak
+"""
+)
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def _con(db: Database) -> duckdb.DuckDBPyConnection:
+    if isinstance(db, duckdb.DuckDBPyConnection):
+        return db
+    return db.con
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in get_args(Metric):
+        raise ValueError(f"metric must be one of {get_args(Metric)}, got {metric!r}")
+
+
+def _check_tz(tz: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"tz must be an IANA time zone name, got {tz!r}") from exc
+
+
+def _rules(grouping: bool, min_seconds: int, watched_percent: int) -> dict[str, object]:
+    return {
+        "grouping": bool(grouping),
+        "min_seconds": int(min_seconds),
+        "watched_percent": int(watched_percent),
+    }
+
+
+def _query(db: Database, sql: str, params: dict[str, object]) -> pl.DataFrame:
+    return _con(db).sql(sql, params=params).pl()
+
+
+def _local(frame: pl.DataFrame, columns: list[str], tz: str) -> pl.DataFrame:
+    """Timestamp columns shown as clocks in ``tz`` (the instants do not change)."""
+    return frame.with_columns(
+        pl.col(name).cast(pl.Datetime("us", "UTC")).dt.convert_time_zone(tz) for name in columns
+    )
+
+
+def _bucketed(
+    db: Database,
+    sql: str,
+    keys: list[str],
+    metric: Metric,
+    tz: str,
+    grouping: bool,
+    min_seconds: int,
+) -> pl.DataFrame:
+    _check_metric(metric)
+    _check_tz(tz)
+    params = {**_rules(grouping, min_seconds, DEFAULT_WATCHED_PERCENT), "tz": tz}
+    return _query(db, sql, params).select(*keys, metric)
+
+
+def _ranked(
+    db: Database,
+    sql: str,
+    keys: list[str],
+    metric: Metric,
+    grouping: bool,
+    min_seconds: int,
+) -> pl.DataFrame:
+    _check_metric(metric)
+    frame = _query(db, sql, _rules(grouping, min_seconds, DEFAULT_WATCHED_PERCENT))
+    return frame.sort(
+        [metric, *keys], descending=[True] + [False] * len(keys), nulls_last=True
+    ).select(*keys, metric)
+
+
+# ---------------------------------------------------------------------------------------
+# plays
+
+
+def plays(
+    db: Database,
+    *,
+    tz: str = "UTC",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+    watched_percent: int = DEFAULT_WATCHED_PERCENT,
+) -> pl.DataFrame:
+    """One row per play (see the module's "play"), in start order, times as clocks in ``tz``.
+
+    Columns: ``play_key`` (the first playback's ``correlation_key``), ``server_id``,
+    ``user_id``, ``username``, ``rating_key``, ``media_type``, ``title``,
+    ``grandparent_title``, ``title_key``, ``platform``, ``player``, ``stream_type``,
+    ``resolution``, ``started_at``, ``stopped_at``, ``watch_time`` (s), ``percent_complete``,
+    ``watched``, ``playbacks`` (how many playbacks were grouped into it).
+
+    Examples
+    --------
+    Stopped at 40 %, resumed after lunch to the end: one play of 2 playbacks.
+
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'u1', '7', '2026-01-05 11:00Z', '2026-01-05 12:00Z', 0, 40),"
+    ...     "('b', 'u1', '7', '2026-01-05 14:00Z', '2026-01-05 15:30Z', 0, 98)"
+    ...     ") t(correlation_key, user_id, rating_key, started_at, stopped_at, "
+    ...     "paused_seconds, percent_complete)"
+    ... )
+    >>> plays(db, tz="Europe/Berlin").select(
+    ...     "play_key", "started_at", "watch_time", "watched", "playbacks"
+    ... ).rows()  # doctest: +NORMALIZE_WHITESPACE
+    [('a', datetime.datetime(2026, 1, 5, 12, 0, tzinfo=zoneinfo.ZoneInfo(key='Europe/Berlin')),
+      9000, True, 2)]
+    >>> plays(db, grouping=False)["watch_time"].to_list()
+    [3600, 5400]
+    """
+    _check_tz(tz)
+    frame = _query(db, SELECT_PLAYS, _rules(grouping, min_seconds, watched_percent))
+    return _local(frame, ["started_at", "stopped_at"], tz)
+
+
+# ---------------------------------------------------------------------------------------
+# over time
+
+
+def by_day(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    tz: str = "UTC",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per local calendar day: columns ``day`` (Date) and ``metric``,
+    every day from the first to the last day with a play.
+
+    Examples
+    --------
+    22:30 UTC is still the 28th in Berlin before summer time starts, the next day at the same
+    UTC time it is already the 30th (UTC+2):
+
+    >>> import duckdb
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', '2026-03-28 22:30Z', '2026-03-28 23:30Z', 0),"
+    ...     "('b', '2026-03-29 22:30Z', '2026-03-29 23:00Z', 600)"
+    ...     ") t(correlation_key, started_at, stopped_at, paused_seconds)"
+    ... )
+    >>> for day, plays in by_day(db, tz="Europe/Berlin").rows():
+    ...     print(day, plays)
+    2026-03-28 1
+    2026-03-29 0
+    2026-03-30 1
+    >>> for day, seconds in by_day(db, metric="watch_time").rows():
+    ...     print(day, seconds)
+    2026-03-28 3600
+    2026-03-29 1200
+    """
+    return _bucketed(db, PLAYS_BY_DAY, ["day"], metric, tz, grouping, min_seconds)
+
+
+def by_day_of_week(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    tz: str = "UTC",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per local weekday: columns ``weekday`` (ISO, 1 = Monday),
+    ``day_name`` and ``metric``; all seven days.
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', '2026-01-05 03:00Z', '2026-01-05 04:00Z', 0)"
+    ...     ") t(correlation_key, started_at, stopped_at, paused_seconds)"
+    ... )
+    >>> frame = by_day_of_week(db, tz="America/New_York")  # Sunday 22:00 there
+    >>> print(frame.filter(frame["plays"] > 0).to_dicts())
+    [{'weekday': 7, 'day_name': 'Sunday', 'plays': 1}]
+    >>> frame.height
+    7
+    """
+    return _bucketed(
+        db, PLAYS_BY_DAY_OF_WEEK, ["weekday", "day_name"], metric, tz, grouping, min_seconds
+    )
+
+
+def by_hour_of_day(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    tz: str = "UTC",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per local start hour: columns ``hour`` (0-23) and ``metric``.
+
+    Examples
+    --------
+    On the night winter time returns, 01:30 UTC is 02:30 in Berlin (UTC+1 again):
+
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', '2026-10-25 01:30Z', '2026-10-25 02:30Z', 0)"
+    ...     ") t(correlation_key, started_at, stopped_at, paused_seconds)"
+    ... )
+    >>> frame = by_hour_of_day(db, metric="watch_time", tz="Europe/Berlin")
+    >>> print(frame.filter(frame["watch_time"] > 0).rows())
+    [(2, 3600)]
+    """
+    return _bucketed(db, PLAYS_BY_HOUR_OF_DAY, ["hour"], metric, tz, grouping, min_seconds)
+
+
+def by_month(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    tz: str = "UTC",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per local month: columns ``month`` (its first day, a Date) and
+    ``metric``, every month from the first to the last with a play.
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', '2026-01-31 23:30Z', '2026-02-01 00:30Z', 0),"
+    ...     "('b', '2026-03-02 20:00Z', '2026-03-02 21:00Z', 0)"
+    ...     ") t(correlation_key, started_at, stopped_at, paused_seconds)"
+    ... )
+    >>> print(by_month(db, tz="Asia/Tokyo").rows())
+    [(datetime.date(2026, 2, 1), 1), (datetime.date(2026, 3, 1), 1)]
+    >>> print(by_month(db).rows())
+    [(datetime.date(2026, 1, 1), 1), (datetime.date(2026, 2, 1), 0), (datetime.date(2026, 3, 1), 1)]
+    """
+    return _bucketed(db, PLAYS_BY_MONTH, ["month"], metric, tz, grouping, min_seconds)
+
+
+# ---------------------------------------------------------------------------------------
+# by dimension (largest first, then by key)
+
+
+def by_user(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per user: ``server_id``, ``user_id``, ``username`` (the one of
+    the user's latest play) and ``metric``. User ids belong to a server, so one person on
+    Plex and on Jellyfin is two rows.
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 's', '1', 'ann', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', 's', '2', 'bob', '2026-01-05 20:00Z', '2026-01-05 20:30Z'),"
+    ...     "('c', 's', '2', 'bob', '2026-01-06 20:00Z', '2026-01-06 20:01Z')"
+    ...     ") t(correlation_key, server_id, user_id, username, started_at, stopped_at)"
+    ... )
+    >>> print(by_user(db).rows())  # bob's 1-minute play is under 120 s
+    [('s', '1', 'ann', 1), ('s', '2', 'bob', 1)]
+    >>> print(by_user(db, metric="watch_time", min_seconds=0).rows())
+    [('s', '1', 'ann', 3600), ('s', '2', 'bob', 1860)]
+    """
+    return _ranked(
+        db, PLAYS_BY_USER, ["server_id", "user_id", "username"], metric, grouping, min_seconds
+    )
+
+
+def by_platform(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per ``platform`` (missing: ``"unknown"``).
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'Roku', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', NULL, '2026-01-05 20:00Z', '2026-01-05 22:00Z'),"
+    ...     "('c', 'Roku', '2026-01-06 20:00Z', '2026-01-06 20:30Z')"
+    ...     ") t(correlation_key, platform, started_at, stopped_at)"
+    ... )
+    >>> print(by_platform(db).rows())
+    [('Roku', 2), ('unknown', 1)]
+    >>> print(by_platform(db, metric="watch_time").rows())
+    [('unknown', 7200), ('Roku', 5400)]
+    """
+    return _ranked(db, PLAYS_BY_PLATFORM, ["platform"], metric, grouping, min_seconds)
+
+
+def by_player(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per ``player`` (the device's name; missing: ``"unknown"``).
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'Living Room', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', 'iPhone', '2026-01-05 20:00Z', '2026-01-05 20:10Z')"
+    ...     ") t(correlation_key, player, started_at, stopped_at)"
+    ... )
+    >>> print(by_player(db, metric="watch_time").to_dicts())
+    [{'player': 'Living Room', 'watch_time': 3600}, {'player': 'iPhone', 'watch_time': 600}]
+    """
+    return _ranked(db, PLAYS_BY_PLAYER, ["player"], metric, grouping, min_seconds)
+
+
+def by_media_type(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per ``media_type`` (``movie``, ``episode``, ``track``...): the
+    "library" split, as ``playback_events`` has no library column.
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'movie', '2026-01-05 20:00Z', '2026-01-05 22:00Z'),"
+    ...     "('b', 'episode', '2026-01-05 20:00Z', '2026-01-05 20:45Z'),"
+    ...     "('c', 'episode', '2026-01-05 21:00Z', '2026-01-05 21:45Z')"
+    ...     ") t(correlation_key, media_type, started_at, stopped_at)"
+    ... )
+    >>> print(by_media_type(db).rows())
+    [('episode', 2), ('movie', 1)]
+    """
+    return _ranked(db, PLAYS_BY_MEDIA_TYPE, ["media_type"], metric, grouping, min_seconds)
+
+
+def by_stream_type(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per stream type: ``stream_type`` is ``"direct play"``,
+    ``"direct stream"`` (``"copy"`` included), ``"transcode"`` or ``"unknown"``.
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'copy', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', 'direct stream', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('c', NULL, '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('d', 'transcode', '2026-01-05 20:00Z', '2026-01-05 21:00Z')"
+    ...     ") t(correlation_key, transcode_decision, started_at, stopped_at)"
+    ... )
+    >>> print(by_stream_type(db).rows())
+    [('direct stream', 2), ('transcode', 1), ('unknown', 1)]
+    """
+    return _ranked(db, PLAYS_BY_STREAM_TYPE, ["stream_type"], metric, grouping, min_seconds)
+
+
+def by_resolution(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per ``video_resolution`` as ``resolution`` (``4k``, ``1080``,
+    ``720``, ``sd``...; missing: ``"unknown"``). The projection keeps one resolution, the
+    source media's for most adapters, so this answers both "source resolution" and "stream
+    resolution" until a delivered-stream column exists.
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', '4k', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', '1080', '2026-01-05 20:00Z', '2026-01-05 22:00Z')"
+    ...     ") t(correlation_key, video_resolution, started_at, stopped_at)"
+    ... )
+    >>> print(by_resolution(db, metric="watch_time").rows())
+    [('1080', 7200), ('4k', 3600)]
+    """
+    return _ranked(db, PLAYS_BY_RESOLUTION, ["resolution"], metric, grouping, min_seconds)
+
+
+def by_server(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per ``server_id``.
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'plex', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', 'jelly', '2026-01-05 20:00Z', '2026-01-05 21:00Z')"
+    ...     ") t(correlation_key, server_id, started_at, stopped_at)"
+    ... )
+    >>> print(by_server(db).rows())
+    [('jelly', 1), ('plex', 1)]
+    """
+    return _ranked(db, PLAYS_BY_SERVER, ["server_id"], metric, grouping, min_seconds)
+
+
+# ---------------------------------------------------------------------------------------
+# titles
+
+
+def _titles(
+    db: Database,
+    media_type: str | None,
+    grouping: bool,
+    min_seconds: int,
+) -> pl.DataFrame:
+    params = {
+        **_rules(grouping, min_seconds, DEFAULT_WATCHED_PERCENT),
+        "media_type": media_type,
+    }
+    return _query(db, PLAYS_BY_TITLE, params)
+
+
+def top_titles(
+    db: Database,
+    *,
+    limit: int = 10,
+    metric: Metric = "plays",
+    media_type: str | None = None,
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """The ``limit`` most played titles (or most watched, by watch time): ``media_type``,
+    ``title`` (a show for episodes) and ``metric``; ties by title. ``media_type`` keeps one
+    kind (``"movie"``, ``"episode"``...).
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'u1', 'episode', 'Pilot', 'Lost', '2026-01-05 20:00Z'),"
+    ...     "('b', 'u1', 'episode', 'Day 2', 'Lost', '2026-01-06 20:00Z'),"
+    ...     "('c', 'u2', 'movie', 'Heat', NULL, '2026-01-05 20:00Z')"
+    ...     ") t(correlation_key, user_id, media_type, title, grandparent_title, started_at)"
+    ... )
+    >>> _ = db.con.execute("UPDATE playback_events SET stopped_at = started_at + INTERVAL 1 HOUR")
+    >>> print(top_titles(db).rows())
+    [('episode', 'Lost', 2), ('movie', 'Heat', 1)]
+    >>> print(top_titles(db, limit=1, media_type="movie", metric="watch_time").rows())
+    [('movie', 'Heat', 3600)]
+    """
+    _check_metric(metric)
+    frame = _titles(db, media_type, grouping, min_seconds)
+    return (
+        frame.sort([metric, "title", "media_type"], descending=[True, False, False])
+        .head(limit)
+        .select("media_type", "title", metric)
+    )
+
+
+def popular_titles(
+    db: Database,
+    *,
+    limit: int = 10,
+    metric: Metric = "plays",
+    media_type: str | None = None,
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """The ``limit`` titles watched by the most distinct users: ``media_type``, ``title``,
+    ``users`` and ``metric`` (ties broken by ``metric``, then title).
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'u1', 'movie', 'Heat', '2026-01-05 20:00Z'),"
+    ...     "('b', 'u1', 'movie', 'Heat', '2026-01-06 20:00Z'),"
+    ...     "('c', 'u1', 'movie', 'Up', '2026-01-05 20:00Z'),"
+    ...     "('d', 'u2', 'movie', 'Up', '2026-01-05 20:00Z')"
+    ...     ") t(correlation_key, user_id, media_type, title, started_at)"
+    ... )
+    >>> _ = db.con.execute("UPDATE playback_events SET stopped_at = started_at + INTERVAL 1 HOUR")
+    >>> print(popular_titles(db).rows())
+    [('movie', 'Up', 2, 2), ('movie', 'Heat', 1, 2)]
+    """
+    _check_metric(metric)
+    frame = _titles(db, media_type, grouping, min_seconds)
+    return (
+        frame.sort(["users", metric, "title", "media_type"], descending=[True, True, False, False])
+        .head(limit)
+        .select("media_type", "title", "users", metric)
+    )
+
+
+def who_watched(
+    db: Database,
+    title: str,
+    *,
+    media_type: str | None = None,
+    metric: Metric = "plays",
+    tz: str = "UTC",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Who watched ``title`` (a movie's title, or a show's: the ``title`` column of
+    :func:`top_titles`): ``server_id``, ``user_id``, ``username``, ``metric`` and
+    ``last_played`` (their latest play's start, as a clock in ``tz``); most first.
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 's', 'u1', 'ann', 'Heat', '2026-01-05 20:00Z'),"
+    ...     "('b', 's', 'u2', 'bob', 'Heat', '2026-01-06 20:00Z'),"
+    ...     "('c', 's', 'u2', 'bob', 'Heat', '2026-01-07 20:00Z'),"
+    ...     "('d', 's', 'u3', 'cat', 'Up', '2026-01-07 20:00Z')"
+    ...     ") t(correlation_key, server_id, user_id, username, title, started_at)"
+    ... )
+    >>> _ = db.con.execute("UPDATE playback_events SET stopped_at = started_at + INTERVAL 1 HOUR")
+    >>> frame = who_watched(db, "Heat", tz="Europe/Paris")
+    >>> for username, plays, last in frame.select("username", "plays", "last_played").rows():
+    ...     print(username, plays, last.isoformat())
+    bob 2 2026-01-07T21:00:00+01:00
+    ann 1 2026-01-05T21:00:00+01:00
+    """
+    _check_metric(metric)
+    _check_tz(tz)
+    params = {
+        **_rules(grouping, min_seconds, DEFAULT_WATCHED_PERCENT),
+        "title": title,
+        "media_type": media_type,
+    }
+    frame = _query(db, WHO_WATCHED, params)
+    keys = ["server_id", "user_id", "username"]
+    frame = frame.sort([metric, *keys], descending=[True, False, False, False], nulls_last=True)
+    return _local(frame.select(*keys, metric, "last_played"), ["last_played"], tz)
+
+
+# ---------------------------------------------------------------------------------------
+# completion
+
+
+def completion(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    watched_percent: int = DEFAULT_WATCHED_PERCENT,
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """How much was watched to the end, per ``media_type``: ``metric`` (all plays),
+    ``watched`` (the same metric over the plays reaching ``watched_percent`` of
+    ``percent_complete``) and ``rate`` = watched / all (null when all is 0).
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'movie', 85, '2026-01-05 20:00Z', '2026-01-05 22:00Z'),"
+    ...     "('b', 'movie', 84, '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('c', 'movie', 99, '2026-01-05 20:00Z', '2026-01-05 20:01Z')"
+    ...     ") t(correlation_key, media_type, percent_complete, started_at, stopped_at)"
+    ... )
+    >>> print(completion(db).to_dicts())  # the 1-minute play is left out
+    [{'media_type': 'movie', 'plays': 2, 'watched': 1, 'rate': 0.5}]
+    >>> print(completion(db, metric="watch_time", watched_percent=90, min_seconds=0).rows())
+    [('movie', 10860, 60, 0.0055248618784530384)]
+    """
+    _check_metric(metric)
+    frame = _query(
+        db, COMPLETION_BY_MEDIA_TYPE, _rules(grouping, min_seconds, watched_percent)
+    ).rename({"watched_plays": "watched_of_plays", "watched_watch_time": "watched_of_watch_time"})
+    watched = pl.col(f"watched_of_{metric}")
+    return frame.select(
+        "media_type",
+        metric,
+        watched.alias("watched"),
+        pl.when(pl.col(metric) > 0)
+        .then(watched / pl.col(metric))
+        .otherwise(None)
+        .cast(pl.Float64)
+        .alias("rate"),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# concurrent streams
+
+
+def _check_until(until: datetime | None) -> None:
+    if until is not None and until.tzinfo is None:
+        raise ValueError("until must be a timezone-aware datetime (e.g. datetime.now(UTC))")
+
+
+def concurrent_streams(
+    db: Database,
+    *,
+    until: datetime | None = None,
+    tz: str = "UTC",
+) -> pl.DataFrame:
+    """How many playbacks were running, at every moment that number changed: ``at`` (as a
+    clock in ``tz``) and ``streams`` (the count from ``at`` on).
+
+    Every playback counts from ``started_at`` to ``stopped_at`` (short ones included, no
+    grouping: each is a stream); an open playback counts until ``until`` if given, else
+    until its last event (``last_event_at``). A stop at ``t`` is applied before a start at
+    ``t``, so back-to-back playbacks are never concurrent; playbacks of zero length never
+    count.
+
+    Examples
+    --------
+    >>> from datetime import UTC, datetime
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', '2026-01-05 21:00Z', '2026-01-05 22:00Z'),"
+    ...     "('c', '2026-01-05 21:30Z', NULL)"
+    ...     ") t(correlation_key, started_at, stopped_at)"
+    ... )
+    >>> until = datetime(2026, 1, 5, 23, 0, tzinfo=UTC)
+    >>> for at, streams in concurrent_streams(db, until=until).rows():
+    ...     print(at.strftime("%H:%M"), streams)
+    20:00 1
+    21:00 1
+    21:30 2
+    22:00 1
+    23:00 0
+    """
+    _check_until(until)
+    _check_tz(tz)
+    frame = _query(db, CONCURRENT_STREAMS, {"until": until})
+    return _local(frame, ["at"], tz)
+
+
+def max_concurrent_streams(
+    db: Database,
+    *,
+    until: datetime | None = None,
+    tz: str = "UTC",
+) -> pl.DataFrame:
+    """The peak of :func:`concurrent_streams`: one row, ``streams`` (0 for no playbacks) and
+    ``at`` (when the peak was first reached, as a clock in ``tz``; null for none).
+
+    Examples
+    --------
+    Back to back is not concurrent (the stop at 21:00 comes before the start at 21:00):
+
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', '2026-01-05 21:00Z', '2026-01-05 22:00Z')"
+    ...     ") t(correlation_key, started_at, stopped_at)"
+    ... )
+    >>> max_concurrent_streams(db)["streams"].item()
+    1
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events (correlation_key, started_at, stopped_at) VALUES "
+    ...     "('c', '2026-01-05 20:30Z', '2026-01-05 21:30Z')"
+    ... )
+    >>> print(max_concurrent_streams(db, tz="Europe/Berlin").rows())
+    [(2, datetime.datetime(2026, 1, 5, 21, 30, tzinfo=zoneinfo.ZoneInfo(key='Europe/Berlin')))]
+    """
+    _check_until(until)
+    _check_tz(tz)
+    frame = _query(db, MAX_CONCURRENT_STREAMS, {"until": until})
+    return _local(frame, ["at"], tz)
+
+
+__all__ = [
+    "Database",
+    "HasConnection",
+    "Metric",
+    "by_day",
+    "by_day_of_week",
+    "by_hour_of_day",
+    "by_media_type",
+    "by_month",
+    "by_platform",
+    "by_player",
+    "by_resolution",
+    "by_server",
+    "by_stream_type",
+    "by_user",
+    "completion",
+    "concurrent_streams",
+    "max_concurrent_streams",
+    "plays",
+    "popular_titles",
+    "top_titles",
+    "who_watched",
+]
