@@ -137,7 +137,7 @@ def test_a_killed_ingestor_takes_its_embedded_server_along_and_restarts(tmp_path
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     wait_until(lambda: not _pid_alive(server_pid), 10, "the embedded nats-server to die")
-    assert not port_answers("127.0.0.1", port)
+    wait_until(lambda: not port_answers("127.0.0.1", port), 10, "the port to be released")
 
     proc = start(env, log)
     try:
