@@ -391,7 +391,7 @@ RULES = st.fixed_dictionaries(
     {"grouping": st.booleans(), "min_seconds": st.sampled_from([0, 120, 600])}
 )
 METRICS = st.sampled_from(["plays", "watch_time"])
-PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPERTY
