@@ -26,6 +26,7 @@ from tests.fakes.plex import (
     webhook_payload,
 )
 from tests.fakes.tautulli import API_KEY, FakeTautulli, Play, TautulliDb
+from tests.support import ManualClock
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +36,8 @@ STOP = 2400
 PAUSED = 300
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 async def plex_reports(sink: DirectSink, tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ManualClock(T0)
     hook = PlexWebhook(sink, tmp_path / "plex.json", owner_id=OWNER_PLEX_ID, clock=clock)
     app = web.Application()
     hook.add_routes(app)
@@ -59,7 +52,7 @@ async def plex_reports(sink: DirectSink, tmp_path: Path) -> None:
                 (STOP - 3, "media.scrobble", 2_090_000),
                 (STOP, "media.stop", 2_100_000),
             ]:
-                clock.now = T0 + timedelta(seconds=at)
+                clock.at(at)
                 body, content_type = multipart_body(webhook_payload(kind, view_offset=offset))
                 async with http.post(
                     server.make_url("/webhooks/plex"),

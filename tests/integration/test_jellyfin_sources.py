@@ -18,8 +18,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from ingestor.dedup import DedupIndex
-from ingestor.events import MediaEvent
-from ingestor.nats.publisher import PublishStats
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
 from ingestor.sink import DirectSink
@@ -33,6 +31,7 @@ from tests.fakes.jellyfin import (
     notification,
     session,
 )
+from tests.support import ManualClock, RecordingSink
 
 pytestmark = pytest.mark.integration
 
@@ -40,36 +39,6 @@ T0 = datetime(2026, 1, 5, 20, 0, tzinfo=UTC)
 SESSION = "6c5e0b2a1f3d4e5f60718293a4b5c6d7"
 USER = "2b1f9c3e4d5a6b7c8d9e0f1a2b3c4d5e"
 DEVICE = "TW96aWxsYS81LjAgKFgxMTsgTGludXggeDg2XzY0KQ11"
-
-
-class Clock:
-    """The adapters' clock, moved by the test."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def set(self, seconds: float) -> None:
-        self.now = T0 + timedelta(seconds=seconds)
-
-
-class RecordingSink:
-    """Keeps what the adapters emitted, then stores it through the real DirectSink."""
-
-    def __init__(self, inner: DirectSink) -> None:
-        self.inner = inner
-        self.events: list[MediaEvent] = []
-
-    async def emit(self, events: Sequence[MediaEvent]) -> PublishStats:
-        stats = await self.inner.emit(events)
-        self.events.extend(events)
-        return stats
-
-    @property
-    def kinds(self) -> list[str]:
-        return [e.event_type.value for e in self.events]
 
 
 @pytest.fixture
@@ -148,7 +117,7 @@ def own_session(server: FakeMediaServer) -> dict[str, Any]:
 async def test_jellyfin_socket_makes_one_playback_with_its_pause_across_a_dropped_connection(
     tmp_path: Path, sink: RecordingSink, projection: Projection
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     item = movie()
     async with FakeMediaServer("jellyfin") as server:
         idle = own_session(server)
@@ -180,16 +149,16 @@ async def test_jellyfin_socket_makes_one_playback_with_its_pause_across_a_droppe
             assert first.query == {"api_key": server.api_key, "deviceId": socket.device_id}
             for _ in range(20):  # the same state pushed 20 times: one play
                 await push(server, socket, watching(0))
-            clock.set(600)
+            clock.at(600)
             await push(server, socket, watching(600, paused=True))
-            clock.set(720)
+            clock.at(720)
             await push(server, socket, watching(600))
 
             answered = first.keepalives
             await server.force_keepalive(60)
             await eventually(lambda: first.keepalives > answered, 5, "a KeepAlive answer")
 
-            clock.set(900)  # mid-playback the connection drops; the server plays on
+            clock.at(900)  # mid-playback the connection drops; the server plays on
             server.sessions = watching(780)
             await server.drop()
             await subscribed(server, socket, count=2, opened=2)
@@ -197,7 +166,7 @@ async def test_jellyfin_socket_makes_one_playback_with_its_pause_across_a_droppe
             assert second.subscriptions == ["0,1500"]
             assert second.query["deviceId"] == first.query["deviceId"]
             await push(server, socket, watching(790))
-            clock.set(1800)
+            clock.at(1800)
             await push(server, socket, [idle])
 
     assert sink.kinds == ["play", "pause", "resume", "stop"]
@@ -239,7 +208,7 @@ async def test_jellyfin_socket_makes_one_playback_with_its_pause_across_a_droppe
 async def test_a_restarted_client_recognises_the_playback_it_already_reported(
     tmp_path: Path, sink: RecordingSink, projection: Projection
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     state = tmp_path / "jellyfin.json"
     item = movie()
     async with FakeMediaServer("jellyfin") as server:
@@ -263,14 +232,14 @@ async def test_a_restarted_client_recognises_the_playback_it_already_reported(
         assert sink.kinds == ["play"]
         assert json.loads(state.read_text())["outbox"] == []
 
-        clock.set(240)  # the ingestor restarts: a new client, a new tracker, the same file
+        clock.at(240)  # the ingestor restarts: a new client, a new tracker, the same file
         server.sessions = watching(240)
         second = MediaServerSocket("jellyfin", server.url, server.api_key, state, sink, clock=clock)
         async with running(second):
             await subscribed(server, second, count=2)
-            clock.set(250)
+            clock.at(250)
             await push(server, second, watching(250, paused=True))
-            clock.set(400)
+            clock.at(400)
             await push(server, second, [])
 
     assert sink.kinds == ["play", "pause", "stop"]
@@ -284,7 +253,7 @@ async def test_a_restarted_client_recognises_the_playback_it_already_reported(
 async def test_emby_flavour_uses_embywebsocket_and_numeric_item_ids(
     tmp_path: Path, sink: RecordingSink, projection: Projection
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     async with FakeMediaServer("emby") as server:
 
         def watching(position_s: float) -> list[dict[str, Any]]:
@@ -310,9 +279,9 @@ async def test_emby_flavour_uses_embywebsocket_and_numeric_item_ids(
             assert server.connections[0].path == "/embywebsocket"
             assert server.connections[0].subscriptions == ["0,1500"]
             for second in (0, 5, 10):
-                clock.set(second)
+                clock.at(second)
                 await push(server, socket, watching(second))
-            clock.set(3600)
+            clock.at(3600)
             await push(server, socket, [])
 
     assert sink.kinds == ["play", "stop"]
@@ -442,7 +411,7 @@ async def test_a_failing_upgrade_is_retried_and_reported_without_the_key(
 async def test_malformed_frames_are_reported_and_the_stream_goes_on(
     tmp_path: Path, sink: RecordingSink, projection: Projection
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     async with FakeMediaServer("jellyfin") as server:
         playing = session(
             server_id=server.server_id, session_id=SESSION, user_id=USER, item=movie()
@@ -460,11 +429,11 @@ async def test_malformed_frames_are_reported_and_the_stream_goes_on(
             await eventually(lambda: "without a list" in (socket.health.last_error or ""))
             broken = json.loads(json.dumps(playing))
             del broken["NowPlayingItem"]["Id"]
-            clock.set(60)
+            clock.at(60)
             await push(server, socket, [broken])  # unreadable: neither stopped nor replayed
             assert "NowPlayingItem has no Id" in (socket.health.last_error or "")
 
-            clock.set(120)
+            clock.at(120)
             await push(server, socket, [])
             assert socket.connections == 1
     assert sink.kinds == ["play", "stop"]
@@ -499,7 +468,7 @@ async def post(
 async def test_webhook_notifications_make_one_playback_with_its_pause(
     tmp_path: Path, sink: RecordingSink, projection: Projection
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     tracker = PlaybackTracker("jellyfin", tmp_path / "jellyfin.json", sink)
     webhook = JellyfinWebhook(tracker, token="s3cret", clock=clock)
     server_id, item = uuid.uuid4().hex, uuid.uuid4().hex
@@ -518,7 +487,7 @@ async def test_webhook_notifications_make_one_playback_with_its_pause(
         ]
         answers = []
         for second, body in steps:
-            clock.set(second)
+            clock.at(second)
             answers.append(await post(http, url, body))
     assert answers == [(200, {"events": n}) for n in (1, 0, 1, 0, 1, 1, 0)]
     assert sink.kinds == ["play", "pause", "resume", "stop"]
@@ -545,7 +514,7 @@ async def test_webhook_refuses_bad_input_with_a_reason_and_keeps_going(
     tmp_path: Path, sink: RecordingSink, projection: Projection
 ) -> None:
     tracker = PlaybackTracker("jellyfin", tmp_path / "jellyfin.json", sink)
-    webhook = JellyfinWebhook(tracker, token="s3cret", max_body=64 * 1024, clock=Clock())
+    webhook = JellyfinWebhook(tracker, token="s3cret", max_body=64 * 1024, clock=ManualClock())
     ids = {
         "server_id": uuid.uuid4().hex,
         "session_id": SESSION,
@@ -609,7 +578,7 @@ async def test_webhook_answers_503_while_the_store_fails_and_delivers_later(
     projection = Projection(tmp_path / "analytics.duckdb", fault=fault)
     try:
         sink = RecordingSink(DirectSink(Pipeline(projection, DedupIndex())))
-        clock = Clock()
+        clock = ManualClock()
         state = tmp_path / "jellyfin.json"
         webhook = JellyfinWebhook(PlaybackTracker("jellyfin", state, sink), clock=clock)
         ids = {
@@ -623,7 +592,7 @@ async def test_webhook_answers_503_while_the_store_fails_and_delivers_later(
             assert status == 503 and "disk full" in answer["error"]
             assert len(StateFile(state).load()["outbox"]) == 1  # kept, not lost
             failing["on"] = False
-            clock.set(300)
+            clock.at(300)
             stop = notification("PlaybackStop", **ids, position_s=300)
             assert await post(http, url, stop) == (200, {"events": 2})
         assert sink.kinds == ["play", "stop"]
@@ -638,7 +607,7 @@ async def test_webhook_answers_503_while_the_store_fails_and_delivers_later(
 async def test_webhook_and_socket_of_one_server_make_one_playback(
     tmp_path: Path, sink: RecordingSink, projection: Projection
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     tracker = PlaybackTracker("jellyfin", tmp_path / "jellyfin.json", sink)
     webhook = JellyfinWebhook(tracker, clock=clock)
     item = movie()
@@ -675,16 +644,16 @@ async def test_webhook_and_socket_of_one_server_make_one_playback(
                 200,
                 {"events": 1},
             )
-            clock.set(1)
+            clock.at(1)
             await push(server, socket, watching(1))
-            clock.set(600)
+            clock.at(600)
             await push(server, socket, watching(599, paused=True))
             paused = notification("PlaybackProgress", **ids, position_s=599, paused=True)
-            clock.set(601)
+            clock.at(601)
             assert await post(http, url, paused) == (200, {"events": 0})
-            clock.set(900)
+            clock.at(900)
             await push(server, socket, [])
-            clock.set(901)
+            clock.at(901)
             stop = notification("PlaybackStop", **ids, position_s=599)
             assert await post(http, url, stop) == (200, {"events": 0})
 

@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestServer
 
 from ingestor.config import Settings
 from ingestor.dedup import DedupIndex
-from ingestor.events import MediaEvent, decode_event, make_event_id
+from ingestor.events import decode_event, make_event_id
 from ingestor.nats.connection import open_nats
-from ingestor.nats.publisher import Publisher, PublishStats
+from ingestor.nats.publisher import Publisher
 from ingestor.nats.reader import read_range, stream_bounds
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
@@ -46,6 +46,7 @@ from tests.fakes.plex import (
     session_entry,
     webhook_payload,
 )
+from tests.support import ManualClock, RecordingSink
 
 pytestmark = pytest.mark.integration
 
@@ -55,35 +56,6 @@ T0_MS = int(T0.timestamp() * 1000)
 
 # ---------------------------------------------------------------------------------------
 # helpers
-
-
-class ManualClock:
-    """Receipt and poll times the test sets (wall-clock free, so durations are exact)."""
-
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def at(self, seconds: float) -> None:
-        self.now = T0 + timedelta(seconds=seconds)
-
-
-class RecordingSink:
-    """The real DirectSink, remembering what each adapter handed it."""
-
-    def __init__(self, inner: DirectSink) -> None:
-        self.inner = inner
-        self.events: list[MediaEvent] = []
-
-    async def emit(self, events: Sequence[MediaEvent]) -> PublishStats:
-        stats = await self.inner.emit(events)
-        self.events.extend(events)
-        return stats
-
-    def of_type(self, event_type: str) -> list[MediaEvent]:
-        return [e for e in self.events if e.event_type == event_type]
 
 
 def open_sink(path: Path) -> tuple[Projection, RecordingSink]:
