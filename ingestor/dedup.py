@@ -227,6 +227,12 @@ class DedupIndex:
             self.sessions[step[0]] = ref
             ref.sessions.append(step[0])
 
+    def forget_playback(self, key: str) -> None:
+        """Drop a playback and all its keys (a restore refolded it: reload it after)."""
+        ref = self.playbacks.get(key)
+        if ref is not None:
+            self._drop_ref(ref)
+
     def _add_ref(self, ref: PlaybackRef, *, undoable: bool) -> None:
         self.playbacks[ref.key] = ref
         self.by_cross.setdefault(ref.cross, []).append(ref)

@@ -8,6 +8,7 @@ them produces the same rows from the same events.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -15,7 +16,8 @@ from datetime import datetime
 from ingestor.dedup import DedupIndex
 from ingestor.errors import PermanentError
 from ingestor.events import MediaEvent, decode_event_versioned, encode_event
-from ingestor.projection import PROJECTOR, Applied, BatchResult, Projection
+from ingestor.projection import PROJECTOR, AlertRow, Applied, BatchResult, Projection
+from ingestor.records import Alert, AuditDecision, decode_record, record_kind
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,24 @@ class Outcome:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+Item = MediaEvent | AuditDecision | Alert
+"""What a stream message decodes to: a media event, a user's audit decision, or an alert."""
+
+
 def decode_messages(
     messages: Sequence[Message],
-) -> tuple[list[tuple[Message, MediaEvent]], list[Rejected]]:
-    """Decode and validate; permanent failures are returned, not raised."""
-    good: list[tuple[Message, MediaEvent]] = []
+) -> tuple[list[tuple[Message, Item]], list[Rejected]]:
+    """Decode and validate by subject (``playback.>`` or none: a media event; ``audit.>``,
+    ``alert.>``: a record); permanent failures are returned, not raised."""
+    good: list[tuple[Message, Item]] = []
     bad: list[Rejected] = []
     for message in messages:
+        if record_kind(message.subject) is not None:
+            try:
+                good.append((message, decode_record(message.subject, message.data)))
+            except PermanentError as exc:
+                bad.append(Rejected(message, str(exc), exc.category))
+            continue
         try:
             event, upcast = decode_event_versioned(message.data)
             event.validate()
@@ -86,21 +99,50 @@ class Pipeline:
 
     def project(
         self,
-        decoded: Sequence[tuple[Message, MediaEvent]],
+        decoded: Sequence[tuple[Message, Item]],
         last_seq: int,
         consumer: str = PROJECTOR,
     ) -> BatchResult:
-        """Decide and project decoded events (in sequence order) and checkpoint ``last_seq``
-        in one transaction. On any exception the dedup index forgets the batch and nothing
-        is committed.
+        """Decide and project decoded items (in sequence order) and checkpoint ``last_seq``.
+
+        Events and alerts commit in one transaction. A user's audit decision changes what
+        later events of the batch are decided against, so the batch is cut at each decision:
+        the events before it commit, then the decision (each with its own checkpoint), then
+        the rest. On any exception the dedup index forgets the uncommitted part and nothing
+        of it is committed.
         """
+        started = time.perf_counter()
+        result = BatchResult(last_seq=last_seq)
+        part: list[tuple[Message, Item]] = []
+        for message, item in decoded:
+            if isinstance(item, AuditDecision):
+                if part:
+                    result.merge(self._project_part(part, part[-1][0].seq, consumer))
+                    part = []
+                outcome = self.projection.apply_decision(message.seq, item, self.index, consumer)
+                result.decisions.append(outcome)
+            else:
+                part.append((message, item))
+        if part or not result.decisions or result.decisions[-1].seq < last_seq:
+            result.merge(self._project_part(part, last_seq, consumer))
+        result.last_seq = last_seq
+        result.seconds = time.perf_counter() - started
+        return result
+
+    def _project_part(
+        self, decoded: Sequence[tuple[Message, Item]], last_seq: int, consumer: str
+    ) -> BatchResult:
+        events = [(m, item) for m, item in decoded if isinstance(item, MediaEvent)]
+        alerts = [
+            AlertRow(m.seq, m.recorded_at, item) for m, item in decoded if isinstance(item, Alert)
+        ]
         try:
-            self.projection.load_cold([event for _, event in decoded], self.index)
+            self.projection.load_cold([event for _, event in events], self.index)
             applied = [
                 Applied(m.seq, m.recorded_at, event, self.index.decide(event, m.seq), m.data)
-                for m, event in decoded
+                for m, event in events
             ]
-            result = self.projection.apply(applied, last_seq, consumer)
+            result = self.projection.apply(applied, last_seq, consumer, alerts)
         except BaseException:
             self.index.rollback()
             raise

@@ -319,10 +319,7 @@ class Router:
                     )
                 )
                 part = await self._retry(lambda m=message: self._project([], m.seq))
-            result.accepted += part.accepted
-            result.linked += part.linked
-            for tier, n in part.dropped.items():
-                result.dropped[tier] = result.dropped.get(tier, 0) + n
+            result.merge(part)
         if not decoded or decoded[-1][0].seq != last_seq:
             await self._retry(lambda: self._project([], last_seq))
         return result

@@ -1,5 +1,12 @@
 """The DuckDB projection: schema, the set-based fold, the batch writer and its checkpoint."""
 
-from ingestor.projection.store import PROJECTOR, Applied, BatchResult, Projection
+from ingestor.projection.store import (
+    PROJECTOR,
+    AlertRow,
+    Applied,
+    BatchResult,
+    DecisionOutcome,
+    Projection,
+)
 
-__all__ = ["PROJECTOR", "Applied", "BatchResult", "Projection"]
+__all__ = ["PROJECTOR", "AlertRow", "Applied", "BatchResult", "DecisionOutcome", "Projection"]

@@ -64,7 +64,7 @@ TRACKING_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("seq", "BIGINT NOT NULL", pa.int64()),
     ("recorded_at", "TIMESTAMPTZ NOT NULL", pa.timestamp("us", tz="UTC")),
     ("correlation_key", "VARCHAR NOT NULL", pa.string()),  # the playback it belongs to
-    ("dedup_action", "VARCHAR NOT NULL", pa.string()),  # open | fold | link
+    ("dedup_action", "VARCHAR NOT NULL", pa.string()),  # open | fold | link | restored
     ("step", "BIGINT NOT NULL", pa.int64()),  # events.step_of()
 ]
 
@@ -115,12 +115,29 @@ AUDIT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("title", "VARCHAR", pa.string()),
     ("rating_key", "VARCHAR", pa.string()),
     ("machine_id", "VARCHAR", pa.string()),
-    ("raw_payload", "VARCHAR", pa.string()),  # for links: the whole linked event as JSON
+    ("raw_payload", "VARCHAR", pa.string()),  # the whole dropped or linked event as JSON
     ("resolved_by", "VARCHAR", pa.string()),
     ("resolved_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
     ("resolution_notes", "VARCHAR", pa.string()),
 ]
 AUDIT_ARROW = pa.schema([(name, arrow) for name, _, arrow in AUDIT_COLUMNS])
+
+# detection_alerts: one row per alert record of the stream (``alert.>``), unique alert_id
+ALERT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
+    ("alert_id", "VARCHAR NOT NULL", pa.string()),
+    ("seq", "BIGINT NOT NULL", pa.int64()),
+    ("recorded_at", "TIMESTAMPTZ NOT NULL", pa.timestamp("us", tz="UTC")),
+    ("rule", "VARCHAR NOT NULL", pa.string()),
+    ("severity", "VARCHAR NOT NULL", pa.string()),  # info | warning | critical
+    ("occurred_at", "TIMESTAMPTZ NOT NULL", pa.timestamp("us", tz="UTC")),  # event time
+    ("user_id", "VARCHAR", pa.string()),
+    ("username", "VARCHAR", pa.string()),
+    ("server_id", "VARCHAR", pa.string()),
+    ("message", "VARCHAR", pa.string()),
+    ("event_ids", "VARCHAR[]", pa.list_(pa.string())),
+    ("details", "VARCHAR", pa.string()),  # JSON object: the rule's figures
+]
+ALERT_ARROW = pa.schema([(name, arrow) for name, _, arrow in ALERT_COLUMNS])
 
 # playback_events: where each column's value comes from (see fold.py)
 IDENTITY_COLUMNS = [
@@ -210,6 +227,7 @@ DDL: list[str] = [
     _detail_view(),
     _table("playback_events", PLAYBACK_COLUMNS),
     _table("dedupe_audit_log", AUDIT_COLUMNS),
+    _table("detection_alerts", ALERT_COLUMNS),
     f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (
     consumer VARCHAR PRIMARY KEY,
     last_seq BIGINT NOT NULL,

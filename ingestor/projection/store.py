@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import duckdb
+import msgspec
 import polars as pl
 import pyarrow as pa
 
@@ -27,12 +29,14 @@ from ingestor.errors import TransientError
 from ingestor.events import (
     CorrelationKey,
     MediaEvent,
-    encode_event,
+    decode_event,
     make_event_id,
     step_of,
 )
 from ingestor.projection.fold import FOLD_INPUT_COLUMNS, fold_playbacks
 from ingestor.projection.schema import (
+    ALERT_ARROW,
+    ALERT_COLUMNS,
     AUDIT_ARROW,
     AUDIT_COLUMNS,
     CHECKPOINT_TABLE,
@@ -40,8 +44,10 @@ from ingestor.projection.schema import (
     EVENT_COLUMNS,
     MEDIA_EVENT_COLUMNS,
 )
+from ingestor.records import Alert, AuditDecision
 
 log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
 
 PROJECTOR = "projector"
 DUCKDB_MEMORY_LIMIT = "128MB"
@@ -68,6 +74,26 @@ class Applied:
     data: bytes  # the event as current-version JSON (what the stream holds, upcast if older)
 
 
+@dataclass(slots=True)
+class AlertRow:
+    """One alert record as the projection sees it."""
+
+    seq: int
+    recorded_at: datetime
+    alert: Alert
+
+
+@dataclass(slots=True)
+class DecisionOutcome:
+    """What a user's confirm or restore did (``applied`` False: ignored, ``detail`` says why)."""
+
+    seq: int
+    decision: AuditDecision
+    applied: bool
+    detail: str
+    playbacks: list[str] = field(default_factory=list)  # the playbacks it refolded
+
+
 @dataclass
 class BatchResult:
     last_seq: int
@@ -75,6 +101,25 @@ class BatchResult:
     dropped: dict[str, int] = field(default_factory=dict)
     linked: int = 0
     playbacks_touched: int = 0
+    # what the batch committed, for the handlers that run after the commit (broadcast,
+    # detection, metrics): every decided event (drops included), alerts, user decisions
+    applied: list[Applied] = field(default_factory=list, repr=False)
+    alerts: list[AlertRow] = field(default_factory=list, repr=False)
+    decisions: list[DecisionOutcome] = field(default_factory=list, repr=False)
+    seconds: float = 0.0  # time spent writing (decide + commit), for metrics
+
+    def merge(self, other: BatchResult) -> None:
+        """Add ``other`` (a later part of the same batch) to this result."""
+        self.last_seq = max(self.last_seq, other.last_seq)
+        self.accepted += other.accepted
+        for tier, n in other.dropped.items():
+            self.dropped[tier] = self.dropped.get(tier, 0) + n
+        self.linked += other.linked
+        self.playbacks_touched += other.playbacks_touched
+        self.applied.extend(other.applied)
+        self.alerts.extend(other.alerts)
+        self.decisions.extend(other.decisions)
+        self.seconds += other.seconds
 
 
 SELECT_CHECKPOINT = f"SELECT last_seq FROM {CHECKPOINT_TABLE} WHERE consumer = ?"
@@ -103,6 +148,33 @@ FROM media_events e
 WHERE e.correlation_key IN (
     SELECT correlation_key FROM playback_events WHERE key_started_at >= to_timestamp($since)
 )
+"""
+SELECT_AUDIT_ENTRY = (
+    "SELECT tier, status, event_id, raw_payload, seq, recorded_at, kept_correlation_key"
+    " FROM dedupe_audit_log WHERE audit_id = ?"
+)
+RESOLVE_AUDIT_ENTRY = (
+    "UPDATE dedupe_audit_log SET status = ?, resolved_by = ?, resolved_at = ?,"
+    " resolution_notes = ? WHERE audit_id = ?"
+)
+SELECT_EVENTS_OF = (
+    "SELECT seq, correlation_key, payload FROM media_events"
+    " WHERE correlation_key IN (SELECT unnest($keys))"
+)
+SELECT_PLAYBACKS_OF = """
+SELECT correlation_key, server_id, user_id, coalesce(nullif(rating_key, ''), title),
+       machine_id, epoch(key_started_at), sources, first_seq, opening_event_id
+FROM playback_events WHERE correlation_key IN (SELECT unnest($keys))
+"""
+SELECT_EVENT_KEYS_OF = """
+SELECT event_id, source, server_id, session_key, event_type, step, correlation_key
+FROM media_events WHERE correlation_key IN (SELECT unnest($keys))
+"""
+# alerts are deterministic: the same alert again (detection re-run, a replay) adds nothing
+INSERT_ALERTS = """
+INSERT INTO detection_alerts
+SELECT * FROM (SELECT DISTINCT ON (alert_id) * FROM new_alerts ORDER BY alert_id, seq) n
+WHERE n.alert_id NOT IN (SELECT alert_id FROM detection_alerts)
 """
 SELECT_NEWEST_START = "SELECT epoch(max(key_started_at)) FROM playback_events"
 SELECT_COLD_EVENTS = """
@@ -296,14 +368,19 @@ class Projection:
     # ------------------------------------------------------------------ writes
 
     def apply(
-        self, items: Sequence[Applied], last_seq: int, consumer: str = PROJECTOR
+        self,
+        items: Sequence[Applied],
+        last_seq: int,
+        consumer: str = PROJECTOR,
+        alerts: Sequence[AlertRow] = (),
     ) -> BatchResult:
-        """Write one decided batch and the checkpoint ``last_seq`` in one transaction.
+        """Write one decided batch (and its alerts) and the checkpoint ``last_seq`` in one
+        transaction.
 
         Raises :class:`TransientError` for failures a retry can get past; the transaction
         is rolled back and nothing of the batch is visible.
         """
-        result = BatchResult(last_seq=last_seq)
+        result = BatchResult(last_seq=last_seq, applied=list(items), alerts=list(alerts))
         accepted = [a for a in items if a.decision.action is not Action.DROP]
         audited = [a for a in items if a.decision.tier is not None]
         for a in audited:
@@ -346,19 +423,168 @@ class Projection:
                 con.from_arrow(playbacks.to_arrow()).insert_into("playback_events")
             if audited:
                 con.from_arrow(audit_table(audited)).insert_into("dedupe_audit_log")
-            (changed,) = con.execute(UPDATE_CHECKPOINT, [last_seq, consumer]).fetchall()[0]
-            if not changed:
-                con.execute(INSERT_CHECKPOINT, [consumer, last_seq])
+            if alerts:
+                con.register("new_alerts", alert_table(alerts))
+                try:
+                    con.execute(INSERT_ALERTS)
+                finally:
+                    con.unregister("new_alerts")
+            self._checkpoint(last_seq, consumer)
             con.commit()
         except BaseException as exc:
-            try:
-                con.rollback()
-            except duckdb.Error:
-                pass
-            if isinstance(exc, TRANSIENT_DB_ERRORS):
-                raise TransientError(f"database unavailable: {exc}") from exc
-            raise
+            self._abort(exc)
         return result
+
+    def apply_decision(
+        self,
+        seq: int,
+        decision: AuditDecision,
+        index: DedupIndex,
+        consumer: str = PROJECTOR,
+    ) -> DecisionOutcome:
+        """Apply a user's confirm or restore (stream sequence ``seq``) and checkpoint ``seq``,
+        in one transaction; then bring the dedup index in line with the refolded playbacks.
+
+        A decision that cannot apply (unknown entry, an exact duplicate to restore, an entry
+        already restored) changes nothing but the checkpoint and says why: the log keeps it,
+        and a replay ignores it the same way.
+        """
+        con = self.con
+        reload: tuple[list[tuple], list[tuple]] | None = None
+        try:
+            con.begin()
+            outcome = self._decide(seq, decision)
+            reload = self._index_rows(outcome.playbacks) if outcome.playbacks else None
+            self._checkpoint(seq, consumer)
+            con.commit()
+        except BaseException as exc:
+            self._abort(exc)
+        if reload is not None:
+            for key in outcome.playbacks:
+                index.forget_playback(key)
+            playbacks, events = reload
+            for row in playbacks:
+                index.remember_playback(_playback_ref(row))
+            self._remember_events(index, events)
+            index.commit()
+        if not outcome.applied:
+            what = (decision.action, decision.audit_id, outcome.detail)
+            log.warning("%s of audit entry %s ignored: %s", *what)
+        return outcome
+
+    def _decide(self, seq: int, decision: AuditDecision) -> DecisionOutcome:
+        con = self.con
+        rows = con.execute(SELECT_AUDIT_ENTRY, [decision.audit_id]).fetchall()
+        if not rows:
+            return DecisionOutcome(seq, decision, False, "no such audit entry")
+        tier, status, event_id, raw, entry_seq, recorded_at, kept_key = rows[0]
+        if status == "user_restored":
+            return DecisionOutcome(seq, decision, False, "the entry was already restored")
+        touched: list[str] = []
+        if decision.action == "restore":
+            if tier == Tier.EVENT_ID:
+                detail = "an exact duplicate cannot be restored: the same event is projected"
+                return DecisionOutcome(seq, decision, False, detail)
+            if tier == Tier.CORRELATION:
+                touched = self._unlink(event_id, kept_key)
+            else:
+                touched = self._undrop(raw, entry_seq, recorded_at, kept_key)
+            if not touched:
+                return DecisionOutcome(seq, decision, False, "its event is already projected")
+            self._refold(touched)
+        status = "user_confirmed" if decision.action == "confirm" else "user_restored"
+        con.execute(
+            RESOLVE_AUDIT_ENTRY,
+            [status, decision.decided_by, decision.occurred_at, decision.notes, decision.audit_id],
+        )
+        return DecisionOutcome(seq, decision, True, status, touched)
+
+    def _unlink(self, event_id: str, kept_key: str) -> list[str]:
+        """Move the linked source session's events out of ``kept_key`` into a playback of
+        their own, keyed by the linked report (as if it had opened one)."""
+        rows = self.con.execute(
+            "SELECT source, server_id, session_key, payload FROM media_events"
+            " WHERE event_id = ? AND correlation_key = ?",
+            [event_id, kept_key],
+        ).fetchall()
+        if not rows:
+            return []
+        source, server_id, session_key, payload = rows[0]
+        new_key = decode_event(payload.encode()).correlation.encode()
+        self.con.execute(
+            """
+            UPDATE media_events
+            SET correlation_key = $new,
+                dedup_action = CASE WHEN event_id = $event THEN 'open' ELSE dedup_action END
+            WHERE correlation_key = $kept AND source = $source AND server_id = $server
+              AND session_key = $session
+            """,
+            {
+                "new": new_key,
+                "event": event_id,
+                "kept": kept_key,
+                "source": source,
+                "server": server_id,
+                "session": session_key,
+            },
+        )
+        return [kept_key, new_key]
+
+    def _undrop(self, raw: str | None, seq: int, recorded_at: datetime, kept_key: str) -> list[str]:
+        """Put a dropped re-report back into its playback, at its own stream sequence."""
+        if not raw:
+            return []
+        event = decode_event(raw.encode())
+        if self.con.execute(
+            "SELECT 1 FROM media_events WHERE event_id = ?", [event.event_id]
+        ).fetchall():
+            return []
+        if not kept_key:  # dropped while its playback was unknown to the index
+            found = self.con.execute(
+                "SELECT correlation_key FROM media_events WHERE source = ? AND server_id = ?"
+                " AND session_key = ? ORDER BY seq LIMIT 1",
+                [event.source, event.server_id, event.session_key],
+            ).fetchall()
+            kept_key = found[0][0] if found else event.correlation.encode()
+        restored = Applied(seq, recorded_at, event, Decision(Action.FOLD, kept_key), raw.encode())
+        frame = media_events_frame([restored]).with_columns(
+            pl.lit("restored").alias("dedup_action")
+        )
+        self.con.from_arrow(frame.select(_MEDIA_EVENTS_ORDER).to_arrow()).insert_into(
+            "media_events"
+        )
+        return [kept_key]
+
+    def _refold(self, keys: list[str]) -> None:
+        """Recompute the rows of ``keys`` from all their events."""
+        rows = self.con.sql(SELECT_EVENTS_OF, params={"keys": keys}).pl()
+        self.con.execute(DELETE_PLAYBACKS, {"keys": keys})
+        if rows.height == 0:
+            return
+        frame = parse_events(rows["payload"]).with_columns(rows["seq"], rows["correlation_key"])
+        folded = fold_playbacks(frame.select(FOLD_INPUT_COLUMNS))
+        self.con.from_arrow(folded.to_arrow()).insert_into("playback_events")
+
+    def _index_rows(self, keys: list[str]) -> tuple[list[tuple], list[tuple]]:
+        """The dedup index's rows for ``keys``, read inside the decision's transaction."""
+        params = {"keys": keys}
+        playbacks = self.con.execute(SELECT_PLAYBACKS_OF, params).fetchall()
+        events = self.con.execute(SELECT_EVENT_KEYS_OF, params).fetchall()
+        return playbacks, events
+
+    def _checkpoint(self, last_seq: int, consumer: str) -> None:
+        (changed,) = self.con.execute(UPDATE_CHECKPOINT, [last_seq, consumer]).fetchall()[0]
+        if not changed:
+            self.con.execute(INSERT_CHECKPOINT, [consumer, last_seq])
+
+    def _abort(self, exc: BaseException) -> NoReturn:
+        try:
+            self.con.rollback()
+        except duckdb.Error:
+            pass
+        if isinstance(exc, TRANSIENT_DB_ERRORS):
+            raise TransientError(f"database unavailable: {exc}") from exc
+        raise exc
 
 
 # ---------------------------------------------------------------------- Arrow builders
@@ -439,7 +665,7 @@ def audit_table(items: Sequence[Applied]) -> pa.Table:
             "title": e.title,
             "rating_key": e.rating_key,
             "machine_id": e.machine_id,
-            "raw_payload": encode_event(e).decode() if d.tier is Tier.CORRELATION else None,
+            "raw_payload": a.data.decode(),
             "resolved_by": None,
             "resolved_at": None,
             "resolution_notes": None,
@@ -447,6 +673,29 @@ def audit_table(items: Sequence[Applied]) -> pa.Table:
         for name, column in rows.items():
             column.append(values[name])
     return pa.table(rows, schema=AUDIT_ARROW)
+
+
+def alert_table(rows: Sequence[AlertRow]) -> pa.Table:
+    columns: dict[str, list] = {name: [] for name, _, _ in ALERT_COLUMNS}
+    for row in rows:
+        a = row.alert
+        values = {
+            "alert_id": a.alert_id,
+            "seq": row.seq,
+            "recorded_at": row.recorded_at,
+            "rule": a.rule,
+            "severity": a.severity,
+            "occurred_at": a.occurred_at,
+            "user_id": a.user_id,
+            "username": a.username,
+            "server_id": a.server_id,
+            "message": a.message,
+            "event_ids": list(a.event_ids),
+            "details": _json.encode(a.details).decode(),
+        }
+        for name, column in columns.items():
+            column.append(values[name])
+    return pa.table(columns, schema=ALERT_ARROW)
 
 
 def _playback_ref(row: tuple) -> PlaybackRef:
@@ -467,10 +716,13 @@ def now_utc() -> datetime:
 
 __all__ = [
     "PROJECTOR",
+    "AlertRow",
     "Applied",
     "BatchResult",
     "CorrelationKey",
+    "DecisionOutcome",
     "Projection",
+    "alert_table",
     "audit_table",
     "media_events_frame",
 ]
