@@ -121,7 +121,7 @@ class ReplayStats:
 
     messages: int  # log messages read (recorded clock: up to the first one after ``until``)
     projected: int  # decoded events fed to the projection (after the clock's filter)
-    rejected: int  # messages that are not a readable event (non-media subjects included)
+    rejected: int  # messages that are not a readable event, decision or alert
     seconds: float
 
 
@@ -265,7 +265,8 @@ async def replay(
     False nothing, or a callable (see :data:`ProgressCallback`). ``chunk``: see
     :data:`DEFAULT_CHUNK`.
 
-    Messages that are not a readable event (other subjects, undecodable payloads) are skipped
+    Audit decisions (``audit.>``) and alerts (``alert.>``) are projected where the log has
+    them, as the router does. Messages that cannot be read (undecodable payloads) are skipped
     as the router skips them, and counted in ``stats.rejected``.
 
     >>> import asyncio, tempfile

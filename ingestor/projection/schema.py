@@ -222,9 +222,11 @@ def _detail_view() -> str:
     return f"CREATE OR REPLACE VIEW media_events_detail AS SELECT\n    {body}\nFROM media_events"
 
 
+DETAIL_VIEW = _detail_view()
+
 DDL: list[str] = [
     _table("media_events", MEDIA_EVENT_COLUMNS),
-    _detail_view(),
+    DETAIL_VIEW,
     _table("playback_events", PLAYBACK_COLUMNS),
     _table("dedupe_audit_log", AUDIT_COLUMNS),
     _table("detection_alerts", ALERT_COLUMNS),

@@ -1,0 +1,351 @@
+"""One handle on everything a notebook needs: :func:`connect` to a running ingestor, or
+:func:`open_data_dir` to read a data directory offline.
+
+A :class:`Workbench` holds the event log (:class:`~workbench.log.EventLog`: archive plus
+stream tail) and a way to read the current projection:
+
+* **live**: a running ingestor answers SQL on its HTTP port (``POST /query``, see
+  :mod:`workbench.live`), consistent as of a stream sequence, while it keeps ingesting;
+* **file**: no ingestor holds the DuckDB file, so it is opened read-only;
+* **replay**: neither (the file is held by an ingestor that cannot be asked, or there is no
+  file): the log is replayed into a temporary projection.
+
+:meth:`Workbench.snapshot` returns a DuckDB connection with the projection's tables as of one
+stream sequence; every function of :mod:`workbench.stats`, :mod:`workbench.temporal` and
+:mod:`workbench.audit` takes it. Verdicts (:meth:`Workbench.confirm`,
+:meth:`Workbench.restore`) are published to the stream, so they need NATS.
+
+Offline, over a data directory (here a simulated one)::
+
+    >>> import asyncio, tempfile
+    >>> from pathlib import Path
+    >>> from workbench.replay import simulated_log
+    >>> from workbench.stats import by_user
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> _ = simulated_log(Path(tmp.name) / "archive")
+    >>> async def offline():
+    ...     async with open_data_dir(tmp.name) as wb:
+    ...         events = await wb.events()
+    ...         snap = await wb.snapshot()
+    ...         return wb.mode, events.height, sorted(set(by_user(snap)["username"]))
+    >>> asyncio.run(offline())
+    ('replay', 56, ['bruno', 'dana'])
+    >>> tmp.cleanup()
+
+Connected to a running ingestor's NATS (here a bare ``nats-server`` holding the same feed)::
+
+    >>> from ingestor.nats.publisher import Publisher
+    >>> from ingestor.nats.server import EmbeddedServer
+    >>> from ingestor.nats.streams import ensure_streams
+    >>> from ingestor.sources.simulator import SimulationConfig, simulate
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> server = EmbeddedServer("127.0.0.1", free_port(), Path(tmp.name) / "nats")
+    >>> server.start()
+    >>> async def connected():
+    ...     async with await connect(server.url, http_url=None) as wb:
+    ...         await ensure_streams(wb.nc.jetstream(), 7)
+    ...         feed = simulate(SimulationConfig(users=2, days=1)).events
+    ...         _ = await Publisher(wb.nc).publish_many(feed)
+    ...         r = await wb.replay("2026-01-05T21:00:00Z", clock="occurred")
+    ...         with r:
+    ...             return wb.mode, r.counts()["playbacks"]
+    >>> asyncio.run(connected())
+    ('replay', 4)
+    >>> server.stop(); tmp.cleanup()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import duckdb
+import nats
+import polars as pl
+from nats.aio.client import Client
+
+from ingestor.errors import IngestorError
+from ingestor.projection.schema import DETAIL_VIEW
+from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
+from workbench import audit as _audit
+from workbench.live import LiveProjection, QueryError
+from workbench.log import EventLog
+from workbench.replay import Clock, Replay, aware_utc, replay
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["live", "file", "replay"]
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_HTTP_URL = "http://127.0.0.1:3857"
+# the projection's tables a snapshot copies, and how each is cut at the snapshot's sequence
+SNAPSHOT_TABLES = {
+    "playback_events": None,
+    "media_events": "seq <= {seq}",
+    "dedupe_audit_log": "seq <= {seq}",
+    "detection_alerts": "seq <= {seq}",
+}
+
+
+class WorkbenchError(IngestorError):
+    """The workbench cannot do what was asked (no NATS for a verdict, nothing to read)."""
+
+
+class Workbench:
+    """The event log and the projection of one ingestor; made by :func:`connect` or
+    :func:`open_data_dir`. Close it (or use ``async with``) to release what it opened."""
+
+    def __init__(
+        self,
+        log: EventLog | None,
+        *,
+        nc: Client | None = None,
+        owns_nc: bool = False,
+        live: LiveProjection | None = None,
+        db_path: Path | None = None,
+        tolerance: float = 10.0,
+    ) -> None:
+        self.log = log
+        self.nc = nc
+        self._owns_nc = owns_nc
+        self.live = live
+        self.db_path = db_path
+        self.tolerance = tolerance
+        self._replay: Replay | None = None
+        self._file: duckdb.DuckDBPyConnection | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._replay is not None:
+            self._replay.close()
+            self._replay = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.log is not None:
+            await self.log.close()
+        if self._owns_nc and self.nc is not None:
+            await self.nc.close()
+            self.nc = None
+
+    @property
+    def mode(self) -> Mode:
+        """Where :meth:`snapshot` and :meth:`sql` read the projection from."""
+        if self.live is not None and _answers(self.live.url):
+            return "live"
+        if self.db_path is not None and self.db_path.exists() and self._file_readable():
+            return "file"
+        return "replay"
+
+    # ------------------------------------------------------------------ the log
+
+    async def events(
+        self,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+    ) -> pl.DataFrame:
+        """Every media event of the log (duplicates included: the log, not the projection),
+        ``occurred_at`` within ``[since, until]`` when given: ``seq``, ``recorded_at`` and one
+        column per event field."""
+        frame = await self._log().events_frame()
+        if since is not None:
+            frame = frame.filter(pl.col("occurred_at") >= aware_utc(since, "since"))
+        if until is not None:
+            frame = frame.filter(pl.col("occurred_at") <= aware_utc(until, "until"))
+        return frame
+
+    async def replay(
+        self,
+        until: datetime | str | None = None,
+        clock: Clock = "recorded",
+        **kwargs: Any,
+    ) -> Replay:
+        """The projection rebuilt from the log as of ``until`` on ``clock``
+        (:func:`workbench.replay.replay`; close the result when done)."""
+        kwargs.setdefault("tolerance", self.tolerance)
+        kwargs.setdefault("progress", False)
+        return await replay(self._log(), until, clock, **kwargs)
+
+    # ------------------------------------------------------------------ the projection
+
+    async def snapshot(self) -> duckdb.DuckDBPyConnection:
+        """The current projection as a DuckDB connection (read it, don't write it).
+
+        Live, the tables are fetched from the ingestor: ``playback_events`` first, then the
+        other tables cut at the sequence that answer was consistent as of. From a file or a
+        replay, the connection is the projection itself.
+        """
+        mode = self.mode
+        if mode == "live":
+            assert self.live is not None
+            return await asyncio.to_thread(_live_snapshot, self.live)
+        if mode == "file":
+            if self._file is None:
+                assert self.db_path is not None
+                self._file = duckdb.connect(str(self.db_path), read_only=True)
+                self._file.execute("SET TimeZone = 'UTC'")
+            return self._file
+        if self._replay is not None:
+            self._replay.close()
+        self._replay = await self.replay()
+        return self._replay.con
+
+    async def sql(self, query: str) -> pl.DataFrame:
+        """One SELECT over the current projection, as a polars frame."""
+        if self.mode == "live":
+            assert self.live is not None
+            try:
+                return (await asyncio.to_thread(self.live.sql, query)).frame
+            except QueryError as exc:
+                raise WorkbenchError(str(exc)) from None
+        con = await self.snapshot()
+        return con.sql(query).pl()
+
+    async def audit(self, **filters: Any) -> pl.DataFrame:
+        """Dedup audit entries (:func:`workbench.audit.entries` filters)."""
+        return _audit.entries(await self.snapshot(), **filters)
+
+    # ------------------------------------------------------------------ verdicts
+
+    async def confirm(self, audit_id: str, *, by: str = "", notes: str = "") -> _audit.Receipt:
+        """Publish "this drop or link was right" (see :func:`workbench.audit.confirm`)."""
+        return await self._verdict(_audit.confirm, audit_id, by, notes)
+
+    async def restore(self, audit_id: str, *, by: str = "", notes: str = "") -> _audit.Receipt:
+        """Publish "this drop or link was wrong" (see :func:`workbench.audit.restore`)."""
+        return await self._verdict(_audit.restore, audit_id, by, notes)
+
+    async def _verdict(self, fn: Any, audit_id: str, by: str, notes: str) -> _audit.Receipt:
+        if self.nc is None:
+            raise WorkbenchError(
+                "a verdict is published to the stream: use connect() to a running ingestor's "
+                "NATS (or open_data_dir(..., nats_url=...))"
+            )
+        return await fn(self.nc, audit_id, db=await self.snapshot(), by=by, notes=notes)
+
+    def _log(self) -> EventLog:
+        if self.log is None:
+            raise WorkbenchError(
+                "no event log here: this data directory has no archive/ (give nats_url to "
+                "read the stream)"
+            )
+        return self.log
+
+    def _file_readable(self) -> bool:
+        assert self.db_path is not None
+        try:
+            duckdb.connect(str(self.db_path), read_only=True).close()
+        except duckdb.Error:
+            return False  # an ingestor holds it
+        return True
+
+
+# --------------------------------------------------------------------------- constructors
+
+
+async def connect(
+    nats_url: str = DEFAULT_NATS_URL,
+    *,
+    archive_dir: Path | str | None = None,
+    http_url: str | None = DEFAULT_HTTP_URL,
+    token: str | None = None,
+    tolerance: float = 10.0,
+) -> Workbench:
+    """Connect to a running ingestor: its NATS (``NATS_URL``; a comma-separated cluster
+    works), optionally its ``ARCHIVE_DIR`` (the log before the stream's retention), and its
+    HTTP port for live queries (``None`` for none; ``token`` is its ``QUERY_TOKEN``).
+
+    Raises :class:`WorkbenchError` when no NATS server answers.
+    """
+    servers = [url.strip() for url in nats_url.split(",") if url.strip()]
+    try:
+        nc = await nats.connect(servers=servers, connect_timeout=5, max_reconnect_attempts=2)
+    except Exception as exc:  # nats-py raises several kinds for "nobody there"
+        raise WorkbenchError(f"no NATS server answers at {nats_url}: {exc}") from None
+    archive = Path(archive_dir) if archive_dir is not None else None
+    live = LiveProjection(http_url, token=token) if http_url else None
+    return Workbench(EventLog(archive, nc=nc), nc=nc, owns_nc=True, live=live, tolerance=tolerance)
+
+
+def open_data_dir(
+    path: Path | str = "data",
+    *,
+    http_url: str | None = None,
+    nats_url: str | None = None,
+    tolerance: float = 10.0,
+) -> Workbench:
+    """Read an ingestor's ``DATA_DIR`` offline: its archive (``archive/``) and, when no
+    ingestor holds it, its DuckDB file (``analytics.duckdb``). ``nats_url`` adds the stream's
+    tail (and allows verdicts); ``http_url`` reads the projection live when that ingestor
+    runs.
+
+    Raises :class:`WorkbenchError` when the directory holds neither an archive nor a file.
+    """
+    root = Path(path)
+    archive = root / "archive"
+    db_path = root / "analytics.duckdb"
+    if not archive.is_dir() and not db_path.exists() and nats_url is None:
+        raise WorkbenchError(f"{root} holds no archive/ and no analytics.duckdb: not a DATA_DIR")
+    live = LiveProjection(http_url) if http_url else None
+    has_archive = archive.is_dir()
+    event_log = (
+        EventLog(archive if has_archive else None, nats_url=nats_url)
+        if has_archive or nats_url
+        else None
+    )
+    return Workbench(event_log, live=live, db_path=db_path, tolerance=tolerance)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _answers(url: str) -> bool:
+    host_port = url.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port or 80)), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _live_snapshot(live: LiveProjection) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+    first = live.sql("SELECT * FROM playback_events")
+    seq = first.checkpoint_seq
+    tables = {"playback_events": first.frame}
+    for name, cut in SNAPSHOT_TABLES.items():
+        if cut is not None:
+            tables[name] = live.sql(f"SELECT * FROM {name} WHERE {cut.format(seq=seq)}").frame
+    for name, frame in tables.items():
+        con.register(f"_{name}", frame.to_arrow())
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM _{name}")
+        con.unregister(f"_{name}")
+    con.execute(
+        "CREATE TABLE projection_checkpoint AS SELECT 'projector' AS consumer, "
+        f"{seq}::BIGINT AS last_seq, now() AS updated_at"
+    )
+    con.execute(DETAIL_VIEW)
+    return con
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for examples and tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+__all__ = ["Workbench", "WorkbenchError", "connect", "free_port", "open_data_dir"]
