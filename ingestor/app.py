@@ -341,6 +341,14 @@ async def run_demo(
                 flush_interval=min(settings.nats_flush_interval, 0.2),
             )
             task = asyncio.create_task(router.run())
+            # the archive too, so the data directory can be replayed offline afterwards
+            archiver = Archiver(
+                handle.nc,
+                settings.archive_dir,
+                batch_size=settings.nats_batch_size,
+                segment_max_age=0.5,  # seal promptly: the demo ends when the feed is in
+            )
+            archiving = asyncio.create_task(archiver.run())
             while not await router.wait_for_seq(target, timeout=2):
                 if task.done():
                     break
@@ -348,6 +356,10 @@ async def run_demo(
             router.stop()
             stats = await task
             dead = stats.dead_lettered
+            await archiver.wait_for_seq(target, timeout=60)
+            archiver.stop()  # seals what it holds
+            await archiving
+            out(f"archived up to seq {archiver.stats.last_sealed_seq:,} in {settings.archive_dir}")
         else:
             sink = DirectSink(
                 pipeline,
