@@ -17,6 +17,7 @@ from ingestor.nats.server import EmbeddedServer
 from ingestor.sources.simulator import SimulationConfig, simulate
 from tests.conftest import make_env, wait_until
 from tests.integration.test_kill9 import start, status
+from workbench import by_user, connect
 from workbench.live import LiveProjection, QueryError
 
 pytestmark = pytest.mark.integration
@@ -84,6 +85,47 @@ def test_with_a_token_the_query_endpoint_wants_it(
         with pytest.raises(QueryError, match="401"):
             LiveProjection(url).sql("SELECT 1")
         assert LiveProjection(url, token="t0k").sql("SELECT 42 AS x").frame["x"].to_list() == [42]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_the_workbench_reads_and_reviews_a_running_ingestor_live(
+    tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    env = make_env(tmp_path / "data", nats_server.url, NATS_EMBEDDED="false")
+    settings = Settings.from_env(env)
+    sim = simulate(SimulationConfig(seed=32, users=6, days=2))
+
+    async def publish() -> int:
+        handle = await open_nats(settings)
+        try:
+            await Publisher(handle.nc).publish_many(sim.events)
+            return (await handle.js.stream_info("MEDIA_EVENTS")).state.last_seq
+        finally:
+            await handle.close()
+
+    last = asyncio.run(publish())
+    proc = start(env, tmp_path / "run.log")
+    try:
+        wait_until(lambda: (s := status(env)) is not None and s["checkpoint_seq"] >= last, 60)
+
+        async def review() -> tuple[str, int, bool, bool]:
+            url = f"http://127.0.0.1:{env['HTTP_PORT']}"
+            async with await connect(settings.nats_url, http_url=url) as wb:
+                snap = await wb.snapshot()
+                with await wb.replay() as again:  # the log says the same as the live file
+                    same = by_user(snap).equals(by_user(again))
+                link = (await wb.audit(tier="correlation"))["audit_id"][0]
+                receipt = await wb.restore(link, by="test")
+                return wb.mode, receipt.seq, same, link
+
+        mode, seq, same, link = asyncio.run(review())
+        assert (mode, same) == ("live", True)
+        wait_until(lambda: (s := status(env)) is not None and s["checkpoint_seq"] >= seq, 30)
+        live = LiveProjection(f"http://127.0.0.1:{env['HTTP_PORT']}")
+        restored = live.sql(f"SELECT status FROM dedupe_audit_log WHERE audit_id = '{link}'")
+        assert restored.frame["status"].to_list() == ["user_restored"]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
