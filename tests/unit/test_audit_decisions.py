@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ingestor.dedup import DedupIndex
 from ingestor.events import MediaEvent, encode_event
 from ingestor.pipeline import Message, Pipeline
 from ingestor.projection import Projection
 from ingestor.records import Alert, AuditDecision, encode_record
+from ingestor.sources.simulator import SimulationConfig, simulate
 from tests.factory import T0, event, plex_playback, tautulli_summary
 from workbench import audit
 
@@ -217,3 +222,73 @@ def test_an_unreadable_decision_is_rejected_not_projected(tmp_path: Path) -> Non
     outcome = p.process([bad])
     assert [r.category for r in outcome.rejected] == ["invalid_event"]
     assert p.projection.checkpoint() == 1
+
+
+_SIM = simulate(SimulationConfig(seed=3, users=4, days=2))
+_SIM_LOG = log_of(*_SIM.events)
+
+
+def _audit_ids() -> list[tuple[int, str, str]]:
+    """(seq, audit_id, tier) of every entry the simulated feed produces."""
+    with tempfile.TemporaryDirectory() as tmp:
+        p = pipeline(Path(tmp))
+        p.process(_SIM_LOG)
+        found = rows(p, "SELECT seq, audit_id, tier FROM dedupe_audit_log ORDER BY seq")
+        p.projection.close()
+    return found
+
+
+_ENTRIES = _audit_ids()
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    verdicts=st.lists(
+        st.tuples(
+            st.integers(0, len(_ENTRIES) - 1),
+            st.sampled_from(["confirm", "restore"]),
+            st.integers(0, 200),  # how many messages after its entry the verdict arrives
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    cuts=st.lists(st.integers(1, len(_SIM_LOG) + 5), max_size=10, unique=True),
+)
+def test_verdicts_anywhere_give_rows_that_do_not_depend_on_batch_boundaries(
+    tmp_path_factory, verdicts: list[tuple[int, str, int]], cuts: list[int]
+) -> None:
+    """Verdicts interleaved with the feed (as a live log has them): a replay in one batch
+    and a live projection in arbitrary batches write the same rows."""
+    items: list[MediaEvent | AuditDecision] = list(_SIM.events)
+    inserts = []
+    for n, (entry, action, delay) in enumerate(verdicts):
+        seq, audit_id, _ = _ENTRIES[entry]
+        at = DECIDED + timedelta(minutes=n)
+        inserts.append((seq + delay, n, AuditDecision.make(audit_id, action, at)))
+    for position, _, decision in sorted(inserts, key=lambda x: (x[0], x[1]), reverse=True):
+        items.insert(min(position, len(items)), decision)
+    feed = log_of(*items)
+    whole = pipeline(tmp_path_factory.mktemp("whole"))
+    whole.process(feed)
+    split = pipeline(tmp_path_factory.mktemp("split"))
+    bounds = [0, *sorted(c for c in cuts if c < len(feed)), len(feed)]
+    for lo, hi in itertools.pairwise(bounds):
+        if hi > lo:
+            split.process(feed[lo:hi])
+    for sql in (
+        "SELECT * FROM playback_events ORDER BY correlation_key",
+        "SELECT * FROM media_events ORDER BY seq",
+        "SELECT * FROM dedupe_audit_log ORDER BY seq",
+    ):
+        assert rows(whole, sql) == rows(split, sql)
+    # and a restored link really split its playback: no playback mixes a restored session
+    restored = rows(
+        whole,
+        "SELECT count(*) FROM dedupe_audit_log a JOIN media_events e"
+        " ON e.source = a.source AND e.session_key = a.session_key"
+        " AND e.correlation_key = a.kept_correlation_key"
+        " WHERE a.status = 'user_restored' AND a.tier = 'correlation'",
+    )
+    assert restored == [(0,)]
