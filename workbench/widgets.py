@@ -1,0 +1,912 @@
+"""Notebook widgets over the event log: a time slider that replays the log to the chosen
+instant, and a browser for dedup audit entries with confirm and restore buttons.
+
+Both are plain Python objects holding ipywidgets: display one (``slider`` as the last line
+of a cell, or ``display(slider.widget)``) and use it with the mouse, or drive it from code
+with the same methods the buttons call (``await slider.show_at(t)``,
+``browser.select(audit_id)``, ``await browser.confirm_selected()``), which is how the tests
+and papermill-run reports use them without a browser.
+
+What they display goes into ``ipywidgets.Output.outputs`` as ready-made MIME bundles rather
+than through ``with output: display(...)``: that works with or without a kernel, so what a
+widget shows can be read back (and tested), and charts go in as inline SVG
+(:func:`workbench.charts.svg_bundle`), never as scripts that need a CDN.
+
+Work a kernel does asynchronously (a replay, an awaitable callback) is scheduled on its
+running event loop; each widget keeps the tasks it started, and ``await
+widget.wait_idle()`` waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import inspect
+import json
+import logging
+import math
+import zoneinfo
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+
+import altair as alt
+import ipywidgets
+import polars as pl
+from IPython.core.formatters import DisplayFormatter
+
+from workbench import charts, stats
+from workbench.log import EventLog
+from workbench.replay import CLOCKS, Clock, Replay, aware_utc, replay
+from workbench.temporal import active_at
+
+logger = logging.getLogger(__name__)
+
+MAX_SLIDER_STEPS = 5000
+"""A slider with more positions than this is refused: every label travels to the browser."""
+
+MAX_TABLE_ROWS = 200
+"""A frame displayed by a widget shows up to this many rows (polars' default is 10)."""
+
+ACTIVE_COLUMNS = [
+    "username",
+    "title",
+    "grandparent_title",
+    "media_type",
+    "state_at",
+    "player",
+    "platform",
+    "sources",
+    "started_at",
+]
+"""The columns of the default slider view's table, those present in ``active_at``'s frame."""
+
+# --------------------------------------------------------------------------- display helpers
+
+
+def _check_tz(tz: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"tz must be an IANA time zone name, got {tz!r}") from exc
+
+
+def _bundle(item: object) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A MIME bundle (data, metadata) for one displayed item: charts as inline SVG, the
+    rest as IPython would format it."""
+    if isinstance(item, alt.TopLevelMixin):
+        return charts.svg_bundle(item), {}
+    if isinstance(item, str):
+        return {"text/plain": item}, {}
+    if isinstance(item, pl.DataFrame):
+        with pl.Config(tbl_rows=MAX_TABLE_ROWS, tbl_cols=-1):
+            return {"text/html": item._repr_html_(), "text/plain": repr(item)}, {}
+    data, metadata = DisplayFormatter().format(item)
+    return dict(data), dict(metadata)
+
+
+def _outputs(items: Iterable[object]) -> tuple[dict[str, Any], ...]:
+    """``Output.outputs`` entries (nbformat ``display_data``) for ``items``."""
+    result = []
+    for item in items:
+        data, metadata = _bundle(item)
+        result.append({"output_type": "display_data", "data": data, "metadata": metadata})
+    return tuple(result)
+
+
+def _message(exc: BaseException) -> str:
+    """One line for the status bar: the error's type and message, never a traceback."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class _Tasks:
+    """The asyncio tasks a widget started from a UI event, kept referenced until done."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def launch(self, work: Coroutine[Any, Any, Any]) -> bool:
+        """Run ``work`` on the running loop (a kernel always has one). False, and ``work``
+        is discarded, when there is no running loop."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            work.close()
+            return False
+        task = loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def wait(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- time slider
+
+View = Callable[[Replay], object]
+"""What the slider shows for a replay: returns one displayable object, a tuple or list of
+them, or an awaitable of either. Altair charts are shown as inline SVG."""
+
+
+@dataclass(frozen=True)
+class SliderView:
+    """What the default view drew for an instant."""
+
+    instant: datetime
+    active: pl.DataFrame  # workbench.temporal.active_at at the instant
+    streams: pl.DataFrame  # workbench.stats.concurrent_streams up to the instant (in tz)
+    chart: alt.TopLevelMixin
+
+
+class TimeSlider:
+    """A slider over instants from ``start`` to ``end``: moving it replays ``log`` as of the
+    chosen instant on the chosen clock and draws the replay.
+
+    The default view is the playbacks active at that instant
+    (:func:`workbench.temporal.active_at`) as a table, and the concurrent streams up to it as
+    a chart; ``view`` replaces it with any ``Callable[[Replay], object]``. Labels and times
+    read in ``tz``. ``step`` is the distance between two slider positions; the positions
+    are ``start``, ``start + step``, ... up to ``end`` (included when on the grid).
+
+    Only the latest request is drawn: one replay runs at a time, a request superseded before
+    its turn never starts, and one superseded while running is closed without being drawn.
+    The slider keeps the replay it shows open (``.replay``) and closes it when it shows
+    another one or when :meth:`close` is called.
+
+    Use it as the last expression of a cell (``slider``), or drive it from code; in a
+    notebook, ``await slider.show_at(...)`` directly:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from workbench.replay import simulated_log
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> slider = TimeSlider(
+    ...     simulated_log(Path(tmp.name)),
+    ...     start="2026-01-05T18:00:00Z",
+    ...     end="2026-01-06T02:00:00Z",
+    ...     step=timedelta(minutes=15),
+    ...     tz="Europe/Berlin",
+    ... )
+    >>> replayed = asyncio.run(slider.show_at("2026-01-05T21:00:00Z"))
+    >>> slider.view_result.active.select("username", "title", "state_at").rows()
+    [('dana', 'The Glass Summer', 'playing'), ('bruno', 'Letter of the Last', 'paused'), \
+('bruno', 'Letter of the Last', 'paused')]
+    >>> [sorted(output["data"]) for output in slider.output.outputs]
+    [['text/html', 'text/plain'], ['image/svg+xml', 'text/plain']]
+    >>> slider.close(); replayed.closed
+    True
+    >>> tmp.cleanup()
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        start: datetime | str,
+        end: datetime | str,
+        step: timedelta = timedelta(minutes=5),
+        clock: Clock = "recorded",
+        view: View | None = None,
+        tz: str = "UTC",
+        tolerance: float = 10.0,
+    ) -> None:
+        first, last = aware_utc(start, "start"), aware_utc(end, "end")
+        if last < first:
+            raise ValueError(f"end ({last.isoformat()}) is before start ({first.isoformat()})")
+        if step <= timedelta(0):
+            raise ValueError(f"step must be a positive timedelta, got {step}")
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be 'recorded' or 'occurred', got {clock!r}")
+        steps = int((last - first) / step) + 1
+        if steps > MAX_SLIDER_STEPS:
+            raise ValueError(
+                f"{steps} slider positions from {first.isoformat()} to {last.isoformat()} "
+                f"every {step}: at most {MAX_SLIDER_STEPS}; choose a larger step"
+            )
+        self.log = log
+        self.tz = tz
+        self.tolerance = tolerance
+        self._zone = _check_tz(tz)
+        self._view = view
+        self.instants: list[datetime] = [first + index * step for index in range(steps)]
+        self._positions = set(self.instants)
+
+        self.slider = ipywidgets.SelectionSlider(
+            options=[(self._label(instant), instant) for instant in self.instants],
+            value=self.instants[0],
+            description="As of",
+            continuous_update=False,
+            readout=True,
+            layout=ipywidgets.Layout(width="95%"),
+        )
+        self.clock_toggle = ipywidgets.ToggleButtons(
+            options=[("recorded", "recorded"), ("occurred", "occurred")],
+            tooltips=["what the log had recorded by then", "what had happened by then"],
+            value=clock,
+            description="Clock",
+        )
+        self.status = ipywidgets.HTML(value="Move the slider to replay the log.")
+        self.output = ipywidgets.Output()
+        self.widget = ipywidgets.VBox([self.slider, self.clock_toggle, self.status, self.output])
+
+        self.replay: Replay | None = None
+        """The replay drawn last (open until the next one is drawn or :meth:`close`)."""
+        self.instant: datetime | None = None
+        """The instant drawn last (UTC)."""
+        self.view_result: object = None
+        """What the view returned for the replay drawn last (a :class:`SliderView` for the
+        default view)."""
+
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self._syncing = False
+        self._tasks = _Tasks()
+        self.slider.observe(self._on_slider, names="value")
+        self.clock_toggle.observe(self._on_clock, names="value")
+
+    # ----------------------------------------------------------------- public
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the next replay uses (the toggle's value)."""
+        return self.clock_toggle.value  # type: ignore[no-any-return]
+
+    async def show_at(
+        self, instant: datetime | str, *, clock: Clock | None = None
+    ) -> Replay | None:
+        """Replay the log as of ``instant`` on ``clock`` (default: the toggle's) and draw it.
+
+        This is what a slider move runs. Returns the replay now shown (the slider owns it:
+        it closes it when it draws another), or ``None`` when a later request superseded
+        this one (its replay, if it ran, is closed). A failed replay or view shows its
+        error in the status line and raises it.
+        """
+        when = aware_utc(instant, "instant")
+        chosen: Clock = clock if clock is not None else self.clock
+        if chosen not in CLOCKS:
+            raise ValueError(f"clock must be 'recorded' or 'occurred', got {chosen!r}")
+        self._sync_controls(when, chosen)
+        return await self._show(when, chosen)
+
+    async def _show(self, when: datetime, chosen: Clock) -> Replay | None:
+        """The work of :meth:`show_at`, shared with slider moves (which must not move the
+        slider back to an older position while the user drags it)."""
+        self._generation += 1
+        ticket = self._generation
+        async with self._lock:
+            if ticket != self._generation:
+                return None  # superseded while it waited for its turn
+            self.status.value = html.escape(f"Replaying the log as of {self._label(when)}...")
+            try:
+                replayed = await replay(
+                    self.log, when, chosen, progress=False, tolerance=self.tolerance
+                )
+            except Exception as exc:
+                if ticket == self._generation:
+                    self.status.value = self._error(f"Could not replay as of {when}", exc)
+                raise
+            if ticket != self._generation:
+                replayed.close()  # superseded while it ran: a later request draws
+                return None
+            try:
+                result = self._draw(replayed)
+                if inspect.isawaitable(result):
+                    result = await result
+                outputs = _outputs(self._items(result))
+            except Exception as exc:
+                self._replace(replayed, when, None)
+                self.output.outputs = ()
+                self.status.value = self._error("Could not draw the replay", exc)
+                raise
+            self._replace(replayed, when, result)
+            self.output.outputs = outputs
+            self.status.value = self._summary(replayed, result)
+            return replayed
+
+    async def wait_idle(self) -> None:
+        """Wait until every replay started by a slider or clock change has finished."""
+        await self._tasks.wait()
+
+    def close(self) -> None:
+        """Close the replay shown (its temporary file is deleted); a replay still running
+        is closed when it finishes, without being drawn."""
+        self._generation += 1
+        if self.replay is not None:
+            self.replay.close()
+        self.replay = None
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def __repr__(self) -> str:
+        shown = self.instant.isoformat() if self.instant else None
+        return f"TimeSlider(positions={len(self.instants)}, clock={self.clock!r}, shown={shown})"
+
+    # ----------------------------------------------------------------- internals
+
+    def _label(self, instant: datetime) -> str:
+        return instant.astimezone(self._zone).strftime("%a %Y-%m-%d %H:%M %Z")
+
+    def _sync_controls(self, instant: datetime, clock: Clock) -> None:
+        """Move the slider and the toggle to what is being drawn, without triggering them."""
+        self._syncing = True
+        try:
+            if instant in self._positions and self.slider.value != instant:
+                self.slider.value = instant
+            if self.clock_toggle.value != clock:
+                self.clock_toggle.value = clock
+        finally:
+            self._syncing = False
+
+    def _on_slider(self, change: Mapping[str, Any]) -> None:
+        if not self._syncing:
+            self._start(change["new"], self.clock)
+
+    def _on_clock(self, change: Mapping[str, Any]) -> None:
+        if not self._syncing:
+            self._start(self.slider.value, change["new"])
+
+    def _start(self, instant: datetime, clock: Clock) -> None:
+        async def run() -> None:
+            try:
+                await self._show(instant, clock)
+            except Exception:  # already in the status line
+                logger.debug("slider replay as of %s failed", instant, exc_info=True)
+
+        if not self._tasks.launch(run()):
+            self.status.value = html.escape(
+                "No running event loop: call `await slider.show_at(instant)`."
+            )
+
+    def _draw(self, replayed: Replay) -> object:
+        if self._view is not None:
+            return self._view(replayed)
+        return self._default_view(replayed)
+
+    def _default_view(self, replayed: Replay) -> SliderView:
+        instant = replayed.as_of
+        assert instant is not None
+        active = active_at(replayed, instant)
+        streams = stats.concurrent_streams(replayed.con, until=instant, tz=self.tz)
+        chart = charts.concurrent_streams(
+            streams, title=f"Concurrent streams up to {self._label(instant)}"
+        )
+        return SliderView(instant, active, streams, chart)
+
+    def _items(self, result: object) -> list[object]:
+        """The displayable items of a view's result (a SliderView: its table and chart)."""
+        if isinstance(result, SliderView):
+            columns = [name for name in ACTIVE_COLUMNS if name in result.active.columns]
+            table = result.active.select(columns)
+            if "started_at" in columns:
+                table = table.with_columns(pl.col("started_at").dt.convert_time_zone(self.tz))
+            return [table, result.chart]
+        items = list(result) if isinstance(result, tuple | list) else [result]
+        return [item for item in items if item is not None]
+
+    def _replace(self, replayed: Replay, instant: datetime, result: object) -> None:
+        previous = self.replay
+        self.replay, self.instant, self.view_result = replayed, instant, result
+        if previous is not None and previous is not replayed:
+            previous.close()
+
+    def _summary(self, replayed: Replay, result: object) -> str:
+        assert replayed.as_of is not None
+        head = f"As of {self._label(replayed.as_of)} ({replayed.clock} clock)"
+        read = f"replayed {replayed.stats.messages} messages in {replayed.stats.seconds:.2f} s"
+        if isinstance(result, SliderView):
+            count = result.active.height
+            playing = f"{count} playback{'s' if count != 1 else ''} active"
+            return html.escape(f"{head}: {playing}; {read}.")
+        return html.escape(f"{head}: {read}.")
+
+    @staticmethod
+    def _error(what: str, exc: BaseException) -> str:
+        return f'<span style="color:#b00020">{html.escape(f"{what}: {_message(exc)}")}</span>'
+
+
+# --------------------------------------------------------------------------- audit browser
+
+Action = Literal["confirm", "restore"]
+Callback = Callable[[str], object | Awaitable[object]]
+"""``on_confirm``/``on_restore``: called with an ``audit_id``; may return an awaitable."""
+
+FILTER_COLUMNS = ("tier", "source", "status")
+TABLE_COLUMNS = [
+    "audit_id",
+    "tier",
+    "action",
+    "reason",
+    "status",
+    "source",
+    "kept_source",
+    "username",
+    "title",
+    "occurred_at",
+    "similarity_score",
+]
+"""The columns of the browser's table, those present in the entries."""
+
+REPORT_FIELDS = [
+    "event_id",
+    "event_type",
+    "source",
+    "session_key",
+    "correlation_key",
+    "occurred_at",
+    "started_at",
+    "server_id",
+    "user_id",
+    "username",
+    "media_type",
+    "title",
+    "grandparent_title",
+    "rating_key",
+    "machine_id",
+    "player",
+    "platform",
+]
+"""Fields compared side by side, first; any other field either report carries follows."""
+
+PAYLOAD_COLUMNS = ("raw_payload", "payload")
+KEPT_PAYLOAD_COLUMNS = ("kept_raw_payload", "kept_payload")
+DETAIL_HEADER = ["tier", "action", "reason", "status", "similarity_score", "recorded_at"]
+_PAST = {"confirm": "confirmed", "restore": "restored"}
+_UNCHANGED: Any = object()
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    """What a confirm or restore did: ``ok`` and the ``message`` shown in the status line;
+    ``result`` is what the callback returned (after awaiting it)."""
+
+    action: Action
+    audit_id: str | None
+    ok: bool
+    message: str
+    result: object = None
+
+
+def _text(value: object, zone: zoneinfo.ZoneInfo) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        shown = value.astimezone(zone) if value.tzinfo else value
+        return shown.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    if isinstance(value, float):
+        return f"{value:.3g}" if math.isfinite(value) else str(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _payload(entry: Mapping[str, Any], columns: Iterable[str]) -> dict[str, Any]:
+    """The first JSON object among ``columns`` of ``entry`` (a report's raw payload)."""
+    for name in columns:
+        raw = entry.get(name)
+        if isinstance(raw, Mapping):
+            return dict(raw)
+        if isinstance(raw, str) and raw.strip():
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(parsed, dict):
+                return parsed
+    return {}
+
+
+class AuditBrowser:
+    """Dedup audit entries as a paged, filterable table; the selected entry's report next
+    to the report it was dropped for or linked to; Confirm and Restore buttons.
+
+    ``entries`` is a frame of ``dedupe_audit_log`` rows (``Replay.audit()``, or the audit
+    module's listing); only ``audit_id`` is required, every other column is used when
+    present. The kept report is shown from ``kept_<field>`` columns and from a
+    ``kept_raw_payload`` (or ``kept_payload``) JSON column when the frame carries them, the
+    entry's own report from its columns and its ``raw_payload``; whatever is missing is
+    left out and said so.
+
+    ``on_confirm(audit_id)`` and ``on_restore(audit_id)`` do the work (the browser knows no
+    stream or database); each may return an awaitable, which is awaited. The status line
+    shows the outcome or the error's message, never a traceback, and the browser keeps
+    working. A successful decision is shown in the table's ``decision`` column
+    (:attr:`decisions`); the entries themselves change only with :meth:`update`, once the
+    decision has come back through the log.
+
+    >>> entries = pl.DataFrame(
+    ...     {"audit_id": ["a1", "a2"], "tier": ["event_id", "correlation"],
+    ...      "source": ["plex", "tautulli"], "status": ["auto_dedupe", "auto_dedupe"]}
+    ... )
+    >>> def refuse(audit_id):
+    ...     raise PermissionError("the audit stream is read-only here")
+    >>> browser = AuditBrowser(entries, on_confirm=print, on_restore=refuse)
+    >>> browser.set_filter(tier="correlation")["audit_id"].to_list()
+    ['a2']
+    >>> browser.select("a2")["source"]
+    'tautulli'
+    >>> asyncio.run(browser.confirm_selected()).message
+    a2
+    'Confirmed a2'
+    >>> asyncio.run(browser.restore_selected()).message
+    'Could not restore a2: PermissionError: the audit stream is read-only here'
+    """
+
+    def __init__(
+        self,
+        entries: pl.DataFrame,
+        *,
+        on_confirm: Callback,
+        on_restore: Callback,
+        page_size: int = 20,
+        tz: str = "UTC",
+    ) -> None:
+        if page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        self._zone = _check_tz(tz)
+        self.page_size = page_size
+        self.on_confirm = on_confirm
+        self.on_restore = on_restore
+        self.decisions: dict[str, str] = {}
+        """``audit_id`` -> ``"confirmed"`` or ``"restored"``, for the decisions made here."""
+        self.last_outcome: ActionOutcome | None = None
+
+        self._filters: dict[str, str | None] = dict.fromkeys(FILTER_COLUMNS)
+        self._page = 0
+        self._selected: str | None = None
+        self._syncing = False
+        self._tasks = _Tasks()
+
+        self.dropdowns = {
+            name: ipywidgets.Dropdown(description=name.capitalize(), options=[("all", None)])
+            for name in FILTER_COLUMNS
+        }
+        self.previous_button = ipywidgets.Button(description="< Previous")
+        self.next_button = ipywidgets.Button(description="Next >")
+        self.page_label = ipywidgets.Label()
+        self.table = ipywidgets.HTML()
+        self.selector = ipywidgets.Select(description="Entry", options=[], rows=8)
+        self.detail = ipywidgets.HTML()
+        self.confirm_button = ipywidgets.Button(
+            description="Confirm", button_style="success", tooltip="the dedup was right"
+        )
+        self.restore_button = ipywidgets.Button(
+            description="Restore", button_style="warning", tooltip="undo the dedup"
+        )
+        self.status = ipywidgets.HTML()
+        self.widget = ipywidgets.VBox(
+            [
+                ipywidgets.HBox(list(self.dropdowns.values())),
+                self.table,
+                ipywidgets.HBox([self.previous_button, self.page_label, self.next_button]),
+                self.selector,
+                self.detail,
+                ipywidgets.HBox([self.confirm_button, self.restore_button]),
+                self.status,
+            ]
+        )
+        for name, dropdown in self.dropdowns.items():
+            dropdown.observe(self._on_dropdown(name), names="value")
+        self.selector.observe(self._on_selector, names="value")
+        self.previous_button.on_click(lambda _: self.previous_page())
+        self.next_button.on_click(lambda _: self.next_page())
+        self.confirm_button.on_click(lambda _: self._click(self.confirm_selected()))
+        self.restore_button.on_click(lambda _: self._click(self.restore_selected()))
+        self.update(entries)
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def entries(self) -> pl.DataFrame:
+        """All the entries given (unfiltered)."""
+        return self._entries
+
+    @property
+    def visible(self) -> pl.DataFrame:
+        """The entries that pass the filters, in the given order (every page)."""
+        return self._visible
+
+    @property
+    def filters(self) -> dict[str, str | None]:
+        """The current filter per column (``None``: all)."""
+        return dict(self._filters)
+
+    @property
+    def page(self) -> int:
+        """The page shown, from 0."""
+        return self._page
+
+    @property
+    def pages(self) -> int:
+        """How many pages the visible entries fill (at least 1)."""
+        return max(1, -(-self._visible.height // self.page_size))
+
+    @property
+    def page_entries(self) -> pl.DataFrame:
+        """The visible entries on the page shown."""
+        return self._visible.slice(self._page * self.page_size, self.page_size)
+
+    @property
+    def selected(self) -> str | None:
+        """The selected ``audit_id``, if any."""
+        return self._selected
+
+    @property
+    def selected_entry(self) -> dict[str, Any] | None:
+        """The selected entry as a dict of its columns."""
+        if self._selected is None:
+            return None
+        rows = self._entries.filter(pl.col("audit_id") == self._selected).head(1).to_dicts()
+        return rows[0] if rows else None
+
+    # ----------------------------------------------------------------- driving it
+
+    def update(self, entries: pl.DataFrame) -> None:
+        """Show ``entries`` instead (after decisions came back through the log); filters,
+        page and selection are kept where they still apply."""
+        if "audit_id" not in entries.columns:
+            raise ValueError(
+                f"the entries need an 'audit_id' column (dedupe_audit_log rows); got the "
+                f"columns {entries.columns}"
+            )
+        self._entries = entries.with_columns(pl.col("audit_id").cast(pl.String))
+        self._syncing = True
+        try:
+            for name, dropdown in self.dropdowns.items():
+                if name in self._entries.columns:
+                    values = self._entries[name].drop_nulls().cast(pl.String).unique().sort()
+                    choices = [str(v) for v in values]
+                    current = self._filters[name]
+                    if current is not None and current not in choices:
+                        choices.append(current)
+                    dropdown.options = [("all", None), *((v, v) for v in choices)]
+                    dropdown.value = current
+                    dropdown.disabled = False
+                else:
+                    self._filters[name] = None
+                    dropdown.options = [("all", None)]
+                    dropdown.disabled = True
+        finally:
+            self._syncing = False
+        self._refilter()
+
+    def set_filter(
+        self, *, tier: Any = _UNCHANGED, source: Any = _UNCHANGED, status: Any = _UNCHANGED
+    ) -> pl.DataFrame:
+        """Filter by tier, source and status (``None``: all; an argument left out keeps its
+        filter). Back to the first page; the selection is dropped if it no longer shows.
+        Returns :attr:`visible`."""
+        for name, value in (("tier", tier), ("source", source), ("status", status)):
+            if value is _UNCHANGED:
+                continue
+            if value is not None and name not in self._entries.columns:
+                raise ValueError(f"the entries have no {name!r} column to filter on")
+            self._filters[name] = None if value is None else str(value)
+        self._syncing = True
+        try:
+            for name, value in self._filters.items():
+                dropdown = self.dropdowns[name]
+                known = [v for _, v in dropdown.options]
+                if value not in known:
+                    dropdown.options = [*dropdown.options, (value, value)]
+                dropdown.value = value
+        finally:
+            self._syncing = False
+        self._page = 0
+        self._refilter()
+        return self._visible
+
+    def show_page(self, page: int) -> pl.DataFrame:
+        """Show page ``page`` (from 0; clamped to the pages there are). Returns
+        :attr:`page_entries`."""
+        self._page = min(max(page, 0), self.pages - 1)
+        self._render()
+        return self.page_entries
+
+    def next_page(self) -> pl.DataFrame:
+        return self.show_page(self._page + 1)
+
+    def previous_page(self) -> pl.DataFrame:
+        return self.show_page(self._page - 1)
+
+    def select(self, audit_id: str | None) -> dict[str, Any] | None:
+        """Select an entry (``None``: none), turning to its page. It must pass the filters.
+        Returns :attr:`selected_entry`."""
+        if audit_id is None:
+            self._selected = None
+            self._render()
+            return None
+        ids = self._visible["audit_id"].to_list()
+        if audit_id not in ids:
+            raise ValueError(f"no visible entry has audit_id {audit_id!r} (check the filters)")
+        self._selected = audit_id
+        self._page = ids.index(audit_id) // self.page_size
+        self._render()
+        return self.selected_entry
+
+    async def confirm_selected(self) -> ActionOutcome:
+        """Call ``on_confirm`` with the selected ``audit_id`` (awaiting what it returns)."""
+        return await self._act("confirm", self.on_confirm)
+
+    async def restore_selected(self) -> ActionOutcome:
+        """Call ``on_restore`` with the selected ``audit_id`` (awaiting what it returns)."""
+        return await self._act("restore", self.on_restore)
+
+    async def wait_idle(self) -> None:
+        """Wait for the actions started by button clicks."""
+        await self._tasks.wait()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def __repr__(self) -> str:
+        return (
+            f"AuditBrowser(entries={self._entries.height}, visible={self._visible.height}, "
+            f"page={self._page + 1}/{self.pages}, selected={self._selected!r})"
+        )
+
+    # ----------------------------------------------------------------- internals
+
+    def _refilter(self) -> None:
+        visible = self._entries
+        for name, value in self._filters.items():
+            if value is not None and name in visible.columns:
+                visible = visible.filter(pl.col(name).cast(pl.String) == value)
+        self._visible = visible
+        if self._selected is not None and self._selected not in visible["audit_id"].to_list():
+            self._selected = None
+        self._page = min(self._page, self.pages - 1)
+        self._render()
+
+    def _on_dropdown(self, name: str) -> Callable[[Mapping[str, Any]], None]:
+        def changed(change: Mapping[str, Any]) -> None:
+            if not self._syncing:
+                self.set_filter(**{name: change["new"]})
+
+        return changed
+
+    def _on_selector(self, change: Mapping[str, Any]) -> None:
+        if not self._syncing:
+            self.select(change["new"])
+
+    def _click(self, work: Coroutine[Any, Any, ActionOutcome]) -> None:
+        if not self._tasks.launch(work):
+            asyncio.run(work)  # a plain Python session: no loop is running
+
+    async def _act(self, action: Action, callback: Callback) -> ActionOutcome:
+        audit_id = self._selected
+        if audit_id is None:
+            outcome = ActionOutcome(action, None, False, f"Select an entry to {action} first.")
+            return self._report(outcome)
+        self.confirm_button.disabled = self.restore_button.disabled = True
+        self.status.value = html.escape(f"{action.capitalize()}ing {audit_id}...")
+        try:
+            result = callback(audit_id)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            logger.debug("%s of %s failed", action, audit_id, exc_info=True)
+            outcome = ActionOutcome(
+                action, audit_id, False, f"Could not {action} {audit_id}: {_message(exc)}"
+            )
+        else:
+            self.decisions[audit_id] = _PAST[action]
+            said = f": {result}" if result is not None else ""
+            if len(said) > 200:
+                said = said[:199] + "…"
+            message = f"{_PAST[action].capitalize()} {audit_id}{said}"
+            outcome = ActionOutcome(action, audit_id, True, message, result)
+        finally:
+            self.confirm_button.disabled = self.restore_button.disabled = False
+        self._render()
+        return self._report(outcome)
+
+    def _report(self, outcome: ActionOutcome) -> ActionOutcome:
+        self.last_outcome = outcome
+        color = "#1b5e20" if outcome.ok else "#b00020"
+        self.status.value = f'<span style="color:{color}">{html.escape(outcome.message)}</span>'
+        return outcome
+
+    def _render(self) -> None:
+        page = self.page_entries
+        self._syncing = True
+        try:
+            options = [(self._entry_label(row), row["audit_id"]) for row in page.to_dicts()]
+            self.selector.options = options
+            on_page = [value for _, value in options]
+            self.selector.value = self._selected if self._selected in on_page else None
+        finally:
+            self._syncing = False
+        shown = self._visible.height
+        self.page_label.value = (
+            f"page {self._page + 1} of {self.pages} · {shown} of {self._entries.height} entries"
+        )
+        self.previous_button.disabled = self._page == 0
+        self.next_button.disabled = self._page >= self.pages - 1
+        self.table.value = self._table_html(page)
+        self.detail.value = self._detail_html()
+
+    def _entry_label(self, row: Mapping[str, Any]) -> str:
+        parts = [str(row.get(name)) for name in ("tier", "source", "title") if row.get(name)]
+        return " · ".join([str(row["audit_id"])[:12], *parts])
+
+    def _table_html(self, page: pl.DataFrame) -> str:
+        columns = [name for name in TABLE_COLUMNS if name in page.columns]
+        head = "".join(f"<th>{html.escape(name)}</th>" for name in [*columns, "decision"])
+        rows = []
+        for row in page.to_dicts():
+            chosen = row["audit_id"] == self._selected
+            style = ' style="background:#fff3c4"' if chosen else ""
+            cells = "".join(f"<td>{html.escape(_text(row[c], self._zone))}</td>" for c in columns)
+            decision = html.escape(self.decisions.get(row["audit_id"], ""))
+            rows.append(f"<tr{style}>{cells}<td>{decision}</td></tr>")
+        if not rows:
+            span = len(columns) + 1
+            rows.append(f'<tr><td colspan="{span}">no entry matches the filters</td></tr>')
+        return f'<table class="audit-entries"><tr>{head}</tr>{"".join(rows)}</table>'
+
+    def _detail_html(self) -> str:
+        entry = self.selected_entry
+        if entry is None:
+            return "<p>Select an entry to compare its report with the kept one.</p>"
+        header = " · ".join(
+            f"{name}: {html.escape(_text(entry[name], self._zone))}"
+            for name in DETAIL_HEADER
+            if name in entry and entry[name] is not None
+        )
+        own = _payload(entry, PAYLOAD_COLUMNS)
+        kept = _payload(entry, KEPT_PAYLOAD_COLUMNS)
+        left = {**own, **{k: v for k, v in entry.items() if k in REPORT_FIELDS}}
+        right = dict(kept)
+        for name, value in entry.items():
+            if name.startswith("kept_") and name not in KEPT_PAYLOAD_COLUMNS:
+                right[name.removeprefix("kept_")] = value
+        names = [n for n in REPORT_FIELDS if n in left or n in right]
+        names += sorted((set(left) | set(right)) - set(names))
+        kind = {"drop": "Dropped report", "link": "Linked report"}.get(
+            str(entry.get("action")), "This report"
+        )
+        rows = []
+        for name in names:
+            a = _text(left.get(name), self._zone) if name in left else "—"
+            b = _text(right.get(name), self._zone) if name in right else "—"
+            differs = name in left and name in right and a != b
+            style = ' style="background:#fde2e1"' if differs else ""
+            rows.append(
+                f"<tr{style}><th>{html.escape(name)}</th><td>{html.escape(a)}</td>"
+                f"<td>{html.escape(b)}</td></tr>"
+            )
+        note = ""
+        known_kept = set(right) - {"event_id", "source", "correlation_key"}
+        if not known_kept:
+            note = (
+                "<p><em>The kept report's fields are not in these entries (only its ids): "
+                "join them in as kept_&lt;field&gt; columns or a kept_raw_payload to compare."
+                "</em></p>"
+            )
+        return (
+            f"<p><b>{html.escape(entry['audit_id'])}</b> {header}</p>"
+            f'<table class="audit-compare"><tr><th></th><th>{kind}</th><th>Kept report</th></tr>'
+            f"{''.join(rows)}</table>{note}"
+        )
+
+
+__all__ = [
+    "ACTIVE_COLUMNS",
+    "ActionOutcome",
+    "AuditBrowser",
+    "SliderView",
+    "TimeSlider",
+    "View",
+]
