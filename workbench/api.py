@@ -215,6 +215,15 @@ class Workbench:
         """Dedup audit entries (:func:`workbench.audit.entries` filters)."""
         return _audit.entries(await self.snapshot(), **filters)
 
+    async def audit_browser(self, **filters: Any) -> Any:
+        """An :class:`workbench.widgets.AuditBrowser` over the entries (``filters`` as for
+        :func:`workbench.audit.entries`) whose Confirm and Restore buttons publish verdicts
+        through this workbench."""
+        from workbench.widgets import AuditBrowser
+
+        frame = _audit.entries(await self.snapshot(), payloads=True, **filters)
+        return AuditBrowser(frame, on_confirm=self.confirm, on_restore=self.restore)
+
     # ------------------------------------------------------------------ verdicts
 
     async def confirm(self, audit_id: str, *, by: str = "", notes: str = "") -> _audit.Receipt:

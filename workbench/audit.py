@@ -104,6 +104,7 @@ def entries(
     status: str | Sequence[str] | None = None,
     since: datetime | str | None = None,
     until: datetime | str | None = None,
+    payloads: bool = False,
 ) -> pl.DataFrame:
     """Audit entries, oldest first, filtered.
 
@@ -111,6 +112,8 @@ def entries(
     ``reason``: a case-insensitive substring of the reason. ``source``: the dropped or linked
     report's source, or the kept one's. ``user``: a ``user_id`` or a ``username``. ``since``
     and ``until`` (inclusive, timezone-aware) bound when the log recorded the report.
+    ``payloads=True`` adds ``raw_payload`` (the report as JSON) and ``kept_raw_payload``
+    (the kept report), as :class:`workbench.widgets.AuditBrowser` shows them side by side.
 
     >>> import asyncio, tempfile
     >>> from pathlib import Path
@@ -134,8 +137,14 @@ def entries(
         "since": aware_utc(since, "since") if since is not None else None,
         "until": aware_utc(until, "until") if until is not None else None,
     }
+    columns = ", ".join(f"a.{name}" for name in ENTRY_COLUMNS)
+    if payloads:
+        columns += (
+            ", a.raw_payload, (SELECT payload FROM media_events e"
+            " WHERE e.event_id = a.kept_event_id ORDER BY seq LIMIT 1) AS kept_raw_payload"
+        )
     sql = f"""
-        SELECT {", ".join(ENTRY_COLUMNS)} FROM dedupe_audit_log
+        SELECT {columns} FROM dedupe_audit_log a
         WHERE ($tiers IS NULL OR list_contains($tiers, tier))
           AND ($statuses IS NULL OR list_contains($statuses, status))
           AND ($reason IS NULL OR lower(reason) LIKE $reason)
@@ -143,7 +152,7 @@ def entries(
           AND ($user IS NULL OR user_id = $user OR username = $user)
           AND ($since IS NULL OR recorded_at >= $since)
           AND ($until IS NULL OR recorded_at <= $until)
-        ORDER BY seq, audit_id
+        ORDER BY a.seq, a.audit_id
     """
     return _query(db, sql, params)
 

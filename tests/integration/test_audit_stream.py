@@ -120,3 +120,34 @@ async def test_a_verdict_without_nats_says_what_it_needs(settings: Settings) -> 
 async def test_connect_to_nothing_is_a_clear_error() -> None:
     with pytest.raises(WorkbenchError, match="no NATS server answers"):
         await connect("nats://127.0.0.1:1", http_url=None)
+
+
+async def test_the_audit_browser_publishes_the_verdict_of_its_button(
+    settings: Settings, handle: NatsHandle
+) -> None:
+    feed = simulate(SimulationConfig(seed=13, users=3, days=1)).events
+    await Publisher(handle.nc).publish_many(feed)
+    projection: Projection = open_projection(settings.duckdb_path)
+    router = Router(handle.nc, new_pipeline(settings, projection), flush_interval=0.05)
+    routing = asyncio.create_task(router.run())
+    try:
+        await caught_up(router, handle)
+        async with await connect(settings.nats_url, http_url=None) as wb:
+            browser = await wb.audit_browser(tier="correlation")
+            assert browser.visible["kept_raw_payload"].null_count() == 0
+            link = browser.visible["audit_id"][0]
+            browser.select(link)
+            outcome = await browser.restore_selected()
+            assert outcome.ok, outcome.message
+            await caught_up(router, handle)
+            status = projection.con.execute(
+                "SELECT status FROM dedupe_audit_log WHERE audit_id = ?", [link]
+            ).fetchall()
+            assert status == [("user_restored",)]
+            # the same button again is refused with a message, and nothing is published
+            outcome = await browser.restore_selected()
+            assert not outcome.ok and "already restored" in outcome.message
+    finally:
+        router.stop()
+        await routing
+        projection.close()
