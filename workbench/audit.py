@@ -40,19 +40,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import duckdb
 import polars as pl
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent
-from ingestor.projection import Projection
 from ingestor.records import AuditDecision, DecisionAction, encode_record
-from workbench.replay import Replay, aware_utc
+from workbench.db import ProjectionSource
+from workbench.db import query as _query
+from workbench.replay import aware_utc
 
-Source = Replay | Projection | duckdb.DuckDBPyConnection
-"""What the functions here read: a replay, a projection, or a connection to one."""
+Source = ProjectionSource
 
 TIERS = ("event_id", "session_key", "correlation")
 STATUSES = ("auto_dedupe", "user_confirmed", "user_restored")
@@ -377,24 +376,6 @@ def _choices(name: str, value: str | Sequence[str] | None, allowed: tuple[str, .
     if unknown:
         raise ValueError(f"{name} must be among {allowed}, got {unknown}")
     return values
-
-
-def _query(db: Source, sql: str, params: dict[str, Any]) -> pl.DataFrame:
-    if isinstance(db, Replay | Projection):
-        con = db.con
-    elif isinstance(db, duckdb.DuckDBPyConnection):
-        con = db
-    else:
-        kind = type(db).__name__
-        raise TypeError(f"expected a Replay, a Projection or a DuckDB connection, got {kind}")
-    cursor = con.cursor()
-    try:
-        cursor.execute("SET TimeZone = 'UTC'")
-        relation = cursor.sql(sql, params=params)
-        assert relation is not None
-        return relation.pl()
-    finally:
-        cursor.close()
 
 
 def _fields(payload: str | None) -> dict[str, Any]:

@@ -30,17 +30,13 @@ Example::
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-import duckdb
 import polars as pl
 
-from ingestor.projection import Projection
+from workbench.db import ProjectionSource
+from workbench.db import query as _query
 from workbench.log import EventLog
 from workbench.replay import CLOCKS, Clock, Replay, aware_utc, replay
-
-ProjectionSource = Replay | Projection | duckdb.DuckDBPyConnection
-"""What the functions here read: a replay, a projection, or a connection to one."""
 
 # --------------------------------------------------------------------------- SQL
 
@@ -171,30 +167,6 @@ ORDER BY theirs.started_at, theirs.correlation_key
 """
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _query(source: ProjectionSource, sql: str, params: dict[str, Any]) -> pl.DataFrame:
-    """Run ``sql`` on a cursor of ``source`` whose session time zone is UTC (a connection
-    given by the caller keeps its own settings)."""
-    if isinstance(source, Replay):
-        if source.closed:
-            raise ValueError("this Replay is closed")
-        con = source.con
-    elif isinstance(source, Projection):
-        con = source.con
-    elif isinstance(source, duckdb.DuckDBPyConnection):
-        con = source
-    else:
-        kind = type(source).__name__
-        raise TypeError(f"expected a Replay, a Projection or a DuckDB connection, got {kind}")
-    cursor = con.cursor()
-    try:
-        cursor.execute("SET TimeZone = 'UTC'")
-        relation = cursor.sql(sql, params=params)
-        assert relation is not None
-        return relation.pl()
-    finally:
-        cursor.close()
 
 
 def _clock(clock: str) -> Clock:
