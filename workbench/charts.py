@@ -523,13 +523,20 @@ def concurrent_streams(
     """Concurrent streams over time, from :func:`workbench.stats.concurrent_streams`: a step
     line (the count holds until the next change), its peak marked with a dot and a label
     (the first moment the maximum was reached, as :func:`~workbench.stats.max_concurrent_streams`
-    reports it). The zone of the axis is the frame's own (``tz`` overrides its name)."""
+    reports it). The zone of the axis is the frame's own (``tz`` overrides its name).
+
+    A long period has hundreds of thousands of change points, more than a chart can show
+    (and slow to render: 200k points took a minute in vl-convert). Above
+    :data:`MAX_STREAM_POINTS` the line shows each interval's maximum instead (intervals of a
+    minute to a day, whatever keeps the points under the limit), drawn at the moment it was
+    reached, so the peak and its time stay exact."""
     for name in ("at", "streams"):
         if name not in frame.columns:
             raise ValueError(
                 f"expected a frame from workbench.stats.concurrent_streams (columns 'at' and "
                 f"'streams'); got the columns {frame.columns}"
             )
+    frame = _stream_envelope(frame)
     zone = tz or _zone_of(frame, "at")
     base = _base(frame, title or "Concurrent streams")
     x = alt.X(
@@ -562,6 +569,29 @@ def concurrent_streams(
         x=x, y=y, text=alt.Text("peak_text:N")
     )
     return alt.layer(line, dot, label).properties(width=WIDTH, height=HEIGHT)
+
+
+MAX_STREAM_POINTS = 1500
+_INTERVALS = ["1m", "5m", "15m", "30m", "1h", "3h", "6h", "12h", "1d"]
+
+
+def _stream_envelope(frame: pl.DataFrame) -> pl.DataFrame:
+    """At most :data:`MAX_STREAM_POINTS` rows: each interval's first maximum."""
+    if frame.height <= MAX_STREAM_POINTS:
+        return frame
+    ordered = frame.sort("at")
+    for every in _INTERVALS:
+        envelope = (
+            ordered.group_by(pl.col("at").dt.truncate(every).alias("_bucket"), maintain_order=True)
+            .agg(
+                pl.col("at").filter(pl.col("streams") == pl.col("streams").max()).first(),
+                pl.col("streams").max(),
+            )
+            .select(frame.columns)
+        )
+        if envelope.height <= MAX_STREAM_POINTS:
+            break
+    return envelope
 
 
 # --------------------------------------------------------------------------- by name

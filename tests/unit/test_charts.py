@@ -13,7 +13,7 @@ import itertools
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -485,3 +485,24 @@ def test_the_max_marked_is_the_first_time_the_peak_was_reached(tmp_path: Path) -
     assert value_of(dot, "From") == "Mon 2026-01-05 20:30 UTC"
     assert texts(svg, "text") == ["Peak: 2 at Mon 2026-01-05 20:30 UTC"]
     db.close()
+
+
+def test_a_long_concurrency_series_is_drawn_as_interval_maxima_with_the_exact_peak() -> None:
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    levels = [(i * 7) % 23 for i in range(6000)]  # a saw-tooth: peaks of 22 recur
+    frame = pl.DataFrame(
+        {
+            "at": [start + timedelta(minutes=3 * i) for i in range(len(levels))],
+            "streams": levels,
+        },
+        schema={"at": pl.Datetime("us", "UTC"), "streams": pl.Int64},
+    )
+    chart = charts.concurrent_streams(frame)
+    assert charts.data_rows(chart) <= charts.MAX_STREAM_POINTS * 3  # line, dot and label layers
+    data = chart.to_dict()["datasets"]
+    (rows,) = [rows for rows in data.values() if len(rows) > 1]
+    assert len(rows) <= charts.MAX_STREAM_POINTS
+    assert max(r["streams"] for r in rows) == 22
+    first_peak = frame.filter(pl.col("streams") == 22)["at"][0]
+    peak_rows = [r for r in rows if r["streams"] == 22]
+    assert datetime.fromisoformat(peak_rows[0]["at"]).astimezone(UTC) == first_peak
