@@ -1,15 +1,21 @@
-"""``workbench``: query a projection from the shell.
+"""``workbench``: query a projection and render notebook reports from the shell.
 
 ``workbench sql "SELECT ..."`` runs read-only SQL against the DuckDB file (``DUCKDB_PATH``, or
-``--db``) and prints the result as a table. Notebook reports (``workbench report``) arrive
-with the notebooks.
+``--db``) and prints the result as a table. ``workbench report NOTEBOOK -p NAME VALUE ...
+--out DIR`` executes a notebook with parameters and writes the executed ``.ipynb`` and a
+self-contained HTML page (:mod:`workbench.report`).
+
+Exit status: 0 done; 1 the work failed (bad SQL, a notebook cell raised, a page that would
+need the network); 2 the command line is wrong (no such notebook, a bad parameter).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import duckdb
 import polars as pl
@@ -17,15 +23,105 @@ import polars as pl
 from ingestor.config import Settings
 from ingestor.errors import ConfigError
 
+REPORT_HELP = """\
+Execute NOTEBOOK (.ipynb, or a jupytext .py/.md) with papermill and write OUT/NAME.ipynb
+(executed) and OUT/NAME.html, a page that opens with no network: charts and images are
+embedded, no script is loaded from a CDN.
+
+Parameters replace the assignments of the notebook's cell tagged 'parameters'; a name that
+cell does not assign is refused. Values are read like papermill's: True, False, None,
+numbers and JSON ([1, 2], {"a": 1}, "07" in quotes for a string), anything else is a string;
+-r passes a string as it is. -f reads a YAML mapping; -p and -r override it.
+
+In the HTML, the input of cells tagged hide-input or remove-input is left out (all inputs
+with --no-input), the output of cells tagged hide-output or remove-output, and whole cells
+tagged remove-cell, parameters or injected-parameters. The .ipynb keeps everything.
+
+The kernel runs this Python (a kernelspec for it is installed in this environment when
+none exists) in the notebook's directory unless --cwd says otherwise. Both files are written
+under temporary names and renamed, so OUT never holds half a report.
+
+When a cell fails, the command exits with 1 naming the cell (its index from 0 and its first
+line) and the exception, and leaves the partly executed notebook as OUT/NAME.failed.ipynb.
+
+Weekly from cron (one crontab line; % is escaped there), Monday 07:00, the week before:
+"""
+CRON_LINE = (
+    "0 7 * * 1 cd /srv/mediaevents && .venv/bin/workbench report notebooks/overview.ipynb"
+    " -p data_dir /srv/mediaevents/data -p start $(date -d '7 days ago' +\\%F)"
+    " -p end $(date -d yesterday +\\%F) --out /srv/reports/$(date -d yesterday +\\%G-W\\%V) -q"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (and exit status 2), like the rest."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="workbench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sql = sub.add_parser("sql", help="run read-only SQL against the projection")
     sql.add_argument("query")
     sql.add_argument("--db", type=Path, help="DuckDB file (default: DUCKDB_PATH)")
     sql.add_argument("--rows", type=int, default=50, help="rows to show (default 50)")
+    report = sub.add_parser(
+        "report",
+        help="execute a notebook with parameters into an .ipynb and an offline HTML page",
+        description=REPORT_HELP + CRON_LINE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument(
+        "notebook", type=Path, metavar="NOTEBOOK", help="a .ipynb, or a jupytext .py or .md"
+    )
+    report.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter, value parsed (repeatable)",
+    )
+    report.add_argument(
+        "-r",
+        "--raw-parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter to the string VALUE as it is (repeatable)",
+    )
+    report.add_argument(
+        "-f", "--parameters-file", type=Path, metavar="FILE", help="YAML mapping of parameters"
+    )
+    report.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="where to write (created)"
+    )
+    report.add_argument(
+        "--name", help="file name of both outputs, without extension (default: NOTEBOOK's stem)"
+    )
+    report.add_argument("--no-input", action="store_true", help="leave every cell's code out")
+    report.add_argument(
+        "--cwd",
+        type=Path,
+        metavar="DIR",
+        help="the kernel's working directory (default: NOTEBOOK's directory)",
+    )
+    report.add_argument("--kernel", help="kernelspec to run (default: one that runs this Python)")
+    report.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="fail a cell running longer than this"
+    )
+    report.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return _report(args)
+    return _sql(args)
+
+
+def _sql(args: argparse.Namespace) -> int:
     try:
         path = args.db or Settings.from_env().duckdb_path
     except ConfigError as exc:
@@ -43,6 +139,48 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with pl.Config(tbl_rows=args.rows, tbl_cols=-1, fmt_str_lengths=60):
         print(frame)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from workbench import report
+
+    # papermill logs what this command already says (or refuses) as warnings
+    logging.getLogger("papermill").setLevel(logging.CRITICAL)
+
+    def progress(line: str) -> None:
+        print(f"workbench: {line}", file=sys.stderr, flush=True)
+
+    try:
+        parameters = (
+            report.read_parameter_file(args.parameters_file) if args.parameters_file else {}
+        )
+        parameters.update({name: report.parse_value(value) for name, value in args.parameter})
+        parameters.update(dict(args.raw_parameter))
+        report.render(
+            args.notebook,
+            args.out,
+            parameters,
+            name=args.name,
+            no_input=args.no_input,
+            cwd=args.cwd,
+            kernel=args.kernel,
+            timeout=args.timeout,
+            progress=None if args.quiet else progress,
+        )
+    except report.ReportUsageError as exc:
+        print(f"workbench report: {exc}", file=sys.stderr)
+        return 2
+    except report.CellFailed as exc:
+        print(f"workbench report: {exc}", file=sys.stderr)
+        if exc.partial is not None:
+            print(
+                f"workbench report: the partly executed notebook is {exc.partial}", file=sys.stderr
+            )
+        return 1
+    except report.ReportError as exc:
+        print(f"workbench report: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
