@@ -48,6 +48,7 @@ from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent
 from ingestor.records import AuditDecision, DecisionAction, encode_record
 from workbench.db import ProjectionSource
+from workbench.db import choices as _choices
 from workbench.db import query as _query
 from workbench.replay import aware_utc
 
@@ -366,16 +367,6 @@ async def _decide(
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _choices(name: str, value: str | Sequence[str] | None, allowed: tuple[str, ...]) -> list | None:
-    if value is None:
-        return None
-    values = [value] if isinstance(value, str) else list(value)
-    unknown = [v for v in values if v not in allowed]
-    if unknown:
-        raise ValueError(f"{name} must be among {allowed}, got {unknown}")
-    return values
 
 
 def _fields(payload: str | None) -> dict[str, Any]:

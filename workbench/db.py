@@ -3,6 +3,7 @@ one; and the one way they run SQL on it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -44,4 +45,18 @@ def query(source: ProjectionSource, sql: str, params: dict[str, Any] | None = No
         cursor.close()
 
 
-__all__ = ["ProjectionSource", "connection_of", "query"]
+def choices(
+    name: str, value: str | Sequence[str] | None, allowed: Sequence[str]
+) -> list[str] | None:
+    """A filter argument of one value or several as a list (None: no filter), checked
+    against ``allowed``."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else list(value)
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"{name} must be among {tuple(allowed)}, got {unknown}")
+    return values
+
+
+__all__ = ["ProjectionSource", "choices", "connection_of", "query"]

@@ -9,6 +9,7 @@ has exactly the rows of a projection fed, batch by batch, the messages the log r
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-import workbench.replay as replay_module
 from ingestor.archive import write_segment
 from ingestor.config import Settings
 from ingestor.dedup import DedupIndex
@@ -36,6 +36,9 @@ from ingestor.sources.simulator import SimulationConfig, simulate
 from workbench.log import EventLog, LogGapError
 from workbench.replay import CLOCKS, Replay, replay, simulated_log
 from workbench.temporal import active_at, changes_between, changes_in_log
+
+# the submodule itself (``workbench.replay`` the attribute is the function, re-exported)
+replay_module = sys.modules["workbench.replay"]
 
 pytestmark = pytest.mark.integration
 
