@@ -215,6 +215,13 @@ class Workbench:
         """Dedup audit entries (:func:`workbench.audit.entries` filters)."""
         return _audit.entries(await self.snapshot(), **filters)
 
+    async def alerts(self, **filters: Any) -> pl.DataFrame:
+        """Detection alerts (:func:`workbench.alerts.alerts` filters: rule, severity, user,
+        since, until)."""
+        from workbench.alerts import alerts
+
+        return alerts(await self.snapshot(), **filters)
+
     async def audit_browser(self, **filters: Any) -> Any:
         """An :class:`workbench.widgets.AuditBrowser` over the entries (``filters`` as for
         :func:`workbench.audit.entries`) whose Confirm and Restore buttons publish verdicts
