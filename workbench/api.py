@@ -242,6 +242,8 @@ class Workbench:
         return await self._verdict(_audit.restore, audit_id, by, notes)
 
     async def _verdict(self, fn: Any, audit_id: str, by: str, notes: str) -> _audit.Receipt:
+        if self.nc is None and self.log is not None and self.log.has_stream:
+            self.nc = await self.log.client()  # open_data_dir(..., nats_url=...)
         if self.nc is None:
             raise WorkbenchError(
                 "a verdict is published to the stream: use connect() to a running ingestor's "

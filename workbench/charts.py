@@ -711,6 +711,8 @@ def data_rows(chart: ChartLike) -> int:
 
 def _title_text(spec: Mapping[str, Any]) -> str:
     title = spec.get("title")
+    if not title and spec.get("layer"):  # a layered chart: the title of its first layer
+        return _title_text(spec["layer"][0])
     if isinstance(title, Mapping):
         title = title.get("text")
     if isinstance(title, list):

@@ -154,6 +154,11 @@ class EventLog:
     def has_stream(self) -> bool:
         return self._nc is not None or self._nats_url is not None
 
+    async def client(self) -> Client | None:
+        """The NATS connection (connected now from ``nats_url`` if need be), or None when
+        this log has no stream."""
+        return await self._client()
+
     async def _client(self) -> Client | None:
         if self._nc is None and self._nats_url is not None:
             servers = [url.strip() for url in self._nats_url.split(",") if url.strip()]

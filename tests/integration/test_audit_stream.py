@@ -19,6 +19,7 @@ from ingestor.nats.reader import stream_bounds
 from ingestor.projection import Projection
 from ingestor.router import Router
 from ingestor.sources.simulator import SimulationConfig, simulate
+from tests.factory import plex_playback, tautulli_summary
 from workbench import audit, connect
 from workbench.api import WorkbenchError, open_data_dir
 from workbench.log import EventLog
@@ -151,3 +152,13 @@ async def test_the_audit_browser_publishes_the_verdict_of_its_button(
         router.stop()
         await routing
         projection.close()
+
+
+async def test_an_offline_data_dir_with_a_nats_url_can_publish_verdicts(
+    settings: Settings, handle: NatsHandle
+) -> None:
+    await Publisher(handle.nc).publish_many([*plex_playback(), tautulli_summary()])
+    async with open_data_dir(settings.data_dir, nats_url=settings.nats_url) as wb:
+        (link,) = (await wb.audit(tier="correlation"))["audit_id"].to_list()
+        receipt = await wb.confirm(link, by="ana")
+    assert receipt.seq == 7 and not receipt.duplicate
