@@ -56,26 +56,11 @@ from IPython.display import display
 from ingestor.app import TRUTH_SQL
 from ingestor.sources import simulator
 from workbench import audit, charts, connect, open_data_dir
+from workbench.db import show
 from workbench.widgets import AuditBrowser
 
 charts.use_offline_renderer()
 zone = ZoneInfo(tz)
-
-
-def show(frame: pl.DataFrame) -> None:
-    """Print a small frame as aligned plain text (numbers right-aligned): stable output that
-    nbval can compare, unlike a frame's HTML."""
-    numeric = [dtype.is_numeric() for dtype in frame.dtypes]
-    rows = [list(frame.columns)] + [
-        ["" if value is None else str(value) for value in row] for row in frame.rows()
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(frame.width)]
-    for row in rows:
-        cells = [
-            cell.rjust(width) if right else cell.ljust(width)
-            for cell, width, right in zip(row, widths, numeric, strict=True)
-        ]
-        print("  " + "  ".join(cells).rstrip())
 
 
 if nats_url:  # verdicts are published: this needs the ingestor's NATS connection

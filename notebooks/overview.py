@@ -44,29 +44,13 @@ top = 10  # rows of the title and user tables
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-import duckdb
 import polars as pl
 
 from workbench import charts, open_data_dir, stats
+from workbench.db import scope, show
 
 charts.use_offline_renderer()
 zone = ZoneInfo(tz)
-
-
-def show(frame: pl.DataFrame) -> None:
-    """Print a small frame as aligned plain text (numbers right-aligned): stable output that
-    nbval can compare, unlike a frame's HTML."""
-    numeric = [dtype.is_numeric() for dtype in frame.dtypes]
-    rows = [list(frame.columns)] + [
-        ["" if value is None else str(value) for value in row] for row in frame.rows()
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(frame.width)]
-    for row in rows:
-        cells = [
-            cell.rjust(width) if right else cell.ljust(width)
-            for cell, width, right in zip(row, widths, numeric, strict=True)
-        ]
-        print("  " + "  ".join(cells).rstrip())
 
 
 def hours(column: str) -> pl.Expr:
@@ -83,31 +67,9 @@ def local_day(text: str | None, days: int = 0) -> datetime | None:
     return midnight.astimezone(UTC)
 
 
-def scoped(snapshot: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """The playbacks of the period and servers asked for, as the ``playback_events`` table of
-    a new in-memory database: every statistic then runs on this scope unchanged."""
-    frame = snapshot.sql("SELECT * FROM playback_events").pl()
-    first, after = local_day(start), local_day(end, days=1)
-    if first is not None:
-        frame = frame.filter(pl.col("started_at") >= first)
-    if after is not None:
-        frame = frame.filter(pl.col("started_at") < after)
-    if servers:
-        wanted = [servers] if isinstance(servers, str) else list(servers)
-        frame = frame.filter(
-            pl.any_horizontal(pl.col("server_id").str.starts_with(str(s)) for s in wanted)
-        )
-    scope = duckdb.connect()
-    scope.execute("SET TimeZone = 'UTC'")
-    scope.register("scoped_rows", frame)
-    scope.execute("CREATE TABLE playback_events AS SELECT * FROM scoped_rows")
-    scope.unregister("scoped_rows")
-    return scope
-
-
 wb = open_data_dir(data_dir, http_url=http_url, nats_url=nats_url)
 snapshot = await wb.snapshot()
-db = scoped(snapshot)
+db = scope(snapshot, since=local_day(start), before=local_day(end, days=1), servers=servers)
 print(f"projection read in {wb.mode} mode")
 
 # %% [markdown]

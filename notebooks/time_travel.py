@@ -51,6 +51,7 @@ import polars as pl
 from IPython.display import display
 
 from workbench import active_at, changes_between, charts, open_data_dir, stats
+from workbench.db import show, title_of
 from workbench.replay import aware_utc
 from workbench.widgets import TimeSlider
 
@@ -62,28 +63,6 @@ at = aware_utc(instant, "instant")
 def when(value: datetime | None) -> str:
     """An instant as a clock in ``tz``, to the minute (or a dash for none)."""
     return "-" if value is None else f"{value.astimezone(zone):%a %Y-%m-%d %H:%M}"
-
-
-def show(frame: pl.DataFrame) -> None:
-    """Print a small frame as aligned plain text (numbers right-aligned): stable output that
-    nbval can compare, unlike a frame's HTML."""
-    numeric = [dtype.is_numeric() for dtype in frame.dtypes]
-    rows = [list(frame.columns)] + [
-        ["" if value is None else str(value) for value in row] for row in frame.rows()
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(frame.width)]
-    for row in rows:
-        cells = [
-            cell.rjust(width) if right else cell.ljust(width)
-            for cell, width, right in zip(row, widths, numeric, strict=True)
-        ]
-        print("  " + "  ".join(cells).rstrip())
-
-
-def title_of(row: dict) -> str:
-    """A show's episode as "Show: Episode", anything else by its title."""
-    show_name = row.get("grandparent_title")
-    return f"{show_name}: {row['title']}" if show_name else str(row["title"])
 
 
 wb = open_data_dir(data_dir, http_url=http_url, nats_url=nats_url)

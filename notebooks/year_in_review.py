@@ -45,62 +45,19 @@ top = 5  # rows of the title tables
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-import duckdb
 import polars as pl
 
 from ingestor.events import MediaEvent
 from workbench import charts, open_data_dir, stats
+from workbench.db import scope, show, title_of
 
 charts.use_offline_renderer()
 zone = ZoneInfo(tz)
 
-
-def show(frame: pl.DataFrame) -> None:
-    """Print a small frame as aligned plain text (numbers right-aligned): stable output that
-    nbval can compare, unlike a frame's HTML."""
-    numeric = [dtype.is_numeric() for dtype in frame.dtypes]
-    rows = [list(frame.columns)] + [
-        ["" if value is None else str(value) for value in row] for row in frame.rows()
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(frame.width)]
-    for row in rows:
-        cells = [
-            cell.rjust(width) if right else cell.ljust(width)
-            for cell, width, right in zip(row, widths, numeric, strict=True)
-        ]
-        print("  " + "  ".join(cells).rstrip())
-
-
-def title_of(row: dict) -> str:
-    """A show's episode as "Show: Episode", anything else by its title."""
-    show_name = row.get("grandparent_title")
-    return f"{show_name}: {row['title']}" if show_name else str(row["title"])
-
-
-def scoped(snapshot: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """The playbacks of the year, user and server asked for, as the ``playback_events``
-    table of a new in-memory database: every statistic then runs on this scope unchanged."""
-    first = datetime.combine(date(int(year), 1, 1), time(), zone).astimezone(UTC)
-    after = datetime.combine(date(int(year) + 1, 1, 1), time(), zone).astimezone(UTC)
-    frame = (
-        snapshot.sql("SELECT * FROM playback_events")
-        .pl()
-        .filter((pl.col("started_at") >= first) & (pl.col("started_at") < after))
-    )
-    if user is not None:
-        frame = frame.filter((pl.col("username") == str(user)) | (pl.col("user_id") == str(user)))
-    if server is not None:
-        frame = frame.filter(pl.col("server_id").str.starts_with(str(server)))
-    scope = duckdb.connect()
-    scope.execute("SET TimeZone = 'UTC'")
-    scope.register("scoped_rows", frame)
-    scope.execute("CREATE TABLE playback_events AS SELECT * FROM scoped_rows")
-    scope.unregister("scoped_rows")
-    return scope
-
-
 wb = open_data_dir(data_dir, http_url=http_url, nats_url=nats_url)
-db = scoped(await wb.snapshot())
+first = datetime.combine(date(int(year), 1, 1), time(), zone).astimezone(UTC)
+after = datetime.combine(date(int(year) + 1, 1, 1), time(), zone).astimezone(UTC)
+db = scope(await wb.snapshot(), since=first, before=after, servers=server, user=user)
 plays = stats.plays(db, tz=tz)
 who = f"user {user}" if user is not None else "everyone"
 where = f"server {server}" if server is not None else "every server"

@@ -4,6 +4,7 @@ one; and the one way they run SQL on it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import duckdb
@@ -59,4 +60,88 @@ def choices(
     return values
 
 
-__all__ = ["ProjectionSource", "choices", "connection_of", "query"]
+def scope(
+    source: ProjectionSource,
+    *,
+    since: datetime | None = None,
+    before: datetime | None = None,
+    servers: str | Sequence[str] | None = None,
+    user: str | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """The playbacks that started in ``[since, before)`` on ``servers`` (ids, or their first
+    characters) by ``user`` (a ``user_id`` or a ``username``), as the ``playback_events``
+    table of a new in-memory database: every statistic then runs on that scope unchanged.
+
+    >>> from datetime import UTC, datetime
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events (correlation_key, server_id, username, started_at) "
+    ...     "VALUES ('a', 'srv1', 'ana', '2026-01-05 20:00Z'), ('b', 'srv2', 'ana', "
+    ...     "'2026-01-06 20:00Z'), ('c', 'srv1', 'bo', '2026-01-05 21:00Z')"
+    ... )
+    >>> s = scope(db, before=datetime(2026, 1, 6, tzinfo=UTC), user="ana")
+    >>> s.sql("SELECT correlation_key FROM playback_events").fetchall()
+    [('a',)]
+    """
+    frame = query(source, "SELECT * FROM playback_events")
+    if since is not None:
+        frame = frame.filter(pl.col("started_at") >= since)
+    if before is not None:
+        frame = frame.filter(pl.col("started_at") < before)
+    if servers:
+        wanted = [servers] if isinstance(servers, str) else list(servers)
+        frame = frame.filter(
+            pl.any_horizontal(pl.col("server_id").str.starts_with(str(s)) for s in wanted)
+        )
+    if user is not None:
+        frame = frame.filter((pl.col("username") == str(user)) | (pl.col("user_id") == str(user)))
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("scoped_rows", frame.to_arrow())
+    con.execute("CREATE TABLE playback_events AS SELECT * FROM scoped_rows")
+    con.unregister("scoped_rows")
+    return con
+
+
+def show(frame: pl.DataFrame) -> None:
+    """Print a small frame as aligned plain text, numbers right-aligned: output that stays the
+    same from run to run (nbval compares it), unlike a frame's HTML.
+
+    >>> show(pl.DataFrame({"user": ["ana", "bo"], "plays": [12, 3]}))
+      user  plays
+      ana      12
+      bo        3
+    """
+    numeric = [dtype.is_numeric() for dtype in frame.dtypes]
+    rows = [list(frame.columns)] + [
+        ["" if value is None else str(value) for value in row] for row in frame.rows()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(frame.width)]
+    for row in rows:
+        cells = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(row, widths, numeric, strict=True)
+        ]
+        print("  " + "  ".join(cells).rstrip())
+
+
+def title_of(row: dict[str, Any]) -> str:
+    """A show's episode as "Show: Episode", anything else by its title.
+
+    >>> title_of({"grandparent_title": "Severance", "title": "Hello, Ms. Cobel"})
+    'Severance: Hello, Ms. Cobel'
+    """
+    show_name = row.get("grandparent_title")
+    return f"{show_name}: {row['title']}" if show_name else str(row["title"])
+
+
+__all__ = [
+    "ProjectionSource",
+    "choices",
+    "connection_of",
+    "query",
+    "scope",
+    "show",
+    "title_of",
+]
