@@ -22,11 +22,21 @@ import aiohttp
 import duckdb
 
 from ingestor.archive import Archiver
+from ingestor.broadcast import DEFAULT_QUEUE_LIMIT, BroadcastHub
 from ingestor.config import Settings
 from ingestor.dedup import DedupIndex
+from ingestor.detection.config import DetectionConfig
+from ingestor.detection.detector import Detector
 from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent
-from ingestor.http import add_query_route, build_app, start_http
+from ingestor.http import (
+    add_broadcast_route,
+    add_health_routes,
+    add_query_route,
+    build_app,
+    start_http,
+)
+from ingestor.metrics import METRICS_CONTENT_TYPE, Monitor, ProjectionProbe
 from ingestor.nats.connection import NatsHandle, open_nats
 from ingestor.nats.dlq import DeadLetters
 from ingestor.nats.publisher import Publisher, PublishStats
@@ -34,7 +44,7 @@ from ingestor.nats.reader import read_range, stream_bounds
 from ingestor.nats.server import port_answers
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Pipeline, decode_messages
-from ingestor.projection import PROJECTOR, Projection
+from ingestor.projection import PROJECTOR, BatchResult, Projection
 from ingestor.router import Router, RouterStats
 from ingestor.sink import DIRECT, DirectSink, Sink, StreamSink
 from ingestor.sources import simulator
@@ -95,10 +105,16 @@ async def run_service(
     *,
     ready: Callable[[], None] | None = None,
     stop: asyncio.Event | None = None,
+    detection: DetectionConfig | None = None,
 ) -> RouterStats | None:
     """``ingestor run``: run the configured sources and project until SIGTERM or SIGINT (or
-    ``stop`` is set), then stop taking input, drain, checkpoint and return."""
+    ``stop`` is set), then stop taking input, drain, checkpoint and return.
+
+    ``detection`` (default: the defaults, detection on) configures the detector; it runs in
+    event-sourcing mode only, where its alerts go through the stream into the projection.
+    """
     sources_config = sources_config or SourcesConfig()
+    detection = detection or DetectionConfig()
     stopped = stop or asyncio.Event()
     install_stop_signals(stopped.set)
     tune_gc()
@@ -111,6 +127,9 @@ async def run_service(
         if settings.nats_enabled:
             handle = await open_nats(settings)
         publisher = Publisher(handle.nc) if handle is not None else None
+        # the live feed and the metrics hear of every batch once it is committed
+        hub, monitor = await _observers(settings, handle, projection)
+        on_batch = batch_handlers(hub.publish, monitor.observe_batch)
         sink: Sink
         if settings.event_sourcing:
             assert handle is not None and publisher is not None
@@ -119,15 +138,28 @@ async def run_service(
                 pipeline,
                 batch_size=settings.nats_batch_size,
                 flush_interval=settings.nats_flush_interval,
+                on_batch=on_batch,
             )
             sink = StreamSink(publisher)
         else:
-            sink = DirectSink(pipeline, publisher, batch_size=settings.nats_batch_size)
+            sink = DirectSink(
+                pipeline, publisher, batch_size=settings.nats_batch_size, on_batch=on_batch
+            )
         sources = build_sources(sources_config, sink, settings.data_dir)
+        monitor.sources = sources.health
+        monitor.router_stats = router.stats if router is not None else None
         # the archive keeps every message after the stream's retention has aged it out
         archiver = (
             Archiver(handle.nc, settings.archive_dir, batch_size=settings.nats_batch_size)
             if handle is not None
+            else None
+        )
+
+        # detection: its own durable consumer; alerts go to the stream, so the router projects
+        # them and a replay has them (legacy mode has no router reading the stream)
+        detector = (
+            Detector(handle.nc, detection, batch_size=settings.nats_batch_size)
+            if handle is not None and settings.event_sourcing
             else None
         )
 
@@ -138,9 +170,14 @@ async def run_service(
             status["sources"] = [health.as_dict() for health in sources.health]
             if archiver is not None:
                 status["archive"] = archiver.status()
+            status["broadcast"] = hub.stats()
+            if detector is not None:
+                status["detection"] = detector.status()
             return status
 
         app = build_app(status)
+        add_health_routes(app, monitor.readiness, monitor.render, METRICS_CONTENT_TYPE)
+        add_broadcast_route(app, hub, settings.broadcast_token)
         consumer = PROJECTOR if settings.event_sourcing else DIRECT
 
         async def query(sql: str) -> tuple[Any, int]:
@@ -162,6 +199,8 @@ async def run_service(
             routing = tasks.create_task(router.run()) if router is not None else None
             if archiver is not None:
                 tasks.create_task(archiver.run())
+            if detector is not None:
+                tasks.create_task(detector.run())
             await stopped.wait()
             log.info("stopping: no new input, draining")
             await runner.cleanup()  # webhooks first: nothing new arrives while we drain
@@ -171,6 +210,8 @@ async def run_service(
                 router.stop()
             if archiver is not None:
                 archiver.stop()  # seals what it holds, so a restart starts after it
+            if detector is not None:
+                detector.stop()
         if routing is None:
             return None
         stats = routing.result()
@@ -187,6 +228,43 @@ async def run_service(
         if handle is not None:
             await handle.close()
         projection.close()
+
+
+def batch_handlers(*handlers: Callable[[BatchResult], None]) -> Callable[[BatchResult], None]:
+    """One ``on_batch`` that calls each post-commit handler in turn (live feed, metrics...).
+
+    They run on the router's loop after the commit: each must be quick and must not await.
+    One that raises is logged and skipped; the batch is committed, so it must neither stop
+    the router nor keep the other handlers from hearing of it.
+    """
+
+    def on_batch(result: BatchResult) -> None:
+        for handler in handlers:
+            try:
+                handler(result)
+            except Exception:
+                log.exception("post-commit handler %r failed", handler)
+
+    return on_batch
+
+
+async def _observers(
+    settings: Settings, handle: NatsHandle | None, projection: Projection
+) -> tuple[BroadcastHub, Monitor]:
+    """The live-feed hub and the metrics/readiness monitor of ``run_service``."""
+    probe = ProjectionProbe(projection.con)
+    await asyncio.to_thread(probe.prepare)
+    monitor = Monitor(
+        mode=_mode(settings),
+        handle=handle,
+        consumer=PROJECTOR if settings.event_sourcing else None,
+        probe=probe,
+        max_lag=settings.ready_max_lag,
+    )
+    # a reader that keeps up holds at most about one batch: allow two before dropping it
+    queue_limit = max(DEFAULT_QUEUE_LIMIT, 2 * settings.nats_batch_size)
+    monitor.hub = BroadcastHub(queue_limit=queue_limit)
+    return monitor.hub, monitor
 
 
 # --------------------------------------------------------------------------- status

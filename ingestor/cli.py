@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from ingestor import app
 from ingestor.config import Settings
+from ingestor.detection.config import DetectionConfig
 from ingestor.errors import ConfigError, IngestorError
 from ingestor.sources import simulator
 from ingestor.sources.config import SourcesConfig
@@ -104,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "run":
-        await app.run_service(settings, SourcesConfig.from_env())
+        await app.run_service(
+            settings, SourcesConfig.from_env(), detection=DetectionConfig.from_env(os.environ)
+        )
         return 0
     if command == "demo":
         report = await app.run_demo(settings, _simulation_config(args))

@@ -65,6 +65,8 @@ class Settings:
     http_port: int
     log_level: str
     query_token: str | None = None
+    ready_max_lag: int = 10_000
+    broadcast_token: str | None = None
 
     @property
     def nats_servers(self) -> list[str]:
@@ -131,6 +133,13 @@ class Settings:
                 "LOG_LEVEL", "info", _one_of(LOG_LEVELS), "one of " + ", ".join(LOG_LEVELS)
             ),
             "query_token": (env.get("QUERY_TOKEN") or "").strip() or None,
+            "ready_max_lag": reader.get(
+                "READY_MAX_LAG",
+                "10000",
+                _int_between(0, 1_000_000_000),
+                "a whole number of messages, 0-1000000000",
+            ),
+            "broadcast_token": (env.get("BROADCAST_TOKEN") or "").strip() or None,
         }
         if reader.problems:
             raise ConfigError(reader.problems)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -57,12 +57,17 @@ class DirectSink:
     """Legacy and NATS-off modes: project directly, in batches, with a local sequence."""
 
     def __init__(
-        self, pipeline: Pipeline, publisher: Publisher | None = None, batch_size: int = 1000
+        self,
+        pipeline: Pipeline,
+        publisher: Publisher | None = None,
+        batch_size: int = 1000,
+        on_batch: Callable[[BatchResult], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.publisher = publisher
         self.batch_size = batch_size
-        self.results: list[BatchResult] = []
+        # told of each committed chunk, as the router tells its on_batch (live feed, metrics)
+        self.on_batch = on_batch
         self._lock = asyncio.Lock()
 
     async def emit(self, events: Sequence[MediaEvent]) -> PublishStats:
@@ -71,7 +76,8 @@ class DirectSink:
             for start in range(0, len(events), self.batch_size):
                 chunk = events[start : start + self.batch_size]
                 result = await asyncio.to_thread(self._project, chunk)
-                self.results.append(result)
+                if self.on_batch is not None:
+                    self.on_batch(result)
                 stats.stored += result.accepted
                 stats.duplicate += sum(result.dropped.values())
                 if self.publisher is not None:

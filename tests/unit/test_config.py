@@ -70,3 +70,15 @@ def test_cli_stops_on_a_bad_value_with_one_line_and_no_traceback(tmp_path: Path)
     assert result.stderr.strip().splitlines() == [
         "ingestor: NATS_RETENTION_DAYS='-3' is invalid: expected a whole number of days, 1-3650"
     ]
+
+
+def test_readiness_lag_and_broadcast_token_have_defaults_and_are_checked() -> None:
+    s = Settings.from_env({})
+    assert s.ready_max_lag == 10_000 and s.broadcast_token is None
+    s = Settings.from_env({"READY_MAX_LAG": "250", "BROADCAST_TOKEN": "  s3cret "})
+    assert s.ready_max_lag == 250 and s.broadcast_token == "s3cret"
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"READY_MAX_LAG": "-1"})
+    assert info.value.problems == [
+        "READY_MAX_LAG='-1' is invalid: expected a whole number of messages, 0-1000000000"
+    ]
