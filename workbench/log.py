@@ -29,7 +29,7 @@ import types
 import typing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
@@ -38,7 +38,7 @@ import polars as pl
 import pyarrow as pa
 from nats.aio.client import Client
 
-from ingestor.archive import SEGMENT_SCHEMA, Segment, archive_segments, read_segment
+from ingestor.archive import Segment, archive_segments, read_segment
 from ingestor.errors import IngestorError, InvalidEvent
 from ingestor.events import MediaEvent, decode_event
 from ingestor.nats.reader import read_range
@@ -314,11 +314,20 @@ def messages_frame(messages: list[Message]) -> pl.DataFrame:
 
 
 def _messages_of(table: pa.Table) -> list[Message]:
-    columns = [table.column(name).to_pylist() for name in SEGMENT_SCHEMA.names]
+    # pyarrow's conversion of zoned timestamps to datetimes costs ~9 us each; from integers
+    # it is ~2.6 us (the same instants)
+    micros = table.column("recorded_at").cast(pa.int64()).to_pylist()
+    recorded = [_EPOCH + timedelta(microseconds=us) for us in micros]
+    seqs = table.column("seq").to_pylist()
+    subjects = table.column("subject").to_pylist()
+    data = table.column("data").to_pylist()
     return [
-        Message(seq=seq, recorded_at=recorded_at, data=data, subject=subject)
-        for seq, recorded_at, subject, data in zip(*columns, strict=True)
+        Message(seq=seq, recorded_at=at, data=payload, subject=subject)
+        for seq, at, subject, payload in zip(seqs, recorded, subjects, data, strict=True)
     ]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _polars_type(annotation: Any) -> pl.DataType:

@@ -52,6 +52,7 @@ import polars as pl
 from ingestor.archive import archive_segments, write_segment
 from ingestor.dedup import DedupIndex
 from ingestor.events import MediaEvent, encode_event
+from ingestor.gctune import tuned_gc
 from ingestor.pipeline import Message, Pipeline, decode_messages
 from ingestor.progress import Progress
 from ingestor.projection import Projection
@@ -299,7 +300,8 @@ async def replay(
                 f"{target} exists; a replay writes a new file (remove it or pick another path)"
             )
     try:
-        last_seq, stats = await _build(log, target, cut, clock, progress, tolerance, chunk)
+        with tuned_gc():  # a third of a large replay went to collections otherwise
+            last_seq, stats = await _build(log, target, cut, clock, progress, tolerance, chunk)
     except BaseException:
         # a half-built projection is not the log as of anything: leave nothing behind
         if temporary_dir is not None:

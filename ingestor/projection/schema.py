@@ -87,7 +87,10 @@ _KEY_EVENT_FIELDS = [
 MEDIA_EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     *TRACKING_COLUMNS,
     *[col for col in EVENT_COLUMNS if col[0] in _KEY_EVENT_FIELDS],
-    ("payload", "VARCHAR NOT NULL", pa.string()),  # the event as JSON (current version)
+    # the event as JSON (current version). zstd: DuckDB's own choice of compression for these
+    # ~800-byte strings cost half the insert time (191k rows: 2.0 -> 1.0 s) and a file 3.6x
+    # the size (87 -> 24 MB), and scans are no slower
+    ("payload", "VARCHAR NOT NULL USING COMPRESSION zstd", pa.string()),
 ]
 
 AUDIT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
