@@ -86,7 +86,7 @@ T = TypeVar("T")
 # The modules whose functions the profile wraps (by import_module: the ``workbench`` package
 # re-exports a function named ``replay``, which ``import workbench.replay as ...`` would give).
 store_module = importlib.import_module("ingestor.projection.store")
-log_module = importlib.import_module("workbench.log")
+log_module = importlib.import_module("ingestor.eventlog")
 replay_module = importlib.import_module("workbench.replay")
 
 TARGET_REPLAY_S = 2.0  # archive replay to the mid-point

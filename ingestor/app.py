@@ -27,6 +27,7 @@ from ingestor.dedup import DedupIndex
 from ingestor.detection.config import DetectionConfig
 from ingestor.detection.detector import Detector
 from ingestor.errors import IngestorError
+from ingestor.eventlog import EventLog
 from ingestor.events import MediaEvent
 from ingestor.gctune import tune_gc
 from ingestor.http import (
@@ -40,7 +41,7 @@ from ingestor.metrics import METRICS_CONTENT_TYPE, Monitor, ProjectionProbe
 from ingestor.nats.connection import NatsHandle, open_nats
 from ingestor.nats.dlq import DeadLetters
 from ingestor.nats.publisher import Publisher, PublishStats
-from ingestor.nats.reader import read_range, stream_bounds
+from ingestor.nats.reader import stream_bounds
 from ingestor.nats.server import port_answers
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Pipeline, decode_messages
@@ -572,7 +573,8 @@ async def replay_command(
     chunk: int = 100_000,
     out: Out = print,
 ) -> ReplayReport:
-    """Rebuild the projection from the stream into a new DuckDB file at ``output``."""
+    """Rebuild the projection from the log (the archive, then the stream's tail) into a new
+    DuckDB file at ``output``."""
     if output.exists():
         raise IngestorError(
             f"{output} exists; replay writes a new file (remove it or pick another path)"
@@ -586,9 +588,18 @@ async def replay_command(
         pipeline = Pipeline(
             projection, DedupIndex(tolerance=settings.dedup_tolerance), load_index=False
         )
-        _, stop_seq = await stream_bounds(handle.nc)
+        # the archive first: the stream's retention may have aged the oldest messages out
+        archive = settings.archive_dir if settings.archive_dir.is_dir() else None
+        log_ = EventLog(archive, nc=handle.nc)
+        bounds = await log_.bounds()
+        stop_seq = bounds.last_seq
+        if bounds.first_seq > 1:
+            out(
+                f"warning: the log starts at sequence {bounds.first_seq:,}: earlier messages "
+                f"aged out of the stream and are not in the archive ({settings.archive_dir})"
+            )
         pending: list = []
-        async for batch in read_range(handle.nc, 1, stop_seq):
+        async for batch in log_.messages(1, stop_seq):
             if clock == "recorded" and until is not None:
                 batch = [m for m in batch if m.recorded_at <= until]
             messages += len(batch)
