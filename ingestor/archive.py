@@ -43,7 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from ingestor.errors import IngestorError
-from ingestor.nats.reader import message_of
+from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message
 from ingestor.sources.base import Backoff
@@ -407,14 +407,11 @@ class Archiver:
                 await sub.unsubscribe()
 
     async def _on_message(self, msg: Msg) -> None:
-        if msg.headers and "Status" in msg.headers and not msg.data:
-            status = msg.headers.get("Status")
-            if status == "100":  # idle heartbeat
-                return
-            description = msg.headers.get("Description", "")
-            if status == "503" or (status == "409" and "deleted" in description.lower()):
-                self._lost = f"{status} {description}".strip()
-            self._request_done.set()  # 404 / 408 / 409: the pull request is over
+        status = pull_status(msg)
+        if status is not None:
+            if status.over:
+                self._lost = status.lost or self._lost
+                self._request_done.set()
             return
         if self.nc.stats["reconnects"] != self._reconnects:
             # deliveries may have been lost in the disconnect: take nothing more, restart

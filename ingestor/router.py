@@ -41,7 +41,7 @@ from nats.js.errors import NotFoundError
 
 from ingestor.errors import PermanentError, TransientError
 from ingestor.nats.dlq import DeadLetters
-from ingestor.nats.reader import message_of
+from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message, Pipeline, Rejected, decode_messages
 from ingestor.projection import PROJECTOR, BatchResult
@@ -206,9 +206,9 @@ class Router:
                 await sub.unsubscribe()
 
     async def _on_message(self, msg: Msg) -> None:
-        if msg.headers and "Status" in msg.headers and not msg.data:
-            status = msg.headers.get("Status")
-            if status != "100":  # 404 / 408 / 409: the pull request is over
+        status = pull_status(msg)
+        if status is not None:
+            if status.over:
                 self._request_done.set()
             return
         self._outstanding -= 1

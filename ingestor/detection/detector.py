@@ -45,7 +45,7 @@ from ingestor.detection.geo import GeoIP, Locator
 from ingestor.detection.rules import Engine
 from ingestor.events import MediaEvent
 from ingestor.nats.publisher import OutgoingMessage, Publisher, PublishOutcome
-from ingestor.nats.reader import message_of, read_range, stream_bounds
+from ingestor.nats.reader import message_of, pull_status, read_range, stream_bounds
 from ingestor.nats.streams import MEDIA_SUBJECTS, STREAM
 from ingestor.pipeline import Message, decode_messages
 from ingestor.records import Alert, encode_record
@@ -366,15 +366,12 @@ class Detector:
                 await sub.unsubscribe()
 
     async def _on_message(self, msg: Msg) -> None:
-        if msg.headers and "Status" in msg.headers and not msg.data:
-            status = msg.headers.get("Status")
-            if status == "100":  # idle heartbeat
-                return
-            description = msg.headers.get("Description", "")
-            if status == "503" or (status == "409" and "deleted" in description.lower()):
-                self._lost = f"{status} {description}".strip()
-            self._request_done.set()  # 404 / 408 / 409: the pull request is over
-            self._wake.set()
+        status = pull_status(msg)
+        if status is not None:
+            if status.over:
+                self._lost = status.lost or self._lost
+                self._request_done.set()
+                self._wake.set()
             return
         if self.nc.stats["reconnects"] != self._reconnects:
             self._lost = "NATS reconnected"  # deliveries may have been lost: start again

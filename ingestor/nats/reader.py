@@ -12,6 +12,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -19,6 +20,25 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message
+
+
+class PullStatus(NamedTuple):
+    """A status reply to a pull request (``MSG.NEXT``)."""
+
+    over: bool  # the request is over (404 no messages, 408 expired, 409 ...): ask again
+    lost: str | None  # the consumer was deleted or JetStream is unavailable: start over
+
+
+def pull_status(msg: Msg) -> PullStatus | None:
+    """The status a reply carries, or None for a message. 100 is an idle heartbeat."""
+    if not (msg.headers and "Status" in msg.headers and not msg.data):
+        return None
+    status = msg.headers.get("Status")
+    if status == "100":
+        return PullStatus(over=False, lost=None)
+    description = msg.headers.get("Description", "")
+    gone = status == "503" or (status == "409" and "deleted" in description.lower())
+    return PullStatus(over=True, lost=f"{status} {description}".strip() if gone else None)
 
 
 async def stream_bounds(nc: Client, stream: str = STREAM) -> tuple[int, int]:
@@ -65,8 +85,9 @@ async def read_range(
     wanted = 0
 
     async def on_message(msg: Msg) -> None:
-        if msg.headers and "Status" in msg.headers and not msg.data:
-            if msg.headers.get("Status") != "100":  # 404 / 408 / 409: the request is over
+        status = pull_status(msg)
+        if status is not None:
+            if status.over:
                 request_over.set()
             return
         arrived.append(msg)
