@@ -56,7 +56,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +79,7 @@ from ingestor.projection import Projection
 from ingestor.sources.simulator import SimulationConfig, simulate
 from workbench.log import EventLog
 from workbench.replay import Replay, replay
+from workbench.snapshots import Snapshots
 from workbench.stats import concurrent_streams, max_concurrent_streams
 
 T = TypeVar("T")
@@ -339,7 +340,11 @@ def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
 
 
 async def measure_replay(
-    label: str, log_: EventLog, until: datetime | None, timeout: float
+    label: str,
+    log_: EventLog,
+    until: datetime | None,
+    timeout: float,
+    snapshot_dir: Path | None = None,
 ) -> tuple[Replay, ReplayFigure]:
     """One replay, timed; the caller closes the returned Replay."""
     log(f"{label} ...")
@@ -348,7 +353,9 @@ async def measure_replay(
     cpu_start = time.process_time()
     started = time.perf_counter()
     result = await within(
-        replay(log_, until=until, clock="recorded", progress=False), timeout, label
+        replay(log_, until=until, clock="recorded", progress=False, snapshot_dir=snapshot_dir),
+        timeout,
+        label,
     )
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu_start
@@ -368,6 +375,38 @@ async def measure_replay(
     )
     log(f"  {seconds:.2f}s, {figure.rate:,.0f} events/s, {counts['playbacks']:,} playbacks")
     return result, figure
+
+
+async def measure_snapshots(
+    results: Results, archive: EventLog, snapshot_dir: Path, timeout: float
+) -> None:
+    """Replays with a snapshot directory (``replay(..., snapshot_dir=...)``): the whole log
+    once, saving snapshots every chunk; then to the mid-point, which starts from the newest
+    snapshot recorded by then; then to just before the next snapshot (the most a replay from
+    snapshots has to project). Each must equal the replay from the start."""
+    saving, results.snapshot_save = await measure_replay(
+        "snapshots: replay of the whole log, saving them", archive, None, timeout, snapshot_dir
+    )
+    await asyncio.to_thread(saving.close)
+    saved = Snapshots(snapshot_dir, 10.0).list()  # replay()'s default tolerance
+    log(f"  {len(saved)} snapshots at seq {', '.join(f'{s.seq:,}' for s in saved)}")
+    from_snapshot, results.snapshot_mid = await measure_replay(
+        "snapshots: replay to the mid-point", archive, results.facts.mid, timeout, snapshot_dir
+    )
+    await asyncio.to_thread(from_snapshot.close)
+    if results.snapshot_mid.counts != results.mid.counts:
+        raise BenchError("the replay from a snapshot differs from the replay from the start")
+    later = [s for s in saved if s.recorded_at > results.facts.mid]
+    if later:
+        until = later[0].recorded_at - timedelta(milliseconds=1)
+        far, results.snapshot_far = await measure_replay(
+            "snapshots: replay to just before the next snapshot",
+            archive,
+            until,
+            timeout,
+            snapshot_dir,
+        )
+        await asyncio.to_thread(far.close)
 
 
 async def measure_read(label: str, log_: EventLog, timeout: float) -> ReadFigure:
@@ -678,6 +717,9 @@ class Results:
     baseline_rss_mb: float | None = None  # RSS when the peak was reset, the log generated
     load_before: str = ""  # /proc/loadavg once the log is generated, and at the end
     load_after: str = ""
+    snapshot_save: ReplayFigure | None = None  # whole log, saving snapshots every chunk
+    snapshot_mid: ReplayFigure | None = None  # to the mid-point from the nearest snapshot
+    snapshot_far: ReplayFigure | None = None  # to just before the snapshot after that one
 
 
 async def measure(args: argparse.Namespace, workdir: Path, server: EmbeddedServer) -> Results:
@@ -719,6 +761,7 @@ async def measure(args: argparse.Namespace, workdir: Path, server: EmbeddedServe
     )
     await asyncio.to_thread(whole_replay.close)
     results = Results(facts, archive_read, mid, whole, concurrent, peak, peak_rss_scope=scope)
+    await measure_snapshots(results, archive, workdir / "snapshots", args.timeout)
     results.baseline_rss_mb = baseline / 1024 if baseline is not None else None
     results.load_before = load_before
 
@@ -818,9 +861,25 @@ def report(env: dict[str, str], r: Results) -> tuple[list[str], dict[str, Any]]:
             f"   ({r.stream.seconds:.2f} s)",
             f"JetStream read alone: {r.stream_read.rate:,.0f} events/s",
         ]
+    if r.snapshot_mid is not None and r.snapshot_save is not None:
+        figures.append(
+            f"snapshots: whole-log replay saving them: {r.snapshot_save.seconds:.2f} s;"
+            f" replay to mid-point from one: {r.snapshot_mid.seconds:.2f} s"
+            f"   ({r.snapshot_mid.messages:,} messages after it)"
+        )
+    if r.snapshot_far is not None:
+        figures.append(
+            f"snapshots: replay to just before the next one: {r.snapshot_far.seconds:.2f} s"
+            f"   ({r.snapshot_far.messages:,} messages after the snapshot)"
+        )
     figures.append(f"peak RSS: {_mb(r.peak_rss_mb)} MB")
     verdicts = {
         "replay": r.mid.seconds < TARGET_REPLAY_S,
+        **(
+            {"replay from a snapshot": r.snapshot_mid.seconds < TARGET_REPLAY_S}
+            if r.snapshot_mid is not None
+            else {}
+        ),
         "query": max(r.concurrent.median, r.peak.median) < TARGET_QUERY_S,
     }
     if r.stream is not None:
@@ -839,6 +898,8 @@ def report(env: dict[str, str], r: Results) -> tuple[list[str], dict[str, Any]]:
         "archive_replay_mid_events_per_s": round(r.mid.rate, 1),
         "projected_mid": r.mid.counts,
         "archive_replay_whole_seconds": round(r.whole.seconds, 3),
+        "snapshot_replay_mid_seconds": round(r.snapshot_mid.seconds, 3) if r.snapshot_mid else None,
+        "snapshot_replay_far_seconds": round(r.snapshot_far.seconds, 3) if r.snapshot_far else None,
         "archive_replay_whole_events_per_s": round(r.whole.rate, 1),
         "concurrent_streams_seconds": round(r.concurrent.median, 4),
         "max_concurrent_streams_seconds": round(r.peak.median, 4),

@@ -58,6 +58,7 @@ from ingestor.progress import Progress
 from ingestor.projection import Projection
 from ingestor.sources.simulator import SimulationConfig, simulate
 from workbench.log import EventLog
+from workbench.snapshots import Snapshots
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +256,7 @@ async def replay(
     progress: bool | ProgressCallback = True,
     tolerance: float = 10.0,
     chunk: int = DEFAULT_CHUNK,
+    snapshot_dir: Path | None = None,
 ) -> Replay:
     """Rebuild the projection from ``log`` as of ``until`` (inclusive) on ``clock``.
 
@@ -265,6 +267,13 @@ async def replay(
     ingestor's ``DEDUP_TOLERANCE``). ``progress``: True shows a bar on stderr for long logs,
     False nothing, or a callable (see :data:`ProgressCallback`). ``chunk``: see
     :data:`DEFAULT_CHUNK`.
+
+    ``snapshot_dir`` (recorded clock only) keeps copies of the projection as of sequences the
+    replay passed (every ``chunk`` events), and starts a later replay from the newest copy
+    that the log had recorded by ``until``: only the messages after it are projected, the way
+    a restarted ingestor resumes from its checkpoint (ARCHITECTURE invariant 1). A copy is
+    used only if the log still holds the very message it ends at (its hash is checked), so
+    one directory must not serve two different logs by accident. See :mod:`workbench.snapshots`.
 
     Audit decisions (``audit.>``) and alerts (``alert.>``) are projected where the log has
     them, as the router does. Messages that cannot be read (undecodable payloads) are skipped
@@ -301,7 +310,9 @@ async def replay(
             )
     try:
         with tuned_gc():  # a third of a large replay went to collections otherwise
-            last_seq, stats = await _build(log, target, cut, clock, progress, tolerance, chunk)
+            last_seq, stats = await _build(
+                log, target, cut, clock, progress, tolerance, chunk, snapshot_dir
+            )
     except BaseException:
         # a half-built projection is not the log as of anything: leave nothing behind
         if temporary_dir is not None:
@@ -334,9 +345,11 @@ async def _build(
     progress: bool | ProgressCallback,
     tolerance: float,
     chunk: int,
+    snapshot_dir: Path | None = None,
 ) -> tuple[int, ReplayStats]:
     """Read, decode, filter and project; the projection file is closed when this returns."""
     started = asyncio.get_running_loop().time()
+    snapshots = Snapshots(snapshot_dir, tolerance) if snapshot_dir and clock == "recorded" else None
     bounds = await log.bounds()
     stop_seq = bounds.last_seq
     if bounds.first_seq > 1:
@@ -347,13 +360,19 @@ async def _build(
         )
     total = stop_seq - bounds.first_seq + 1 if stop_seq else 0
     report = _Reporter(progress, total)
+    start_seq = 1
+    if snapshots is not None:
+        start_seq = await snapshots.restore(log, target, until) + 1
     projection = await asyncio.to_thread(Projection, target)
-    read = projected = rejected = last_seq = 0
+    read = projected = rejected = 0
+    last_seq = start_seq - 1
     try:
-        pipeline = Pipeline(projection, DedupIndex(tolerance=tolerance), load_index=False)
+        # from a snapshot the dedup index is loaded from it, as a restarted ingestor does
+        index = DedupIndex(tolerance=tolerance)
+        pipeline = Pipeline(projection, index, load_index=start_seq > 1)
         pending: list[tuple[Message, MediaEvent]] = []
-        if stop_seq:
-            async with contextlib.aclosing(log.messages(1, stop_seq)) as batches:
+        if stop_seq >= start_seq:
+            async with contextlib.aclosing(log.messages(start_seq, stop_seq)) as batches:
                 async for batch in batches:
                     done = False
                     if clock == "recorded" and until is not None:
@@ -373,6 +392,9 @@ async def _build(
                         await asyncio.to_thread(pipeline.project, pending, last_seq)
                         projected += len(pending)
                         pending = []
+                        ends = batch[-1] if batch and batch[-1].seq == last_seq else None
+                        if snapshots is not None and ends is not None:
+                            await snapshots.save(projection, target, ends)
                     if done:
                         break
         await asyncio.to_thread(pipeline.project, pending, last_seq)
