@@ -107,8 +107,10 @@ class Workbench:
         live: LiveProjection | None = None,
         db_path: Path | None = None,
         tolerance: float = 10.0,
+        snapshot_dir: Path | None = None,
     ) -> None:
         self.log = log
+        self.snapshot_dir = snapshot_dir
         self.nc = nc
         self._owns_nc = owns_nc
         self.live = live
@@ -174,6 +176,8 @@ class Workbench:
         (:func:`workbench.replay.replay`; close the result when done)."""
         kwargs.setdefault("tolerance", self.tolerance)
         kwargs.setdefault("progress", False)
+        if clock == "recorded":
+            kwargs.setdefault("snapshot_dir", self.snapshot_dir)
         return await replay(self._log(), until, clock, **kwargs)
 
     # ------------------------------------------------------------------ the projection
@@ -278,10 +282,13 @@ async def connect(
     http_url: str | None = DEFAULT_HTTP_URL,
     token: str | None = None,
     tolerance: float = 10.0,
+    snapshot_dir: Path | str | None = None,
 ) -> Workbench:
     """Connect to a running ingestor: its NATS (``NATS_URL``; a comma-separated cluster
     works), optionally its ``ARCHIVE_DIR`` (the log before the stream's retention), and its
     HTTP port for live queries (``None`` for none; ``token`` is its ``QUERY_TOKEN``).
+    ``snapshot_dir``: where replays keep projection snapshots, so that later replays to an
+    instant start from the nearest one (see :mod:`workbench.snapshots`); None keeps none.
 
     Raises :class:`WorkbenchError` when no NATS server answers.
     """
@@ -292,7 +299,14 @@ async def connect(
         raise WorkbenchError(f"no NATS server answers at {nats_url}: {exc}") from None
     archive = Path(archive_dir) if archive_dir is not None else None
     live = LiveProjection(http_url, token=token) if http_url else None
-    return Workbench(EventLog(archive, nc=nc), nc=nc, owns_nc=True, live=live, tolerance=tolerance)
+    return Workbench(
+        EventLog(archive, nc=nc),
+        nc=nc,
+        owns_nc=True,
+        live=live,
+        tolerance=tolerance,
+        snapshot_dir=Path(snapshot_dir) if snapshot_dir is not None else None,
+    )
 
 
 def open_data_dir(
@@ -301,11 +315,12 @@ def open_data_dir(
     http_url: str | None = None,
     nats_url: str | None = None,
     tolerance: float = 10.0,
+    snapshot_dir: Path | str | None = None,
 ) -> Workbench:
     """Read an ingestor's ``DATA_DIR`` offline: its archive (``archive/``) and, when no
     ingestor holds it, its DuckDB file (``analytics.duckdb``). ``nats_url`` adds the stream's
     tail (and allows verdicts); ``http_url`` reads the projection live when that ingestor
-    runs.
+    runs. ``snapshot_dir`` as for :func:`connect`.
 
     Raises :class:`WorkbenchError` when the directory holds neither an archive nor a file.
     """
@@ -321,7 +336,13 @@ def open_data_dir(
         if has_archive or nats_url
         else None
     )
-    return Workbench(event_log, live=live, db_path=db_path, tolerance=tolerance)
+    return Workbench(
+        event_log,
+        live=live,
+        db_path=db_path,
+        tolerance=tolerance,
+        snapshot_dir=Path(snapshot_dir) if snapshot_dir is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------- helpers
