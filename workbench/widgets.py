@@ -29,6 +29,7 @@ import zoneinfo
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import altair as alt
@@ -194,6 +195,7 @@ class TimeSlider:
         view: View | None = None,
         tz: str = "UTC",
         tolerance: float = 10.0,
+        snapshot_dir: Path | None = None,
     ) -> None:
         first, last = aware_utc(start, "start"), aware_utc(end, "end")
         if last < first:
@@ -211,6 +213,9 @@ class TimeSlider:
         self.log = log
         self.tz = tz
         self.tolerance = tolerance
+        # recorded-clock replays start from the nearest snapshot kept there (see
+        # workbench.snapshots): moving the slider then projects only what follows it
+        self.snapshot_dir = snapshot_dir
         self._zone = _check_tz(tz)
         self._view = view
         self.instants: list[datetime] = [first + index * step for index in range(steps)]
@@ -284,7 +289,12 @@ class TimeSlider:
             self.status.value = html.escape(f"Replaying the log as of {self._label(when)}...")
             try:
                 replayed = await replay(
-                    self.log, when, chosen, progress=False, tolerance=self.tolerance
+                    self.log,
+                    when,
+                    chosen,
+                    progress=False,
+                    tolerance=self.tolerance,
+                    snapshot_dir=self.snapshot_dir,
                 )
             except Exception as exc:
                 if ticket == self._generation:
