@@ -47,6 +47,7 @@ from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message
 from ingestor.sources.base import Backoff
+from ingestor.waiting import wait_until
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -313,16 +314,7 @@ class Archiver:
 
     async def wait_for_seq(self, seq: int, timeout: float | None = None) -> bool:
         """Wait until the archive is sealed up to ``seq``; False on timeout."""
-
-        async def reached() -> None:
-            async with self._sealed:
-                await self._sealed.wait_for(lambda: self.stats.last_sealed_seq >= seq)
-
-        try:
-            await asyncio.wait_for(reached(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_until(self._sealed, lambda: self.stats.last_sealed_seq >= seq, timeout)
 
     def _recover(self) -> None:
         self.archive_dir.mkdir(parents=True, exist_ok=True)

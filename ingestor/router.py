@@ -45,6 +45,7 @@ from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message, Pipeline, Rejected, decode_messages
 from ingestor.projection import PROJECTOR, BatchResult
+from ingestor.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -156,16 +157,7 @@ class Router:
 
     async def wait_for_seq(self, seq: int, timeout: float | None = None) -> bool:
         """Wait until the checkpoint reaches ``seq``; False on timeout."""
-
-        async def reached() -> None:
-            async with self._committed:
-                await self._committed.wait_for(lambda: self.stats.last_seq >= seq)
-
-        try:
-            await asyncio.wait_for(reached(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_until(self._committed, lambda: self.stats.last_seq >= seq, timeout)
 
     # ------------------------------------------------------------------ consumer
 

@@ -50,6 +50,7 @@ from ingestor.nats.streams import MEDIA_SUBJECTS, STREAM
 from ingestor.pipeline import Message, decode_messages
 from ingestor.records import Alert, encode_record
 from ingestor.sources.base import Backoff
+from ingestor.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -223,16 +224,7 @@ class Detector:
     async def wait_for_seq(self, seq: int, timeout: float | None = None) -> bool:
         """Wait until every ``playback.>`` message up to ``seq`` is judged and its alerts
         stored; False on timeout."""
-
-        async def reached() -> None:
-            async with self._progress:
-                await self._progress.wait_for(lambda: self.stats.last_seq >= seq)
-
-        try:
-            await asyncio.wait_for(reached(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_until(self._progress, lambda: self.stats.last_seq >= seq, timeout)
 
     def _log_rules(self) -> None:
         why = self.location_rules_off_reason()
