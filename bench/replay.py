@@ -44,11 +44,8 @@ import inspect
 import json
 import math
 import os
-import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -64,6 +61,11 @@ import duckdb
 import nats
 import polars as pl
 import pyarrow as pa
+
+# bench/ is the script's directory, so its sibling is importable: one set of helpers
+from ingest import BenchError, free_port, log
+from ingest import memory_kb as process_memory_kb
+from ingest import versions as ingest_versions
 from nats.aio.client import Client
 
 from ingestor.archive import Archiver, archive_segments, read_segment, write_segment
@@ -72,7 +74,7 @@ from ingestor.dedup import DedupIndex
 from ingestor.errors import IngestorError
 from ingestor.events import encode_event
 from ingestor.nats.publisher import OutgoingMessage, Publisher
-from ingestor.nats.server import EmbeddedServer, nats_server_binary
+from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import STREAM, ensure_streams
 from ingestor.pipeline import Message, Pipeline
 from ingestor.projection import Projection
@@ -106,34 +108,12 @@ SEGMENT_OVERHEAD_BYTES = 24  # per message, as the archiver counts it: seq and t
 MiB = 1024 * 1024
 
 
-class BenchError(Exception):
-    """The measurement could not be completed."""
-
-
 # --------------------------------------------------------------------------- helpers
 
 
-def log(text: str) -> None:
-    """Progress goes to stderr; stdout holds only the header, details and figures."""
-    print(f"[bench] {text}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def memory_kb(key: str = "VmHWM") -> int | None:
-    """A memory figure of this process from ``/proc/self/status``, in kB: by default
-    ``VmHWM``, the resident set's high-water mark (peak RSS); ``VmRSS`` is the current one."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    """A memory figure of this process, in kB (see ``ingest.memory_kb``)."""
+    return process_memory_kb(os.getpid(), key)
 
 
 def reset_peak_rss() -> bool:
@@ -155,28 +135,7 @@ def load_average() -> str:
 
 
 def versions() -> dict[str, str]:
-    try:
-        server = subprocess.run(
-            [nats_server_binary(), "--version"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        server = "?"
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cores": str(len(os.sched_getaffinity(0))),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "duckdb": duckdb.__version__,
-        "polars": pl.__version__,
-        "pyarrow": pa.__version__,
-        "nats-py": importlib.metadata.version("nats-py"),
-        "nats-server": server,
-    }
+    return {**ingest_versions(), "polars": pl.__version__, "pyarrow": pa.__version__}
 
 
 async def within(awaitable: Awaitable[T], timeout: float, what: str) -> T:
