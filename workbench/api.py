@@ -145,6 +145,8 @@ class Workbench:
         """Where :meth:`snapshot` and :meth:`sql` read the projection from."""
         if self.live is not None and _answers(self.live.url):
             return "live"
+        if self._file is not None:
+            return "file"  # opened read-only already: no need to probe the file again
         if self.db_path is not None and self.db_path.exists() and self._file_readable():
             return "file"
         return "replay"
@@ -189,7 +191,9 @@ class Workbench:
         other tables cut at the sequence that answer was consistent as of. From a file or a
         replay, the connection is the projection itself.
         """
-        mode = self.mode
+        return await self._snapshot(self.mode)
+
+    async def _snapshot(self, mode: Mode) -> duckdb.DuckDBPyConnection:
         if mode == "live":
             assert self.live is not None
             return await asyncio.to_thread(_live_snapshot, self.live)
@@ -200,19 +204,22 @@ class Workbench:
                 self._file.execute("SET TimeZone = 'UTC'")
             return self._file
         if self._replay is not None:
+            if self._replay.last_seq == await self._log().last_seq():
+                return self._replay.con  # the log has not grown: the replay is current
             self._replay.close()
         self._replay = await self.replay()
         return self._replay.con
 
     async def sql(self, query: str) -> pl.DataFrame:
         """One SELECT over the current projection, as a polars frame."""
-        if self.mode == "live":
+        mode = self.mode  # probes the HTTP port and the file: once per call
+        if mode == "live":
             assert self.live is not None
             try:
                 return (await asyncio.to_thread(self.live.sql, query)).frame
             except QueryError as exc:
                 raise WorkbenchError(str(exc)) from None
-        con = await self.snapshot()
+        con = await self._snapshot(mode)
         return con.sql(query).pl()
 
     async def audit(self, **filters: Any) -> pl.DataFrame:
