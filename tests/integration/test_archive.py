@@ -203,8 +203,10 @@ async def test_readers_never_see_a_segment_being_written(
     verified: list[str] = []
 
     def reader() -> None:
-        """Read every segment the moment it is listed, as a notebook polling the archive."""
-        while not done.is_set():
+        """Read every segment the moment it is listed, as a notebook polling the archive;
+        one last pass after the archiver is done, so the last segment is read too."""
+        while True:
+            finished = done.is_set()
             for segment in archive_segments(archive_dir):
                 if segment.path.name in verified:
                     continue
@@ -212,6 +214,8 @@ async def test_readers_never_see_a_segment_being_written(
                 seqs = read_segment(segment.path).column("seq").to_pylist()
                 assert seqs == list(range(segment.first_seq, segment.last_seq + 1))
                 verified.append(segment.path.name)
+            if finished:
+                return
 
     reading = asyncio.create_task(asyncio.to_thread(reader))
     archiver = Archiver(handle.nc, archive_dir, batch_size=3, segment_max_messages=4)
