@@ -44,8 +44,9 @@ from ingestor.nats.publisher import Publisher, PublishStats
 from ingestor.nats.reader import stream_bounds
 from ingestor.nats.server import port_answers
 from ingestor.nats.streams import STREAM
-from ingestor.pipeline import Pipeline, decode_messages
+from ingestor.pipeline import Pipeline
 from ingestor.projection import PROJECTOR, BatchResult, Projection
+from ingestor.rebuild import DEFAULT_CHUNK, rebuild
 from ingestor.router import Router, RouterStats
 from ingestor.sink import DIRECT, DirectSink, Sink, StreamSink
 from ingestor.sources import simulator
@@ -570,11 +571,17 @@ async def replay_command(
     *,
     until: datetime | None = None,
     clock: str = "recorded",
-    chunk: int = 100_000,
+    chunk: int = DEFAULT_CHUNK,
     out: Out = print,
 ) -> ReplayReport:
     """Rebuild the projection from the log (the archive, then the stream's tail) into a new
-    DuckDB file at ``output``."""
+    DuckDB file at ``output`` (:func:`ingestor.rebuild.rebuild`, the workbench's own).
+
+    With ``until`` on the recorded clock the file is the projection of the log's prefix
+    recorded by then, rebuilt from scratch. On the occurred clock the whole log is rebuilt
+    and the file holds what had happened by ``until`` as known now
+    (:mod:`ingestor.projection.asof`).
+    """
     if output.exists():
         raise IngestorError(
             f"{output} exists; replay writes a new file (remove it or pick another path)"
@@ -582,46 +589,61 @@ async def replay_command(
     started = time.monotonic()
     tune_gc()
     handle = await open_nats(settings)
-    projection = await asyncio.to_thread(open_projection, output)
-    messages = applied = rejected = last_seq = 0
+    occurred = clock == "occurred" and until is not None
+    # the occurred clock reads the whole log's projection, then writes the slice of it
+    target = output.with_name(output.name + ".whole") if occurred else output
+    projection = await asyncio.to_thread(open_projection, target)
     try:
-        pipeline = Pipeline(
-            projection, DedupIndex(tolerance=settings.dedup_tolerance), load_index=False
-        )
         # the archive first: the stream's retention may have aged the oldest messages out
         archive = settings.archive_dir if settings.archive_dir.is_dir() else None
         log_ = EventLog(archive, nc=handle.nc)
         bounds = await log_.bounds()
-        stop_seq = bounds.last_seq
         if bounds.first_seq > 1:
             out(
                 f"warning: the log starts at sequence {bounds.first_seq:,}: earlier messages "
                 f"aged out of the stream and are not in the archive ({settings.archive_dir})"
             )
-        pending: list = []
-        async for batch in log_.messages(1, stop_seq):
-            if clock == "recorded" and until is not None:
-                batch = [m for m in batch if m.recorded_at <= until]
-            messages += len(batch)
-            decoded, bad = decode_messages(batch)
-            rejected += len(bad)
-            if clock == "occurred" and until is not None:
-                decoded = [(m, e) for m, e in decoded if e.occurred_at <= until]
-            pending.extend(decoded)
-            if batch:
-                last_seq = batch[-1].seq
-            if len(pending) >= chunk:
-                await asyncio.to_thread(pipeline.project, pending, last_seq)
-                applied += len(pending)
-                pending = []
-                out(f"  replayed up to seq {last_seq:,} of {stop_seq:,}")
-        await asyncio.to_thread(pipeline.project, pending, last_seq)
-        applied += len(pending)
+        reported = [0]
+
+        def progress(done: int, total: int) -> None:
+            if done - reported[0] >= chunk or (done == total and done != reported[0]):
+                reported[0] = done
+                out(f"  replayed {done:,} of {total:,} messages")
+
+        stats = await rebuild(
+            log_,
+            projection,
+            tolerance=settings.dedup_tolerance,
+            until_recorded=until if clock == "recorded" else None,
+            chunk=chunk,
+            progress=progress,
+        )
+        if occurred:
+            assert until is not None
+            await asyncio.to_thread(_write_occurred, projection, until, output)
+            await asyncio.to_thread(projection.close)
+            for leftover in (target, target.with_name(target.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+            projection = await asyncio.to_thread(open_projection, output)
         counts = await asyncio.to_thread(projection.counts)
     finally:
         projection.close()
         await handle.close()
-    return ReplayReport(messages, applied, rejected, last_seq, counts, time.monotonic() - started)
+    applied = stats.projected
+    return ReplayReport(
+        stats.messages, applied, stats.rejected, stats.last_seq, counts, time.monotonic() - started
+    )
+
+
+def _write_occurred(projection: Projection, until: datetime, output: Path) -> None:
+    """Write what had happened by ``until`` (as the whole log knows it) to ``output``."""
+    from ingestor.projection.asof import open_as_of, resolve, write_as_of
+
+    cursor, _ = open_as_of(projection.con, resolve(projection.con, until, "occurred"))
+    try:
+        write_as_of(cursor, output)
+    finally:
+        cursor.close()
 
 
 # --------------------------------------------------------------------------- import

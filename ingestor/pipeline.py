@@ -119,7 +119,9 @@ class Pipeline:
                 if part:
                     result.merge(self._project_part(part, part[-1][0].seq, consumer))
                     part = []
-                outcome = self.projection.apply_decision(message.seq, item, self.index, consumer)
+                outcome = self.projection.apply_decision(
+                    message.seq, item, self.index, consumer, message.recorded_at
+                )
                 result.decisions.append(outcome)
             else:
                 part.append((message, item))

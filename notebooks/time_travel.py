@@ -17,16 +17,18 @@
 # %% [markdown]
 # # Time travel
 #
-# **What was going on at one instant, and what happened after it.** The event log is
-# replayed up to `instant` into a fresh projection (the ingestor's own dedup and projection
-# code), which answers who was watching then, playing or paused; the projection of today
-# then tells what changed since. With a live kernel, a slider replays the log to any moment
-# around the instant.
+# **What was going on at one instant, and what happened after it.** The projection as of
+# `instant` is read from the projection itself (`wb.as_of`: the rows the log had by then,
+# the playbacks the instant cuts through folded again; no replay), and answers who was
+# watching then, playing or paused; the projection of today then tells what changed since.
+# With a live kernel, a slider moves to any moment around the instant in well under a
+# second.
 #
-# Two clocks (ARCHITECTURE, invariant 6): `occurred` replays the events that had *happened*
-# by the instant, whenever they arrived; `recorded` replays what the log had *recorded* by
-# then, the state the live projection passed through. `ingestor demo` records a whole
-# simulated week in a few seconds, so on its data only the `occurred` clock shows that week.
+# Two clocks (ARCHITECTURE, invariant 6): `occurred` shows the events that had *happened*
+# by the instant, whenever they arrived, under today's dedup decisions (valid time, as known
+# now); `recorded` what the log had *recorded* by then, the state the live projection passed
+# through. `ingestor demo` records a whole simulated week in a few seconds, so on its data
+# only the `occurred` clock shows that week.
 
 # %% tags=["parameters"]
 import os
@@ -66,8 +68,8 @@ def when(value: datetime | None) -> str:
 
 
 wb = open_data_dir(data_dir, http_url=http_url, nats_url=nats_url)
-then = await wb.replay(at, clock=clock)
-print(f"log replayed to {when(at)} {tz} ({clock} clock); projection now read in {wb.mode} mode")
+then = await wb.as_of(at, clock=clock)
+print(f"projection as of {when(at)} {tz} ({clock} clock), read in {wb.mode} mode")
 
 # %% [markdown]
 # ## Who was watching at the instant
@@ -161,16 +163,16 @@ else:
 # %% [markdown]
 # ## Move through time
 #
-# With a live kernel, move the slider (or switch the clock): the log is replayed to the
-# chosen moment and the playbacks active then are listed, with the concurrent streams up to
-# it. A static copy of this report shows the instant above.
+# With a live kernel, move the slider (or switch the clock): the projection as of the
+# chosen moment lists the playbacks active then, with the concurrent streams up to it. A
+# static copy of this report shows the instant above.
 
 # %%
-if wb.log is None:
-    print("No event log here (no archive/ and no nats_url): nothing to replay.")
+if wb.log is None and wb.mode == "replay":
+    print("No event log here (no archive/ and no nats_url): nothing to show.")
 else:
     slider = TimeSlider(
-        wb.log,
+        wb,
         start=at - timedelta(hours=slider_hours),
         end=at + timedelta(hours=slider_hours),
         step=timedelta(minutes=step_minutes),
@@ -182,7 +184,7 @@ else:
     display(slider)
 
 # %% tags=["hide-input"]
-if wb.log is not None:
+if wb.log is not None or wb.mode != "replay":
     slider.close()
 then.close()
 await wb.close()

@@ -8,12 +8,15 @@ stream tail) and a way to read the current projection:
   :mod:`workbench.live`), consistent as of a stream sequence, while it keeps ingesting;
 * **file**: no ingestor holds the DuckDB file, so it is opened read-only;
 * **replay**: neither (the file is held by an ingestor that cannot be asked, or there is no
-  file): the log is replayed into a temporary projection.
+  file): the log is projected into a temporary projection, once; later calls project only
+  what the log gained.
 
 :meth:`Workbench.snapshot` returns a DuckDB connection with the projection's tables as of one
 stream sequence; every function of :mod:`workbench.stats`, :mod:`workbench.temporal` and
-:mod:`workbench.audit` takes it. Verdicts (:meth:`Workbench.confirm`,
-:meth:`Workbench.restore`) are published to the stream, so they need NATS.
+:mod:`workbench.audit` takes it. :meth:`Workbench.as_of` returns the same tables as of any
+instant on either clock, read from the projection (:mod:`ingestor.projection.asof`).
+Verdicts (:meth:`Workbench.confirm`, :meth:`Workbench.restore`) are published to the stream,
+so they need NATS.
 
 Offline, over a data directory (here a simulated one)::
 
@@ -46,7 +49,7 @@ Connected to a running ingestor's NATS (here a bare ``nats-server`` holding the 
     ...         await ensure_streams(wb.nc.jetstream(), 7)
     ...         feed = simulate(SimulationConfig(users=2, days=1)).events
     ...         _ = await Publisher(wb.nc).publish_many(feed)
-    ...         r = await wb.replay("2026-01-05T21:00:00Z", clock="occurred")
+    ...         r = await wb.as_of("2026-01-05T21:00:00Z", clock="occurred")
     ...         with r:
     ...             return wb.mode, r.counts()["playbacks"]
     >>> asyncio.run(connected())
@@ -57,8 +60,11 @@ Connected to a running ingestor's NATS (here a bare ``nats-server`` holding the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import time
+import weakref
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -74,7 +80,16 @@ from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
 from workbench import audit as _audit
 from workbench.live import LiveProjection, QueryError
 from workbench.log import EventLog
-from workbench.replay import Clock, Replay, aware_utc, replay
+from workbench.replay import (
+    Clock,
+    Replay,
+    ReplayStats,
+    answer_as_of,
+    aware_utc,
+    log_as_of,
+    projection_of,
+    replay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +102,8 @@ SNAPSHOT_TABLES = {
     "media_events": "seq <= {seq}",
     "dedupe_audit_log": "seq <= {seq}",
     "detection_alerts": "seq <= {seq}",
+    "playback_moves": "seq <= {seq}",
+    "audit_decisions": "seq <= {seq}",
 }
 
 
@@ -107,10 +124,8 @@ class Workbench:
         live: LiveProjection | None = None,
         db_path: Path | None = None,
         tolerance: float = 10.0,
-        snapshot_dir: Path | None = None,
     ) -> None:
         self.log = log
-        self.snapshot_dir = snapshot_dir
         self.nc = nc
         self._owns_nc = owns_nc
         self.live = live
@@ -174,13 +189,37 @@ class Workbench:
         clock: Clock = "recorded",
         **kwargs: Any,
     ) -> Replay:
-        """The projection rebuilt from the log as of ``until`` on ``clock``
-        (:func:`workbench.replay.replay`; close the result when done)."""
+        """The log's own projection as of ``until`` on ``clock``
+        (:func:`workbench.replay.replay`: from the log, whatever the mode; close the result
+        when done). :meth:`as_of` answers from the projection this workbench reads."""
         kwargs.setdefault("tolerance", self.tolerance)
         kwargs.setdefault("progress", False)
-        if clock == "recorded":
-            kwargs.setdefault("snapshot_dir", self.snapshot_dir)
         return await replay(self._log(), until, clock, **kwargs)
+
+    async def as_of(self, until: datetime | str | None = None, clock: Clock = "recorded") -> Replay:
+        """The projection as of ``until`` on ``clock`` (``None``: now), answered from the
+        projection this workbench reads (live, the file, or the log's projection) without
+        replaying: see :mod:`ingestor.projection.asof` for what each clock means. Close the
+        result when done.
+
+        ``clock="recorded"``: what the projection held once the log had recorded everything
+        up to ``until``. ``clock="occurred"``: what had happened by ``until``, as known now.
+        """
+        cut = aware_utc(until) if until is not None else None
+        if clock not in ("recorded", "occurred"):
+            raise ValueError(f"clock must be 'recorded' or 'occurred', got {clock!r}")
+        started = time.perf_counter()
+        mode = self.mode
+        if mode == "live":
+            assert self.live is not None
+            copy = await asyncio.to_thread(_live_snapshot, self.live)
+            return await asyncio.to_thread(
+                answer_as_of, copy, cut, clock, keep=_Closing(copy), started=started
+            )
+        if mode == "file":
+            con = await self._snapshot("file")
+            return await asyncio.to_thread(answer_as_of, con, cut, clock, started=started)
+        return await log_as_of(self._log(), cut, clock, tolerance=self.tolerance)
 
     # ------------------------------------------------------------------ the projection
 
@@ -203,11 +242,21 @@ class Workbench:
                 self._file = duckdb.connect(str(self.db_path), read_only=True)
                 self._file.execute("SET TimeZone = 'UTC'")
             return self._file
+        # the log's projection, brought up to the log's end (only what it gained is projected)
+        rebuilt, _ = await projection_of(self._log(), tolerance=self.tolerance, progress=False)
+        current = await asyncio.to_thread(rebuilt.projection.checkpoint)
         if self._replay is not None:
-            if self._replay.last_seq == await self._log().last_seq():
-                return self._replay.con  # the log has not grown: the replay is current
+            if self._replay.last_seq == current:
+                return self._replay.con  # the log has not grown: still the current state
             self._replay.close()
-        self._replay = await self.replay()
+        self._replay = Replay(
+            rebuilt.projection.con.cursor(),
+            as_of=None,
+            clock="recorded",
+            last_seq=current,
+            stats=ReplayStats(0, 0, 0, 0.0),
+            keep=rebuilt,
+        )
         return self._replay.con
 
     async def sql(self, query: str) -> pl.DataFrame:
@@ -289,13 +338,10 @@ async def connect(
     http_url: str | None = DEFAULT_HTTP_URL,
     token: str | None = None,
     tolerance: float = 10.0,
-    snapshot_dir: Path | str | None = None,
 ) -> Workbench:
     """Connect to a running ingestor: its NATS (``NATS_URL``; a comma-separated cluster
     works), optionally its ``ARCHIVE_DIR`` (the log before the stream's retention), and its
     HTTP port for live queries (``None`` for none; ``token`` is its ``QUERY_TOKEN``).
-    ``snapshot_dir``: where replays keep projection snapshots, so that later replays to an
-    instant start from the nearest one (see :mod:`workbench.snapshots`); None keeps none.
 
     Raises :class:`WorkbenchError` when no NATS server answers.
     """
@@ -312,7 +358,6 @@ async def connect(
         owns_nc=True,
         live=live,
         tolerance=tolerance,
-        snapshot_dir=Path(snapshot_dir) if snapshot_dir is not None else None,
     )
 
 
@@ -322,12 +367,11 @@ def open_data_dir(
     http_url: str | None = None,
     nats_url: str | None = None,
     tolerance: float = 10.0,
-    snapshot_dir: Path | str | None = None,
 ) -> Workbench:
     """Read an ingestor's ``DATA_DIR`` offline: its archive (``archive/``) and, when no
     ingestor holds it, its DuckDB file (``analytics.duckdb``). ``nats_url`` adds the stream's
     tail (and allows verdicts); ``http_url`` reads the projection live when that ingestor
-    runs. ``snapshot_dir`` as for :func:`connect`.
+    runs.
 
     Raises :class:`WorkbenchError` when the directory holds neither an archive nor a file.
     """
@@ -348,7 +392,6 @@ def open_data_dir(
         live=live,
         db_path=db_path,
         tolerance=tolerance,
-        snapshot_dir=Path(snapshot_dir) if snapshot_dir is not None else None,
     )
 
 
@@ -363,6 +406,18 @@ def _answers(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+class _Closing:
+    """Closes a connection when the Replay holding it lets go of it."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._finalizer = weakref.finalize(self, _close_quietly, con)
+
+
+def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    with contextlib.suppress(duckdb.Error):
+        con.close()
 
 
 def _live_snapshot(live: LiveProjection) -> duckdb.DuckDBPyConnection:

@@ -33,17 +33,26 @@ def connection_of(source: ProjectionSource) -> duckdb.DuckDBPyConnection:
 
 
 def query(source: ProjectionSource, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
-    """Run ``sql`` on a fresh cursor of ``source`` whose session time zone is UTC (the
-    caller's own connection keeps its settings), as a polars frame."""
-    cursor = connection_of(source).cursor()
+    """Run ``sql`` on ``source``'s connection with the session time zone UTC (the caller's
+    own setting is put back afterwards), as a polars frame.
+
+    The connection itself, not a new cursor of it: an as-of connection
+    (:meth:`workbench.Workbench.as_of`) names the state as of its instant with temporary
+    views that only that connection sees.
+    """
+    con = connection_of(source)
+    (zone,) = con.execute("SELECT current_setting('TimeZone')").fetchall()[0]
+    if zone != "UTC":
+        con.execute("SET TimeZone = 'UTC'")
     try:
-        cursor.execute("SET TimeZone = 'UTC'")
-        relation = cursor.sql(sql, params=params or {})
+        relation = con.sql(sql, params=params or {})
         if relation is None:
             raise ValueError(f"not a query that returns rows: {sql!r}")
         return relation.pl()
     finally:
-        cursor.close()
+        if zone != "UTC":
+            quoted = str(zone).replace("'", "''")  # SET takes no bound parameter
+            con.execute(f"SET TimeZone = '{quoted}'")
 
 
 def choices(

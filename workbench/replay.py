@@ -1,19 +1,26 @@
-"""Replay the event log into a fresh projection as of an instant, on either clock.
+"""The projection as of an instant, on either clock, from the event log.
 
-:func:`replay` reads an :class:`~workbench.log.EventLog` (archive segments, then the stream's
-tail) and folds it with the ingestor's own write path: :func:`ingestor.pipeline.decode_messages`
-then one :meth:`ingestor.pipeline.Pipeline.project` call over a new DuckDB file, exactly as
-``ingestor replay`` does (ARCHITECTURE invariant 2). "As of T" names its clock (invariant 6):
+:func:`replay` answers "what did the projection say as of ``T``?" for an
+:class:`~workbench.log.EventLog` (archive segments, then the stream's tail). The log is first
+projected in full by the ingestor's own write path (:func:`ingestor.rebuild.rebuild`, the same
+one ``ingestor replay`` runs: ARCHITECTURE invariant 2), once per log: the projection is kept
+for the log's lifetime and later calls only project what the log gained since. The answer for
+``T`` is then read from that projection with set-based queries
+(:mod:`ingestor.projection.asof`), without replaying anything. "As of T" names its clock
+(invariant 6):
 
 * ``clock="recorded"``: what the system knew at ``T``, the messages the log had recorded by
-  then (stream time ``recorded_at <= T``). The log is read in sequence order and reading stops
-  at the first message recorded after ``T``: the replay is a prefix of the log, a state the
-  live projection actually passed through.
-* ``clock="occurred"``: what had happened by ``T``, the events whose ``occurred_at <= T``,
-  whenever the log learned of them. The whole log is read and filtered by event time.
+  then (stream time ``recorded_at <= T``): a prefix of the log, a state the live projection
+  actually passed through, exactly what a projection fed that prefix from scratch holds.
+* ``clock="occurred"``: what had happened by ``T``, as known now: the events whose
+  ``occurred_at <= T``, whenever the log learned of them, each in the playback today's dedup
+  decisions put it in, and each playback folded from those of its events. (Bitemporally:
+  valid time ``T``, as known at the log's end. A report that arrived after ``T`` about a
+  viewing before ``T`` counts, and a link a later report made stands.)
 
-The result is a :class:`Replay`: a read-only view of the rebuilt projection with polars
-helpers, usable by :mod:`workbench.temporal`.
+The result is a :class:`Replay`: a read-only connection on which the projection's tables are
+their state as of ``T``, with polars helpers, usable by :mod:`workbench.temporal`,
+:mod:`workbench.stats` and :mod:`workbench.audit`.
 
 Example (an offline log of a simulated feed; in a notebook, ``await replay(...)`` directly)::
 
@@ -39,54 +46,49 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import duckdb
 import polars as pl
 
 from ingestor.archive import archive_segments, write_segment
-from ingestor.dedup import DedupIndex
-from ingestor.events import MediaEvent, encode_event
-from ingestor.gctune import tuned_gc
-from ingestor.pipeline import Message, Pipeline, decode_messages
+from ingestor.events import encode_event
+from ingestor.pipeline import Message
 from ingestor.progress import Progress
 from ingestor.projection import Projection
+from ingestor.projection.asof import (
+    CLOCKS,
+    AsOfStats,
+    Clock,
+    open_as_of,
+    resolve,
+    write_as_of,
+)
+from ingestor.rebuild import DEFAULT_CHUNK, rebuild
 from ingestor.sources.simulator import SimulationConfig, simulate
 from workbench.log import EventLog
-from workbench.snapshots import Snapshots
 
 logger = logging.getLogger(__name__)
 
-Clock = Literal["recorded", "occurred"]
-CLOCKS: tuple[Clock, ...] = ("recorded", "occurred")
-
 ProgressCallback = Callable[[int, int], None]
-"""Called as ``progress(messages_read, messages_in_log)`` after each batch read, and once
-more as ``progress(n, n)`` when the replay is complete."""
-
-DEFAULT_CHUNK = 250_000
-"""Decoded events held in memory before they are projected. A log slice below this is
-projected in one call; a larger one in slices of this size, which gives the same rows (the
-fold is set-based and the dedup index sees every earlier event)."""
-
-DEFAULT_SNAPSHOT_EVERY = 50_000
-"""With a ``snapshot_dir``, events between two snapshots: a replay from the nearest one
-projects at most this many (about 3 s on 2 cores), and each costs a copy of the projection
-file (1M events: 20 copies of up to ~150 MB)."""
+"""Called as ``progress(messages_read, messages_to_read)`` while the log is projected, and
+once more as ``progress(n, n)`` when the replay is complete."""
 
 PROGRESS_MIN_MESSAGES = 20_000
-"""``progress=True`` shows a bar (stderr) only for logs at least this long."""
+"""``progress=True`` shows a bar (stderr) only when at least this many messages are to be
+projected."""
 
 SELECT_PLAYBACKS = "SELECT * FROM playback_events ORDER BY started_at, correlation_key"
 SELECT_EVENTS = "SELECT * FROM media_events_detail ORDER BY seq"
 SELECT_AUDIT = "SELECT * FROM dedupe_audit_log ORDER BY seq, audit_id"
 
-DB_NAME = "replay.duckdb"
+DB_NAME = "projection.duckdb"
 
 
 def aware_utc(value: datetime | str, name: str = "until") -> datetime:
@@ -124,51 +126,59 @@ def aware_utc(value: datetime | str, name: str = "until") -> datetime:
 
 @dataclass(frozen=True)
 class ReplayStats:
-    """What a replay read and kept."""
+    """What answering took."""
 
-    messages: int  # log messages read (recorded clock: up to the first one after ``until``)
-    projected: int  # decoded events fed to the projection (after the clock's filter)
-    rejected: int  # messages that are not a readable event, decision or alert
-    seconds: float
+    messages: int  # log messages projected by this call (0: the projection was current)
+    projected: int  # of those, the events, decisions and alerts fed to the projection
+    rejected: int  # of those, messages that are not a readable event, decision or alert
+    seconds: float  # the whole call
+    playbacks_refolded: int = 0  # playbacks the instant cuts through, folded again
+    as_of_seconds: float = 0.0  # answering from the projection (no projecting)
 
 
 class Replay:
-    """A projection rebuilt from the log as of an instant: read-only, queried with SQL.
+    """The projection as of an instant: read-only, queried with SQL.
 
-    Made by :func:`replay`; close it (or use it as a context manager) to release the DuckDB
-    file, and to delete it when the replay made a temporary one.
+    Made by :func:`replay` and :meth:`workbench.Workbench.as_of`; close it (or use it as a
+    context manager) to release what it holds.
 
-    Attributes: ``as_of`` (the ``until`` instant, UTC, or ``None`` for the whole log),
-    ``clock`` (``"recorded"`` or ``"occurred"``), ``last_seq`` (the last stream sequence the
-    replay read: its checkpoint; on the recorded clock, the last message recorded by
-    ``as_of``), ``path`` (the DuckDB file), ``projection`` (an
-    :class:`ingestor.projection.Projection` opened read-only), ``stats``.
+    Attributes: ``as_of`` (the instant, UTC, or ``None`` for now), ``clock`` (``"recorded"``
+    or ``"occurred"``), ``last_seq`` (the log sequence the state is as of: on the recorded
+    clock the last one recorded by ``as_of`` that the projection holds a row for; on the
+    occurred clock the projection's checkpoint), ``con`` (the DuckDB connection), ``path``
+    (the DuckDB file when one was written for it, else None), ``stats``.
     """
 
     def __init__(
         self,
-        path: Path,
+        con: duckdb.DuckDBPyConnection,
         *,
         as_of: datetime | None,
         clock: Clock,
         last_seq: int,
         stats: ReplayStats,
-        temporary_dir: Path | None = None,
+        path: Path | None = None,
+        keep: object = None,
     ) -> None:
-        self.path = Path(path)
+        self._con = con
         self.as_of = as_of
         self.clock: Clock = clock
         self.last_seq = last_seq
         self.stats = stats
-        self.projection = Projection(self.path, read_only=True)
-        self._finalizer = weakref.finalize(
-            self, _release, self.projection.con, str(temporary_dir) if temporary_dir else None
-        )
+        self.path = path
+        self._keep = keep  # what the connection reads from: kept open while this is
+        self._finalizer = weakref.finalize(self, _release, con)
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         """The read-only DuckDB connection (time zone UTC)."""
-        return self.projection.con
+        self._check_open()
+        return self._con
+
+    @property
+    def projection(self) -> Projection:
+        """The state as a :class:`ingestor.projection.Projection` view (for its readers)."""
+        return Projection.over(self.con)
 
     @property
     def closed(self) -> bool:
@@ -192,8 +202,11 @@ class Replay:
         └─────┘
         >>> r.close(); tmp.cleanup()
         """
-        self._check_open()
-        relation = self.con.sql(query, params=params)
+        con = self.con
+        statements = con.extract_statements(query)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            raise ValueError("a Replay is read-only: send exactly one SELECT statement")
+        relation = con.sql(query, params=params)
         if relation is None:
             raise ValueError(f"not a query that returns rows: {query!r}")
         return relation.pl()
@@ -221,13 +234,12 @@ class Replay:
 
     def counts(self) -> dict[str, int]:
         """Row counts: accepted events, playbacks, drops per tier, links."""
-        self._check_open()
         return self.projection.counts()
 
     def close(self) -> None:
-        """Close the DuckDB file (and delete it if the replay made it in a temporary
-        directory). Closing twice is harmless."""
+        """Release the connection. Closing twice is harmless."""
         self._finalizer()
+        self._keep = None
 
     def __enter__(self) -> Self:
         return self
@@ -237,7 +249,7 @@ class Replay:
 
     def __repr__(self) -> str:
         as_of = self.as_of.isoformat() if self.as_of is not None else None
-        state = "closed" if self.closed else str(self.path)
+        state = "closed" if self.closed else str(self.path or "as-of view")
         return f"Replay(as_of={as_of!r}, clock={self.clock!r}, last_seq={self.last_seq}, {state})"
 
     def _check_open(self) -> None:
@@ -245,11 +257,121 @@ class Replay:
             raise ValueError("this Replay is closed")
 
 
-def _release(con: duckdb.DuckDBPyConnection, temporary_dir: str | None) -> None:
+def _release(con: duckdb.DuckDBPyConnection) -> None:
     with contextlib.suppress(duckdb.Error):
         con.close()
-    if temporary_dir is not None:
-        shutil.rmtree(temporary_dir, ignore_errors=True)
+
+
+def answer_as_of(
+    con: duckdb.DuckDBPyConnection,
+    until: datetime | None,
+    clock: Clock,
+    *,
+    keep: object = None,
+    rebuilt: ReplayStats | None = None,
+    started: float | None = None,
+) -> Replay:
+    """A :class:`Replay` of the projection ``con`` holds, as of ``until`` on ``clock``
+    (blocking: call it off the event loop). ``keep`` is held while the Replay is open."""
+    began = time.perf_counter()
+    point = resolve(con, until, clock)
+    cursor, answered = open_as_of(con, point)
+    return Replay(
+        cursor,
+        as_of=until,
+        clock=clock,
+        last_seq=point.known_seq,
+        stats=_stats(rebuilt, answered, started if started is not None else began),
+        keep=keep,
+    )
+
+
+def _stats(rebuilt: ReplayStats | None, answered: AsOfStats, started: float) -> ReplayStats:
+    base = rebuilt or ReplayStats(0, 0, 0, 0.0)
+    return ReplayStats(
+        base.messages,
+        base.projected,
+        base.rejected,
+        time.perf_counter() - started,
+        answered.playbacks_refolded,
+        answered.seconds,
+    )
+
+
+# --------------------------------------------------------------------------- the log's projection
+
+
+class _Rebuilt:
+    """The projection of one log, kept in a temporary directory while the log lives."""
+
+    def __init__(self, tolerance: float) -> None:
+        self.tolerance = tolerance
+        self.directory = Path(tempfile.mkdtemp(prefix="workbench-replay-"))
+        self.projection = Projection(self.directory / DB_NAME)
+        self.lock: asyncio.Lock | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._finalizer = weakref.finalize(self, _discard, self.projection.con, str(self.directory))
+
+    def guard(self) -> asyncio.Lock:
+        """One refresh at a time (a lock of the running loop: doctests start several)."""
+        loop = asyncio.get_running_loop()
+        if self.lock is None or self.loop is not loop:
+            self.lock, self.loop = asyncio.Lock(), loop
+        return self.lock
+
+
+def _discard(con: duckdb.DuckDBPyConnection, directory: str) -> None:
+    with contextlib.suppress(duckdb.Error):
+        con.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+_REBUILT: weakref.WeakKeyDictionary[EventLog, dict[float, _Rebuilt]] = weakref.WeakKeyDictionary()
+
+
+async def projection_of(
+    log: EventLog,
+    *,
+    tolerance: float = 10.0,
+    progress: bool | ProgressCallback = True,
+    chunk: int = DEFAULT_CHUNK,
+) -> tuple[_Rebuilt, ReplayStats]:
+    """The full projection of ``log``, brought up to the log's end (only what the log gained
+    since the last call is projected), and what bringing it there took."""
+    kept = _REBUILT.setdefault(log, {})
+    rebuilt = kept.get(tolerance)
+    if rebuilt is None:
+        rebuilt = kept[tolerance] = await asyncio.to_thread(_Rebuilt, tolerance)
+    async with rebuilt.guard():
+        report = _Reporter(progress)
+        done = await rebuild(
+            log, rebuilt.projection, tolerance=tolerance, chunk=chunk, progress=report
+        )
+        report.finish(done.messages)
+    return rebuilt, ReplayStats(done.messages, done.projected, done.rejected, done.seconds)
+
+
+async def log_as_of(
+    log: EventLog,
+    until: datetime | None,
+    clock: Clock,
+    *,
+    tolerance: float = 10.0,
+    progress: bool | ProgressCallback = False,
+    chunk: int = DEFAULT_CHUNK,
+) -> Replay:
+    """The log's own projection (:func:`projection_of`) as of ``until`` on ``clock``."""
+    started = time.perf_counter()
+    rebuilt, done = await projection_of(log, tolerance=tolerance, progress=progress, chunk=chunk)
+    return await asyncio.to_thread(
+        answer_as_of,
+        rebuilt.projection.con,
+        until,
+        clock,
+        keep=rebuilt,
+        rebuilt=done,
+        started=started,
+    )
 
 
 async def replay(
@@ -261,26 +383,20 @@ async def replay(
     progress: bool | ProgressCallback = True,
     tolerance: float = 10.0,
     chunk: int = DEFAULT_CHUNK,
-    snapshot_dir: Path | None = None,
-    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
 ) -> Replay:
-    """Rebuild the projection from ``log`` as of ``until`` (inclusive) on ``clock``.
+    """The projection of ``log`` as of ``until`` (inclusive) on ``clock``.
 
-    ``until=None`` replays the whole log as it is when the call starts. ``until`` must be
-    timezone-aware (a datetime, or ISO 8601 text with a zone). ``path`` is where the DuckDB
-    file is written (it must not exist); by default a temporary file, deleted when the
-    :class:`Replay` is closed. ``tolerance`` is the dedup link tolerance in seconds (the
-    ingestor's ``DEDUP_TOLERANCE``). ``progress``: True shows a bar on stderr for long logs,
-    False nothing, or a callable (see :data:`ProgressCallback`). ``chunk``: see
-    :data:`DEFAULT_CHUNK`.
+    ``until=None`` is the whole log as it is when the call starts. ``until`` must be
+    timezone-aware (a datetime, or ISO 8601 text with a zone). ``tolerance`` is the dedup
+    link tolerance in seconds (the ingestor's ``DEDUP_TOLERANCE``). ``progress``: True shows a
+    bar on stderr while a long log is projected, False nothing, or a callable (see
+    :data:`ProgressCallback`). ``chunk``: messages projected at once (bounds memory).
 
-    ``snapshot_dir`` (recorded clock only) keeps copies of the projection as of sequences
-    the replay passed (every ``snapshot_every`` events), and starts a later replay from the
-    newest copy that the log had recorded by ``until``: only the messages after it are
-    projected, the way a restarted ingestor resumes from its checkpoint (ARCHITECTURE
-    invariant 1). A copy is used only if the log still holds the very message it ends at
-    (its hash is checked), so a copy of another log is never used. See
-    :mod:`workbench.snapshots`.
+    The first call for a log projects all of it (about 100,000 events a second); later calls
+    project only what the log gained, then answer from the projection in well under a
+    second whatever the instant. ``path``: also write the state as of ``until`` to a new
+    DuckDB file there (it must not exist), a projection file of its own that stays after
+    the Replay is closed.
 
     Audit decisions (``audit.>``) and alerts (``alert.>``) are projected where the log has
     them, as the router does. Messages that cannot be read (undecodable payloads) are skipped
@@ -294,8 +410,10 @@ async def replay(
     >>> evening = datetime(2026, 1, 5, 22, 57, tzinfo=UTC)
     >>> known = asyncio.run(replay(log, evening, "recorded", progress=False))
     >>> happened = asyncio.run(replay(log, evening, "occurred", progress=False))
-    >>> known.stats.projected, happened.stats.projected
-    (37, 38)
+    >>> known.last_seq, happened.last_seq  # what was recorded then; what is known now
+    (37, 56)
+    >>> known.stats.messages, happened.stats.messages  # the log was projected once
+    (56, 0)
     >>> known.close(); happened.close(); tmp.cleanup()
     """
     if clock not in CLOCKS:
@@ -305,147 +423,49 @@ async def replay(
         raise ValueError(f"tolerance must be >= 0 seconds, got {tolerance}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    temporary_dir: Path | None = None
+    if path is not None and Path(path).exists():
+        raise FileExistsError(
+            f"{path} exists; a replay writes a new file (remove it or pick another path)"
+        )
+    answer = await log_as_of(log, cut, clock, tolerance=tolerance, progress=progress, chunk=chunk)
     if path is None:
-        temporary_dir = Path(tempfile.mkdtemp(prefix="replay-"))
-        target = temporary_dir / DB_NAME
-    else:
-        target = Path(path)
-        if target.exists():
-            raise FileExistsError(
-                f"{target} exists; a replay writes a new file (remove it or pick another path)"
-            )
+        return answer
     try:
-        with tuned_gc():  # a third of a large replay went to collections otherwise
-            if snapshot_dir is not None and clock == "recorded":
-                chunk = min(chunk, snapshot_every)  # a snapshot is taken after a projection
-            last_seq, stats = await _build(
-                log, target, cut, clock, progress, tolerance, chunk, snapshot_dir
-            )
-    except BaseException:
-        # a half-built projection is not the log as of anything: leave nothing behind
-        if temporary_dir is not None:
-            shutil.rmtree(temporary_dir, ignore_errors=True)
-        else:
-            for leftover in (target, target.with_name(target.name + ".wal")):
-                leftover.unlink(missing_ok=True)
-        raise
-    try:
-        return await asyncio.to_thread(
-            Replay,
-            target,
-            as_of=cut,
-            clock=clock,
-            last_seq=last_seq,
-            stats=stats,
-            temporary_dir=temporary_dir,
-        )
-    except BaseException:
-        if temporary_dir is not None:
-            shutil.rmtree(temporary_dir, ignore_errors=True)
-        raise
-
-
-async def _build(
-    log: EventLog,
-    target: Path,
-    until: datetime | None,
-    clock: Clock,
-    progress: bool | ProgressCallback,
-    tolerance: float,
-    chunk: int,
-    snapshot_dir: Path | None = None,
-) -> tuple[int, ReplayStats]:
-    """Read, decode, filter and project; the projection file is closed when this returns."""
-    started = asyncio.get_running_loop().time()
-    snapshots = Snapshots(snapshot_dir, tolerance) if snapshot_dir and clock == "recorded" else None
-    bounds = await log.bounds()
-    stop_seq = bounds.last_seq
-    if bounds.first_seq > 1:
-        logger.warning(
-            "the log starts at sequence %d: earlier messages aged out of the stream and are "
-            "not in the archive, so the replay lacks them (point the EventLog at ARCHIVE_DIR)",
-            bounds.first_seq,
-        )
-    total = stop_seq - bounds.first_seq + 1 if stop_seq else 0
-    report = _Reporter(progress, total)
-    start_seq = 1
-    if snapshots is not None:
-        start_seq = await snapshots.restore(log, target, until) + 1
-    projection = await asyncio.to_thread(Projection, target)
-    read = projected = rejected = 0
-    last_seq = start_seq - 1
-    try:
-        # from a snapshot the dedup index is loaded from it, as a restarted ingestor does
-        index = DedupIndex(tolerance=tolerance)
-        pipeline = Pipeline(projection, index, load_index=start_seq > 1)
-        pending: list[tuple[Message, MediaEvent]] = []
-        if stop_seq >= start_seq:
-            async with contextlib.aclosing(log.messages(start_seq, stop_seq)) as batches:
-                async for batch in batches:
-                    done = False
-                    if clock == "recorded" and until is not None:
-                        keep = _recorded_prefix(batch, until)
-                        done = keep < len(batch)
-                        batch = batch[:keep]
-                    decoded, bad = decode_messages(batch)
-                    rejected += len(bad)
-                    if clock == "occurred" and until is not None:
-                        decoded = [(m, e) for m, e in decoded if e.occurred_at <= until]
-                    pending.extend(decoded)
-                    if batch:
-                        last_seq = batch[-1].seq
-                        read += len(batch)
-                    report(read, total)
-                    if len(pending) >= chunk:
-                        await asyncio.to_thread(pipeline.project, pending, last_seq)
-                        projected += len(pending)
-                        pending = []
-                        ends = batch[-1] if batch and batch[-1].seq == last_seq else None
-                        if snapshots is not None and ends is not None:
-                            await snapshots.save(projection, target, ends)
-                    if done:
-                        break
-        await asyncio.to_thread(pipeline.project, pending, last_seq)
-        projected += len(pending)
-        report(read, read, final=True)
+        await asyncio.to_thread(write_as_of, answer.con, Path(path))
     finally:
-        await asyncio.to_thread(projection.close)
-    elapsed = asyncio.get_running_loop().time() - started
-    logger.info(
-        "replayed %d messages (%d events, %d rejected) up to seq %d in %.2fs",
-        *(read, projected, rejected, last_seq, elapsed),
+        answer.close()
+    projection = await asyncio.to_thread(Projection, Path(path), read_only=True)
+    return Replay(
+        projection.con,
+        as_of=cut,
+        clock=clock,
+        last_seq=answer.last_seq,
+        stats=answer.stats,
+        path=Path(path),
     )
-    return last_seq, ReplayStats(read, projected, rejected, elapsed)
-
-
-def _recorded_prefix(batch: Sequence[Message], until: datetime) -> int:
-    """How many leading messages of ``batch`` the log had recorded by ``until``."""
-    for index, message in enumerate(batch):
-        if message.recorded_at > until:
-            return index
-    return len(batch)
 
 
 class _Reporter:
-    def __init__(self, progress: bool | ProgressCallback, total: int) -> None:
-        self.callback: ProgressCallback | None = None
+    def __init__(self, progress: bool | ProgressCallback) -> None:
+        self.progress = progress
+        self.callback: ProgressCallback | None = progress if callable(progress) else None
         self.bar: Progress | None = None
-        if callable(progress):
-            self.callback = progress
-        elif progress and total >= PROGRESS_MIN_MESSAGES:
-            self.bar = Progress("replaying the event log", total=total)
 
-    def __call__(self, done: int, total: int, *, final: bool = False) -> None:
+    def __call__(self, done: int, total: int) -> None:
         if self.callback is not None:
             self.callback(done, total)
+        elif self.progress and self.bar is None and total >= PROGRESS_MIN_MESSAGES:
+            self.bar = Progress("projecting the event log", total=total)
         if self.bar is not None:
-            if final:
-                self.bar.total = total
-                self.bar.update(done)
-                self.bar.close()
-            else:
-                self.bar.update(done)
+            self.bar.update(done)
+
+    def finish(self, done: int) -> None:
+        if self.callback is not None:
+            self.callback(done, done)
+        if self.bar is not None:
+            self.bar.total = done
+            self.bar.update(done)
+            self.bar.close()
 
 
 # --------------------------------------------------------------------------- a demo log
@@ -491,7 +511,10 @@ __all__ = [
     "ProgressCallback",
     "Replay",
     "ReplayStats",
+    "answer_as_of",
     "aware_utc",
+    "log_as_of",
+    "projection_of",
     "replay",
     "simulated_log",
 ]

@@ -29,8 +29,7 @@ import zoneinfo
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import altair as alt
 import ipywidgets
@@ -40,6 +39,9 @@ from IPython.core.formatters import DisplayFormatter
 from workbench import charts, stats
 from workbench.log import EventLog
 from workbench.replay import CLOCKS, Clock, Replay, aware_utc, replay
+
+if TYPE_CHECKING:
+    from workbench.api import Workbench
 from workbench.temporal import active_at
 
 logger = logging.getLogger(__name__)
@@ -145,8 +147,13 @@ class SliderView:
 
 
 class TimeSlider:
-    """A slider over instants from ``start`` to ``end``: moving it replays ``log`` as of the
-    chosen instant on the chosen clock and draws the replay.
+    """A slider over instants from ``start`` to ``end``: moving it shows the projection as
+    of the chosen instant on the chosen clock.
+
+    ``source`` is a :class:`~workbench.Workbench` (the state is read from the projection it
+    reads: :meth:`~workbench.Workbench.as_of`) or an :class:`~workbench.log.EventLog` (the
+    log is projected once, on the first move; see :func:`workbench.replay.replay`). Either
+    way a move answers from a projection, without replaying the log.
 
     The default view is the playbacks active at that instant
     (:func:`workbench.temporal.active_at`) as a table, and the concurrent streams up to it as
@@ -186,7 +193,7 @@ class TimeSlider:
 
     def __init__(
         self,
-        log: EventLog,
+        source: EventLog | Workbench,
         *,
         start: datetime | str,
         end: datetime | str,
@@ -195,7 +202,6 @@ class TimeSlider:
         view: View | None = None,
         tz: str = "UTC",
         tolerance: float = 10.0,
-        snapshot_dir: Path | None = None,
     ) -> None:
         first, last = aware_utc(start, "start"), aware_utc(end, "end")
         if last < first:
@@ -210,12 +216,9 @@ class TimeSlider:
                 f"{steps} slider positions from {first.isoformat()} to {last.isoformat()} "
                 f"every {step}: at most {MAX_SLIDER_STEPS}; choose a larger step"
             )
-        self.log = log
+        self.source = source
         self.tz = tz
         self.tolerance = tolerance
-        # recorded-clock replays start from the nearest snapshot kept there (see
-        # workbench.snapshots): moving the slider then projects only what follows it
-        self.snapshot_dir = snapshot_dir
         self._zone = _check_tz(tz)
         self._view = view
         self.instants: list[datetime] = [first + index * step for index in range(steps)]
@@ -288,14 +291,12 @@ class TimeSlider:
                 return None  # superseded while it waited for its turn
             self.status.value = html.escape(f"Replaying the log as of {self._label(when)}...")
             try:
-                replayed = await replay(
-                    self.log,
-                    when,
-                    chosen,
-                    progress=False,
-                    tolerance=self.tolerance,
-                    snapshot_dir=self.snapshot_dir,
-                )
+                if isinstance(self.source, EventLog):
+                    replayed = await replay(
+                        self.source, when, chosen, progress=False, tolerance=self.tolerance
+                    )
+                else:
+                    replayed = await self.source.as_of(when, chosen)
             except Exception as exc:
                 if ticket == self._generation:
                     self.status.value = self._error(f"Could not replay as of {when}", exc)
@@ -410,7 +411,9 @@ class TimeSlider:
     def _summary(self, replayed: Replay, result: object) -> str:
         assert replayed.as_of is not None
         head = f"As of {self._label(replayed.as_of)} ({replayed.clock} clock)"
-        read = f"replayed {replayed.stats.messages} messages in {replayed.stats.seconds:.2f} s"
+        read = f"answered in {replayed.stats.seconds:.2f} s"
+        if replayed.stats.messages:
+            read = f"projected {replayed.stats.messages:,} new log messages; {read}"
         if isinstance(result, SliderView):
             count = result.active.height
             playing = f"{count} playback{'s' if count != 1 else ''} active"

@@ -204,6 +204,36 @@ PLAYBACK_COLUMNS: list[tuple[str, str]] = [
     ("last_event_at", "TIMESTAMPTZ"),
 ]
 
+# playback_moves: every change of an accepted event's playback after it was projected, so
+# that the projection as of an earlier sequence can be read back (ingestor.projection.asof).
+# A user's restore moves events: unlinking a source session moves its events into a playback
+# of their own, undropping a re-report puts an event into the projection (``from_key`` NULL:
+# it was in none before). media_events.correlation_key holds the current assignment; the
+# rows here are its history.
+MOVE_COLUMNS: list[tuple[str, str]] = [
+    ("seq", "BIGINT NOT NULL"),  # the stream sequence of the decision that moved it
+    ("event_id", "VARCHAR NOT NULL"),
+    ("from_key", "VARCHAR"),  # NULL: the event was in no playback before (restored)
+    ("to_key", "VARCHAR NOT NULL"),
+    ("from_action", "VARCHAR"),  # media_events.dedup_action before (NULL: restored)
+    ("to_action", "VARCHAR NOT NULL"),
+]
+
+# audit_decisions: every user decision (confirm, restore) the projection read, applied or
+# ignored, in stream order; dedupe_audit_log.status is the latest applied one
+DECISION_COLUMNS: list[tuple[str, str]] = [
+    ("seq", "BIGINT NOT NULL"),
+    ("recorded_at", "TIMESTAMPTZ"),
+    ("audit_id", "VARCHAR NOT NULL"),
+    ("action", "VARCHAR NOT NULL"),  # confirm | restore
+    ("applied", "BOOLEAN NOT NULL"),
+    ("status", "VARCHAR"),  # the entry's status it set (applied), else NULL
+    ("detail", "VARCHAR"),  # why it was ignored, or the status it set
+    ("decided_by", "VARCHAR"),
+    ("decided_at", "TIMESTAMPTZ"),
+    ("notes", "VARCHAR"),
+]
+
 CHECKPOINT_TABLE = "projection_checkpoint"
 
 
@@ -212,7 +242,7 @@ def _table(name: str, columns: list[tuple[str, str]] | list[tuple[str, str, pa.D
     return f"CREATE TABLE IF NOT EXISTS {name} (\n    {body}\n)"
 
 
-def _detail_view() -> str:
+def _detail_view(create: str = "CREATE OR REPLACE VIEW") -> str:
     """Every MediaEvent field as a typed column, extracted from ``payload``."""
     fields = [
         f"CAST(json_extract_string(payload, '$.{name}') AS {duck}) AS {name}"
@@ -222,10 +252,12 @@ def _detail_view() -> str:
     ]
     tracking = [name for name, _, _ in TRACKING_COLUMNS]
     body = ",\n    ".join(tracking + fields)
-    return f"CREATE OR REPLACE VIEW media_events_detail AS SELECT\n    {body}\nFROM media_events"
+    return f"{create} media_events_detail AS SELECT\n    {body}\nFROM media_events"
 
 
 DETAIL_VIEW = _detail_view()
+# the same view over whatever ``media_events`` names on a connection (an as-of view)
+TEMP_DETAIL_VIEW = _detail_view("CREATE OR REPLACE TEMP VIEW")
 
 DDL: list[str] = [
     _table("media_events", MEDIA_EVENT_COLUMNS),
@@ -233,6 +265,8 @@ DDL: list[str] = [
     _table("playback_events", PLAYBACK_COLUMNS),
     _table("dedupe_audit_log", AUDIT_COLUMNS),
     _table("detection_alerts", ALERT_COLUMNS),
+    _table("playback_moves", MOVE_COLUMNS),
+    _table("audit_decisions", DECISION_COLUMNS),
     f"""CREATE TABLE IF NOT EXISTS {CHECKPOINT_TABLE} (
     consumer VARCHAR PRIMARY KEY,
     last_seq BIGINT NOT NULL,

@@ -170,6 +170,16 @@ SELECT_EVENT_KEYS_OF = """
 SELECT event_id, source, server_id, session_key, event_type, step, correlation_key
 FROM media_events WHERE correlation_key IN (SELECT unnest($keys))
 """
+INSERT_DECISION = "INSERT INTO audit_decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_MOVE = "INSERT INTO playback_moves VALUES (?, ?, ?, ?, ?, ?)"
+RECORD_UNLINK_MOVES = """
+INSERT INTO playback_moves
+SELECT $seq, event_id, correlation_key, $new, dedup_action,
+       CASE WHEN event_id = $event THEN 'open' ELSE dedup_action END
+FROM media_events
+WHERE correlation_key = $kept AND source = $source AND server_id = $server
+  AND session_key = $session
+"""
 # alerts are deterministic: the same alert again (detection re-run, a replay) adds nothing
 INSERT_ALERTS = """
 INSERT INTO detection_alerts
@@ -441,19 +451,38 @@ class Projection:
         decision: AuditDecision,
         index: DedupIndex,
         consumer: str = PROJECTOR,
+        recorded_at: datetime | None = None,
     ) -> DecisionOutcome:
-        """Apply a user's confirm or restore (stream sequence ``seq``) and checkpoint ``seq``,
-        in one transaction; then bring the dedup index in line with the refolded playbacks.
+        """Apply a user's confirm or restore (stream sequence ``seq``, stored by the stream at
+        ``recorded_at``) and checkpoint ``seq``, in one transaction; then bring the dedup
+        index in line with the refolded playbacks.
 
         A decision that cannot apply (unknown entry, an exact duplicate to restore, an entry
         already restored) changes nothing but the checkpoint and says why: the log keeps it,
-        and a replay ignores it the same way.
+        and a replay ignores it the same way. Either way it is recorded in
+        ``audit_decisions``, and the events it moved in ``playback_moves``, so the
+        projection as of an earlier sequence can still be read (``asof.py``).
         """
         con = self.con
         reload: tuple[list[tuple], list[tuple]] | None = None
         try:
             con.begin()
             outcome = self._decide(seq, decision)
+            con.execute(
+                INSERT_DECISION,
+                [
+                    seq,
+                    recorded_at,
+                    decision.audit_id,
+                    decision.action,
+                    outcome.applied,
+                    outcome.detail if outcome.applied else None,
+                    outcome.detail,
+                    decision.decided_by,
+                    decision.occurred_at,
+                    decision.notes,
+                ],
+            )
             reload = self._index_rows(outcome.playbacks) if outcome.playbacks else None
             self._checkpoint(seq, consumer)
             con.commit()
@@ -486,9 +515,9 @@ class Projection:
                 detail = "an exact duplicate cannot be restored: the same event is projected"
                 return DecisionOutcome(seq, decision, False, detail)
             if tier == Tier.CORRELATION:
-                touched = self._unlink(event_id, kept_key)
+                touched = self._unlink(seq, event_id, kept_key)
             else:
-                touched = self._undrop(raw, entry_seq, recorded_at, kept_key)
+                touched = self._undrop(seq, raw, entry_seq, recorded_at, kept_key)
             if not touched:
                 return DecisionOutcome(seq, decision, False, "its event is already projected")
             self._refold(touched)
@@ -499,9 +528,10 @@ class Projection:
         )
         return DecisionOutcome(seq, decision, True, status, touched)
 
-    def _unlink(self, event_id: str, kept_key: str) -> list[str]:
+    def _unlink(self, seq: int, event_id: str, kept_key: str) -> list[str]:
         """Move the linked source session's events out of ``kept_key`` into a playback of
-        their own, keyed by the linked report (as if it had opened one)."""
+        their own, keyed by the linked report (as if it had opened one); each move is
+        recorded in ``playback_moves`` at the decision's sequence ``seq``."""
         rows = self.con.execute(
             "SELECT source, server_id, session_key, payload FROM media_events"
             " WHERE event_id = ? AND correlation_key = ?",
@@ -511,6 +541,15 @@ class Projection:
             return []
         source, server_id, session_key, payload = rows[0]
         new_key = decode_event(payload.encode()).correlation.encode()
+        params = {
+            "new": new_key,
+            "event": event_id,
+            "kept": kept_key,
+            "source": source,
+            "server": server_id,
+            "session": session_key,
+        }
+        self.con.execute(RECORD_UNLINK_MOVES, {"seq": seq, **params})
         self.con.execute(
             """
             UPDATE media_events
@@ -519,19 +558,15 @@ class Projection:
             WHERE correlation_key = $kept AND source = $source AND server_id = $server
               AND session_key = $session
             """,
-            {
-                "new": new_key,
-                "event": event_id,
-                "kept": kept_key,
-                "source": source,
-                "server": server_id,
-                "session": session_key,
-            },
+            params,
         )
         return [kept_key, new_key]
 
-    def _undrop(self, raw: str | None, seq: int, recorded_at: datetime, kept_key: str) -> list[str]:
-        """Put a dropped re-report back into its playback, at its own stream sequence."""
+    def _undrop(
+        self, decision_seq: int, raw: str | None, seq: int, recorded_at: datetime, kept_key: str
+    ) -> list[str]:
+        """Put a dropped re-report back into its playback, at its own stream sequence; the
+        move (from no playback) is recorded at the decision's sequence."""
         if not raw:
             return []
         event = decode_event(raw.encode())
@@ -552,6 +587,9 @@ class Projection:
         )
         self.con.from_arrow(frame.select(_MEDIA_EVENTS_ORDER).to_arrow()).insert_into(
             "media_events"
+        )
+        self.con.execute(
+            INSERT_MOVE, [decision_seq, event.event_id, None, kept_key, None, "restored"]
         )
         return [kept_key]
 

@@ -3,7 +3,8 @@ archive segments in tmp_path, compared with the ingestor's own pipeline fed the 
 
 Invariant 2 (deterministic replay) and 6 (two clocks): ``replay(until=T, clock="recorded")``
 has exactly the rows of a projection fed, batch by batch, the messages the log recorded by
-``T``; ``clock="occurred"`` those of one fed the events that happened by ``T``.
+``T``; ``clock="occurred"`` those of one fed the whole log, restricted to the events that
+happened by ``T`` (each playback folded from those: valid time T, as known now).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from random import Random
 
+import duckdb
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -33,6 +35,7 @@ from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message, Pipeline
 from ingestor.projection import Projection
 from ingestor.sources.simulator import SimulationConfig, simulate
+from tests.support import occurred_slice
 from workbench.log import EventLog, LogGapError
 from workbench.replay import CLOCKS, Replay, replay, simulated_log
 from workbench.temporal import active_at, changes_between, changes_in_log
@@ -171,19 +174,26 @@ def test_a_replay_to_any_instant_equals_the_ingestor_fed_that_slice(
         archive.mkdir()
         for lo in range(0, len(messages), segment):
             write_segment(archive, messages[lo : lo + segment])
-        sliced = (
-            recorded_by(messages, until) if clock == "recorded" else occurred_by(messages, until)
-        )
-        expected = ingestor_projection(Path(tmp) / "live.duckdb", sliced, batch, restart_every)
+        if clock == "recorded":
+            sliced = recorded_by(messages, until)
+            expected = ingestor_projection(Path(tmp) / "live.duckdb", sliced, batch, restart_every)
+        else:
+            whole = Path(tmp) / "whole.duckdb"
+            ingestor_projection(whole, messages, batch, restart_every)
+            with duckdb.connect(str(whole), read_only=True) as con:
+                con.execute("SET TimeZone = 'UTC'")
+                expected = {t: f for t, f in occurred_slice(con, until).items() if t in TABLES}
         with asyncio.run(replay(EventLog(archive), until, clock, progress=False)) as got:
             assert_same_projection(got, expected)
             assert got.as_of == until and got.clock == clock
             if clock == "recorded":
-                assert got.last_seq == (sliced[-1].seq if sliced else 0)
-                assert got.stats.messages == len(sliced)  # reading stopped at the cut
+                # the newest message recorded by the cut that the projection holds a row of
+                projected = [m for m in sliced if m.data != NOT_AN_EVENT]
+                assert got.last_seq == (projected[-1].seq if projected else 0)
             else:
                 assert got.last_seq == messages[-1].seq
-            assert got.stats.projected == sum(1 for m in sliced if m.data != NOT_AN_EVENT)
+            assert got.stats.messages == len(messages)  # the log was projected once, whole
+            assert got.stats.rejected == sum(1 for m in messages if m.data == NOT_AN_EVENT)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -300,7 +310,7 @@ async def test_replays_of_a_real_stream_equal_the_ingestor_at_every_cut(
                 assert got.last_seq == (sliced[-1].seq if sliced else 0)
 
 
-async def test_a_stream_only_replay_stops_reading_at_the_first_later_message(
+async def test_a_stream_only_replay_answers_as_of_the_last_message_recorded_by_then(
     handle: NatsHandle, settings: Settings
 ) -> None:
     events = simulate(SimulationConfig(seed=9, users=2, days=1)).events
@@ -310,7 +320,7 @@ async def test_a_stream_only_replay_stops_reading_at_the_first_later_message(
     async with EventLog(nats_url=settings.nats_url) as log:
         with await replay(log, until.isoformat(), progress=False) as got:
             assert got.as_of == until
-            assert got.stats.messages == len(recorded_by(stored, until))
+            assert got.stats.messages == len(stored)  # the log's projection, made once
             assert got.last_seq == recorded_by(stored, until)[-1].seq
             assert got.sql("SELECT max(seq) AS s FROM media_events")["s"].item() <= got.last_seq
             assert got.sql("SELECT max(recorded_at) AS t FROM media_events")["t"].item() <= until
@@ -348,7 +358,7 @@ def demo_log(tmp_path: Path) -> EventLog:
 
 async def test_slices_give_the_same_rows_as_one_call(demo_log: EventLog) -> None:
     whole = await replay(demo_log, progress=False)
-    sliced = await replay(demo_log, progress=False, chunk=7)
+    sliced = await replay(EventLog(demo_log.archive_dir), progress=False, chunk=7)
     with whole, sliced:
         assert_same_projection(sliced, table_rows(whole.con))
         assert whole.counts()["playbacks"] > 5
@@ -367,11 +377,11 @@ async def test_until_must_be_timezone_aware_and_the_clock_named(
         await replay(demo_log, path=existing, progress=False)
 
 
-async def test_a_replay_is_read_only_and_cleans_up_its_temporary_file(
+async def test_a_replay_is_read_only_and_closes(
     demo_log: EventLog,
 ) -> None:
     got = await replay(demo_log, progress=False)
-    assert got.path.exists()
+    assert got.path is None  # an answer from the log's projection, no file of its own
     with pytest.raises(Exception, match="read-only"):
         got.sql("DELETE FROM playback_events")
     assert got.playbacks().height == got.counts()["playbacks"]
@@ -382,7 +392,7 @@ async def test_a_replay_is_read_only_and_cleans_up_its_temporary_file(
     assert got.playbacks().schema["started_at"] == pl.Datetime("us", "UTC")
     got.close()
     got.close()
-    assert got.closed and not got.path.exists() and not got.path.parent.exists()
+    assert got.closed
     with pytest.raises(ValueError, match="closed"):
         got.playbacks()
 
@@ -414,9 +424,38 @@ async def test_progress_is_reported_to_a_callable_and_drawn_for_long_logs(
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
 
     monkeypatch.setattr(replay_module, "PROGRESS_MIN_MESSAGES", 1)
-    with await replay(demo_log):
+    again = EventLog(demo_log.archive_dir)  # a log not projected yet
+    with await replay(again):
         pass
     assert f"{total:,}/{total:,}" in capsys.readouterr().err
-    with await replay(demo_log, progress=False):
+    with await replay(EventLog(demo_log.archive_dir), progress=False):
         pass
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("clock", CLOCKS)
+async def test_as_of_from_the_file_equals_the_logs_own_projection(
+    demo_log: EventLog, tmp_path: Path, clock: str
+) -> None:
+    """Workbench.as_of in file mode (the ingestor's file, no replay) answers what the log's
+    own projection answers, and a time slider over the workbench draws from it."""
+    from workbench import open_data_dir
+    from workbench.widgets import TimeSlider
+
+    assert demo_log.archive_dir is not None
+    data_dir = demo_log.archive_dir.parent
+    with await replay(demo_log, path=data_dir / "analytics.duckdb", progress=False):
+        pass  # the whole log's projection, where an ingestor keeps it
+    until = datetime(2026, 1, 5, 22, 57, tzinfo=UTC)
+    async with open_data_dir(data_dir) as wb:
+        assert wb.mode == "file"
+        with await wb.as_of(until, clock) as got:  # type: ignore[arg-type]
+            assert got.stats.messages == 0  # nothing was projected to answer
+            with await replay(demo_log, until, clock, progress=False) as expected:  # type: ignore[arg-type]
+                assert_same_projection(got, table_rows(expected.con))
+                assert got.last_seq == expected.last_seq
+        slider = TimeSlider(wb, start=until - timedelta(hours=1), end=until, clock=clock)  # type: ignore[arg-type]
+        shown = await slider.show_at(until)
+        assert shown is not None and shown.stats.messages == 0
+        assert "answered in" in slider.status.value
+        slider.close()
