@@ -1,29 +1,30 @@
-"""Replay benchmark: how fast does the workbench rebuild the projection from the event log?
+"""Time-travel benchmark: the projection as of an instant, against rebuilding it.
 
-What is measured, in one run (issue 4: "with 1,000,000 simulated events archived, replay to a
-mid-point timestamp and run a concurrent-streams query; target on 2 cores: replay under 2 s,
-the query under 0.5 s; also replay through JetStream alone, at least 100,000 events/s"):
+Time travel used to re-run the whole write path up to the instant; it is now answered from
+the projection with set-based queries (``ingestor.projection.asof``). What is measured, in
+one run, on ``--events`` simulated events archived as segments:
 
-1. **generate** (not a figure): ``--events`` simulated events (``ingestor.sources.simulator``,
-   ``--days`` days, fixed seed) are written as archive segments, one message per event, in
-   publish order, exactly as :func:`workbench.replay.simulated_log` does at small scale: each
-   message's ``recorded_at`` is the latest ``occurred_at`` published so far, and segments are
-   cut by the archiver's own default limits (messages and bytes per segment).
-2. **archive replay**: ``EventLog(archive_dir)`` and :func:`workbench.replay.replay` to the
-   mid-point (the ``recorded_at`` of the middle message, recorded clock), then of the whole
-   log. Wall time of the ``await replay(...)`` call, the Replay's opening included.
-3. **query**: :func:`workbench.stats.concurrent_streams` and
-   :func:`~workbench.stats.max_concurrent_streams` on the mid-point replay, ``until`` = the
-   mid-point; the median of ``--query-runs`` runs each.
-4. **JetStream replay**: the same messages are published into ``MEDIA_EVENTS`` on the bench's
-   own ``nats-server`` (publishing is not a figure), then ``EventLog(nc=...)`` (no archive)
-   replays the whole log; ``EventLog.messages()`` alone (no decoding, no projection) gives the
-   raw read rate, so the difference between the two is the projection's share.
-5. **peak RSS** of this process (``VmHWM``), reset after generating the log (``clear_refs``),
-   so it is the high-water mark of the replays and queries.
-6. with ``--profile``: one more whole-log archive replay with timers around its stages (read,
-   decode, dedup decisions, each part of the projection's transaction, and cyclic GC), whose
-   breakdown goes to the ``details:`` block.
+1. **baseline** (the old design, still the verification path): a from-scratch rebuild of the
+   log's prefix up to the mid-point (the ``recorded_at`` of the middle message) into a new
+   DuckDB file, ``await rebuild(EventLog(archive), Projection(path), tolerance=10.0,
+   until_recorded=mid)``, in this process.
+2. **rebuild** of the whole log as a user runs it: ``python -m ingestor.cli replay --output
+   DATA/analytics.duckdb`` in a subprocess (``ARCHIVE_DIR`` = the archive, ``NATS_URL`` = the
+   bench's own nats-server, so the CLI starts none); wall time from spawn to exit, events/s,
+   and its peak RSS (``VmHWM`` polled every 0.1 s, and ``ru_maxrss`` of the reaped child).
+3. **as-of latency**: ``open_data_dir(DATA)`` (file mode: that rebuilt file beside the
+   archive), then ``await wb.as_of(T, clock)`` and closing the answer, at 10 instants on each
+   clock (recorded: the ``recorded_at`` of messages at 5 %, 15 %, ... 95 % of the log by
+   sequence; occurred: 5 %, 15 %, ... 95 % of the span of ``occurred_at``); median and
+   worst per clock. Then one more answer as of the mid-point, checked against the baseline
+   (counts and every playback row), and one ``concurrent_streams(answer.con, until=mid)``.
+4. **time slider move**: ``TimeSlider(wb, start, end, step=15 min, clock)`` and ``await
+   slider.show_at(T)`` at the same instants: what a move in the time_travel notebook runs
+   (as-of, ``active_at``, concurrent streams, the chart rendered offline to SVG).
+5. **workbench replay from the log alone** (no file): ``replay(EventLog(archive), mid)``,
+   whose first call projects the log in this process (events/s, and this process's peak RSS,
+   ``VmHWM`` reset before with ``clear_refs``), then a second call at another instant, which
+   answers without projecting.
 
 The last lines printed are the figures (``name: value unit``); ``--json`` writes them, with the
 details, as JSON. The exit status is 0 whenever the measurement completed, targets met or
@@ -36,65 +37,59 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
-import importlib
-import importlib.metadata
 import inspect
 import json
 import math
 import os
+import re
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
-import nats
 import polars as pl
 import pyarrow as pa
 
 # bench/ is the script's directory, so its sibling is importable: one set of helpers
-from ingest import BenchError, free_port, log
+from ingest import BenchError, child_env, free_port, log, spawn, stop_child, tail
 from ingest import memory_kb as process_memory_kb
 from ingest import versions as ingest_versions
-from nats.aio.client import Client
 
-from ingestor.archive import Archiver, archive_segments, read_segment, write_segment
-from ingestor.config import Settings
-from ingestor.dedup import DedupIndex
+from ingestor.archive import Archiver, archive_segments, write_segment
 from ingestor.errors import IngestorError
 from ingestor.events import encode_event
-from ingestor.nats.publisher import OutgoingMessage, Publisher
 from ingestor.nats.server import EmbeddedServer
-from ingestor.nats.streams import STREAM, ensure_streams
-from ingestor.pipeline import Message, Pipeline
+from ingestor.pipeline import Message
 from ingestor.projection import Projection
+from ingestor.rebuild import rebuild
 from ingestor.sources.simulator import SimulationConfig, simulate
+from workbench import charts
+from workbench.api import Workbench, open_data_dir
 from workbench.log import EventLog
 from workbench.replay import Replay, replay
-from workbench.snapshots import Snapshots
-from workbench.stats import concurrent_streams, max_concurrent_streams
+from workbench.stats import concurrent_streams
+from workbench.temporal import active_at
+from workbench.widgets import MAX_SLIDER_STEPS, SliderView, TimeSlider
 
 T = TypeVar("T")
 
-# The modules whose functions the profile wraps (by import_module: the ``workbench`` package
-# re-exports a function named ``replay``, which ``import workbench.replay as ...`` would give).
-store_module = importlib.import_module("ingestor.projection.store")
-log_module = importlib.import_module("ingestor.eventlog")
-replay_module = importlib.import_module("workbench.replay")
-
-TARGET_REPLAY_S = 2.0  # archive replay to the mid-point
-TARGET_QUERY_S = 0.5  # each concurrent-streams query
-TARGET_JETSTREAM_RATE = 100_000  # events/s, whole-log replay through JetStream alone
+TARGET_AS_OF_S = 1.0  # any instant, either clock
+TARGET_SLIDER_S = 1.0  # one slider move
+TARGET_REBUILD_RATE = 100_000  # events/s, `ingestor replay` of the whole log
+TARGET_RSS_MB = 1024  # its peak RSS (MB = 2^20 bytes)
+TOLERANCE = 10.0  # the product default (DEDUP_TOLERANCE, replay(), open_data_dir)
+INSTANTS = 10  # per clock
+SLIDER_STEP = timedelta(minutes=15)
 DAYS = 30
 SEED = 7
 # The simulator makes 19-20 events per user-day; sizing with 19 gives at least --events
@@ -106,6 +101,14 @@ SEGMENT_MAX_MESSAGES: int = _ARCHIVER_DEFAULTS["segment_max_messages"].default
 SEGMENT_MAX_BYTES: int = _ARCHIVER_DEFAULTS["segment_max_bytes"].default
 SEGMENT_OVERHEAD_BYTES = 24  # per message, as the archiver counts it: seq and timestamp
 MiB = 1024 * 1024
+POLL_S = 0.1
+# the CLI's last line: "replayed N messages (A events applied, R undecodable) up to seq S
+# into PATH in X.Ys: P playbacks"
+CLI_REPORT = re.compile(
+    r"replayed (?P<messages>[\d,]+) messages \((?P<applied>[\d,]+) events applied, "
+    r"(?P<rejected>[\d,]+) undecodable\) up to seq (?P<last_seq>[\d,]+) into .* "
+    r"in (?P<seconds>[\d.]+)s: (?P<playbacks>[\d,]+) playbacks"
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -145,6 +148,19 @@ async def within(awaitable: Awaitable[T], timeout: float, what: str) -> T:
         raise BenchError(f"{what} did not finish within {timeout:.0f}s") from None
 
 
+def _mb(kb: int | float | None) -> float | None:
+    return kb / 1024 if kb is not None else None
+
+
+def _fmt_mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def _floor(instant: datetime, step: timedelta) -> datetime:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return epoch + ((instant - epoch) // step) * step
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -162,24 +178,29 @@ class LogFacts:
     mid: datetime
     first_recorded: datetime
     last_recorded: datetime
+    first_occurred: datetime
+    last_occurred: datetime
+    recorded_instants: list[tuple[int, datetime]]  # (seq, its recorded_at)
+    occurred_instants: list[datetime]
     simulate_seconds: float
     write_seconds: float
 
 
 @dataclass
-class ReplayFigure:
-    """One replay: its wall time, what it read and projected, and its peak RSS."""
+class Baseline:
+    """The from-scratch rebuild of the log's prefix up to the mid-point."""
 
-    label: str
-    seconds: float  # the ``await replay(...)`` call, opening the Replay included
-    build_seconds: float  # ReplayStats.seconds: read, decode, project, close
+    seconds: float  # Projection(path) + await rebuild(...)
+    close_seconds: float
     messages: int
     projected: int
     rejected: int
     last_seq: int
     counts: dict[str, int]
+    cpu_seconds: float
     peak_rss_mb: float | None
-    cpu_seconds: float  # this process (all threads) during the call
+    file_mb: float
+    load: str
 
     @property
     def rate(self) -> float:
@@ -187,13 +208,23 @@ class ReplayFigure:
 
 
 @dataclass
-class ReadFigure:
-    """``EventLog.messages()`` alone: how fast the log is read, nothing else."""
+class CliRebuild:
+    """``ingestor replay --output`` of the whole log, in a subprocess."""
 
-    label: str
-    seconds: float
+    seconds: float  # spawn to exit
+    own_seconds: float | None  # what the CLI reports (replay_command: NATS, rebuild, close)
     messages: int
-    batches: int
+    applied: int
+    rejected: int
+    last_seq: int
+    playbacks: int
+    exit_code: int
+    peak_rss_mb: float | None  # max of the polled VmHWM and ru_maxrss
+    polled_hwm_mb: float | None
+    ru_maxrss_mb: float | None
+    cpu_seconds: float  # user + system of the child
+    file_mb: float
+    load: str
 
     @property
     def rate(self) -> float:
@@ -201,43 +232,115 @@ class ReadFigure:
 
 
 @dataclass
-class QueryFigure:
-    name: str
-    runs: list[float]
-    rows: int
-    answer: str
+class Call:
+    """One timed call at one instant."""
+
+    clock: str
+    instant: datetime
+    seconds: float
+    last_seq: int
+    refolded: int  # stats.playbacks_refolded
+    as_of_seconds: float  # stats.as_of_seconds: the answer's own SQL and refold
+    playbacks: int = 0  # as-of: playbacks in the answer; slider: active at the instant
+    streams_rows: int = 0  # slider: rows of the concurrent-streams frame
+
+
+@dataclass
+class Series:
+    """The calls of one clock."""
+
+    clock: str
+    calls: list[Call] = field(default_factory=list)
+
+    @property
+    def times(self) -> list[float]:
+        return [c.seconds for c in self.calls]
 
     @property
     def median(self) -> float:
-        return statistics.median(self.runs)
+        return statistics.median(self.times)
+
+    @property
+    def worst(self) -> float:
+        return max(self.times)
 
 
 @dataclass
-class PublishFacts:
-    messages: int
-    seconds: float
-    stream_messages: int
+class MoveBreakdown:
+    """One slider move's work done step by step (as the default view does it), at the
+    instant of the slowest warm move of a clock: where a move's time goes."""
+
+    clock: str
+    instant: datetime
+    move_seconds: float  # that move, as timed through show_at
+    again_seconds: float  # show_at at that instant once more, right after the steps
+    stages: dict[str, float]
+    streams_rows: int
+    svg_kb: float
 
 
 @dataclass
-class Profile:
-    """Self time per stage of one instrumented replay (a stage's time excludes the stages
-    timed inside it), and the cyclic GC's pauses during it."""
+class MidCheck:
+    """The as-of answer at the mid-point, against the baseline's file."""
 
-    seconds: float
-    messages: int
-    stages: dict[str, float] = field(default_factory=dict)
-    calls: dict[str, int] = field(default_factory=dict)
-    gc_seconds: dict[int, float] = field(default_factory=dict)
-    gc_collections: dict[int, int] = field(default_factory=dict)
-    untimed: list[str] = field(default_factory=list)
+    as_of_seconds: float
+    counts: dict[str, int]
+    baseline_counts: dict[str, int]
+    playbacks_equal: bool
+    playbacks_differing: int  # rows in one frame and not in the other
+    concurrent_seconds: float
+    concurrent_rows: int
+    concurrent_peak: int | None
+
+    @property
+    def equal(self) -> bool:
+        return self.counts == self.baseline_counts and self.playbacks_equal
+
+
+@dataclass
+class LogReplay:
+    """``workbench.replay.replay`` from the log alone."""
+
+    first_seconds: float
+    first_messages: int
+    first_as_of_seconds: float
+    first_counts: dict[str, int]
+    first_peak_rss_mb: float | None
+    rss_before_mb: float | None
+    first_cpu_seconds: float
+    second_instant: datetime
+    second_seconds: float
+    second_messages: int
+    load: str
+
+    @property
+    def rate(self) -> float:
+        if self.first_seconds <= 0:
+            return float("nan")
+        return self.first_messages / self.first_seconds
+
+
+@dataclass
+class Results:
+    facts: LogFacts
+    baseline: Baseline
+    cli: CliRebuild
+    as_of: list[Series]
+    mid_check: MidCheck
+    slider: list[Series]
+    slider_range: tuple[datetime, datetime, int]  # start, end, positions
+    breakdown: list[MoveBreakdown]
+    log_replay: LogReplay
+    loads: dict[str, str]
 
 
 # --------------------------------------------------------------------------- generate
 
 
 def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
-    """Simulate the feed and write its first ``events`` events as archive segments."""
+    """Simulate the feed and write its first ``events`` events as archive segments: one
+    message per event in publish order, ``recorded_at`` the latest ``occurred_at`` so far
+    (as ``workbench.replay.simulated_log`` does), segments cut at the archiver's defaults."""
     users = max(1, math.ceil(events / (EVENTS_PER_USER_DAY * days)))
     log(f"simulating ~{events:,} events ({users:,} users x {days} days, seed {SEED})")
     started = time.perf_counter()
@@ -248,15 +351,25 @@ def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
     del sim
     if len(feed) < events:
         log(f"  note: the simulator made {len(feed):,} events, fewer than the {events:,} asked")
-    log(f"  {simulated:,} simulated in {simulate_seconds:.1f}s; writing {len(feed):,} to segments")
+    count = len(feed)
+    if count < 2:
+        raise BenchError(f"the simulator made {count} events; the bench needs at least 2")
+    log(f"  {simulated:,} simulated in {simulate_seconds:.1f}s; writing {count:,} to segments")
     archive_dir.mkdir(parents=True, exist_ok=True)
+    mid_index = count // 2
+    # the recorded clock's instants: messages at 5 %, 15 %, ... 95 % of the log by sequence
+    wanted = {(count * (2 * i + 1)) // (2 * INSTANTS) + 1: i for i in range(INSTANTS)}
+    recorded_instants: list[tuple[int, datetime]] = []
     started = time.perf_counter()
-    mid_index = len(feed) // 2
     mid = first = recorded = datetime.min.replace(tzinfo=UTC)
+    first_occurred = last_occurred = feed[0].occurred_at
     segment: list[Message] = []
     size = 0
     for index, event in enumerate(feed):
-        recorded = max(recorded, event.occurred_at)
+        occurred = event.occurred_at
+        recorded = max(recorded, occurred)
+        first_occurred = min(first_occurred, occurred)
+        last_occurred = max(last_occurred, occurred)
         data = encode_event(event)
         subject = event.subject
         message_size = len(data) + len(subject) + SEGMENT_OVERHEAD_BYTES
@@ -271,686 +384,648 @@ def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
             first = recorded
         if index == mid_index:
             mid = recorded
+        if index + 1 in wanted:
+            recorded_instants.append((index + 1, recorded))
     if segment:
         write_segment(archive_dir, segment)
     write_seconds = time.perf_counter() - started
-    count = len(feed)
     del feed, segment
     gc.collect()
+    span = last_occurred - first_occurred
+    occurred_instants = [
+        first_occurred + span * (2 * i + 1) / (2 * INSTANTS) for i in range(INSTANTS)
+    ]
     segments = archive_segments(archive_dir)
-    archive_bytes = sum(s.path.stat().st_size for s in segments)
     return LogFacts(
         events=count,
         users=users,
         days=days,
         simulated=simulated,
         segments=len(segments),
-        archive_mb=archive_bytes / MiB,
+        archive_mb=sum(s.path.stat().st_size for s in segments) / MiB,
         mid_seq=mid_index + 1,
         mid=mid,
         first_recorded=first,
         last_recorded=recorded,
+        first_occurred=first_occurred,
+        last_occurred=last_occurred,
+        recorded_instants=recorded_instants,
+        occurred_instants=occurred_instants,
         simulate_seconds=simulate_seconds,
         write_seconds=write_seconds,
     )
 
 
-# --------------------------------------------------------------------------- measure
+def _file_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / MiB
 
 
-async def measure_replay(
-    label: str,
-    log_: EventLog,
-    until: datetime | None,
-    timeout: float,
-    snapshot_dir: Path | None = None,
-) -> tuple[Replay, ReplayFigure]:
-    """One replay, timed; the caller closes the returned Replay."""
-    log(f"{label} ...")
+# --------------------------------------------------------------------------- 1. baseline
+
+
+async def measure_baseline(
+    archive_dir: Path, path: Path, mid: datetime, timeout: float
+) -> Baseline:
+    log("baseline: from-scratch rebuild of the log's prefix up to the mid-point ...")
+    load = load_average()
+    reported = [0]
+
+    def progress(done: int, total: int) -> None:
+        if done - reported[0] >= 100_000:
+            reported[0] = done
+            log(f"  read {done:,} of at most {total:,} messages")
+
     gc.collect()
     peak_reset = reset_peak_rss()
     cpu_start = time.process_time()
     started = time.perf_counter()
-    result = await within(
-        replay(log_, until=until, clock="recorded", progress=False, snapshot_dir=snapshot_dir),
-        timeout,
-        label,
+    projection = await asyncio.to_thread(Projection, path)
+    try:
+        stats = await within(
+            rebuild(
+                EventLog(archive_dir),
+                projection,
+                tolerance=TOLERANCE,
+                until_recorded=mid,
+                progress=progress,
+            ),
+            timeout,
+            "the baseline rebuild",
+        )
+        seconds = time.perf_counter() - started
+        cpu = time.process_time() - cpu_start
+        peak = memory_kb() if peak_reset else None
+        counts = await asyncio.to_thread(projection.counts)
+    finally:
+        closing = time.perf_counter()
+        await asyncio.to_thread(projection.close)
+        close_seconds = time.perf_counter() - closing
+    figure = Baseline(
+        seconds=seconds,
+        close_seconds=close_seconds,
+        messages=stats.messages,
+        projected=stats.projected,
+        rejected=stats.rejected,
+        last_seq=stats.last_seq,
+        counts=counts,
+        cpu_seconds=cpu,
+        peak_rss_mb=_mb(peak),
+        file_mb=_file_mb(path),
+        load=load,
     )
-    seconds = time.perf_counter() - started
+    log(
+        f"  {seconds:.2f}s ({figure.rate:,.0f} events/s) to seq {stats.last_seq:,}:"
+        f" {counts['playbacks']:,} playbacks"
+    )
+    return figure
+
+
+# --------------------------------------------------------------------------- 2. the CLI
+
+
+def measure_cli(
+    server: EmbeddedServer, archive_dir: Path, output: Path, workdir: Path, timeout: float
+) -> CliRebuild:
+    """``python -m ingestor.cli replay --output OUTPUT`` with the archive as ARCHIVE_DIR and
+    the bench's nats-server as NATS_URL (NATS_EMBEDDED=false: the CLI starts no server, so
+    its peak RSS is its own)."""
+    home = workdir / "cli"
+    env = child_env(
+        {
+            "DATA_DIR": str(home),
+            "ARCHIVE_DIR": str(archive_dir),
+            "NATS_URL": server.url,
+            "NATS_EMBEDDED": "false",
+            "NATS_STORE_DIR": str(home / "nats"),
+            "DUCKDB_PATH": str(home / "unused.duckdb"),
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_PORT": str(free_port()),
+            "LOG_LEVEL": "warning",
+        }
+    )
+    home.mkdir(parents=True, exist_ok=True)
+    log(f"rebuild: `python -m ingestor.cli replay --output {output}` ...")
+    load = load_average()
+    log_path = workdir / "cli-replay.log"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = spawn(
+        [sys.executable, "-m", "ingestor.cli", "replay", "--output", str(output)], env, log_path
+    )
+    polled = 0
+    try:
+        deadline = time.monotonic() + timeout
+        next_report = time.monotonic() + 10
+        while proc.poll() is None:
+            polled = max(polled, process_memory_kb(proc.pid) or 0)
+            now = time.monotonic()
+            if now > deadline:
+                raise BenchError(
+                    f"`ingestor replay` did not finish within {timeout:.0f}s:\n{tail(log_path)}"
+                )
+            if now >= next_report:
+                running = time.perf_counter() - started
+                log(f"  running for {running:.0f}s, VmHWM {polled / 1024:,.0f} MB")
+                next_report = now + 10
+            time.sleep(POLL_S)
+        seconds = time.perf_counter() - started
+    finally:
+        stop_child(proc)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code = proc.returncode
+    if code != 0:
+        raise BenchError(f"`ingestor replay` exited with {code}:\n{tail(log_path)}")
+    text = log_path.read_text(errors="replace")
+    found = CLI_REPORT.search(text)
+    if found is None:
+        raise BenchError(f"`ingestor replay` printed no report line:\n{tail(log_path)}")
+
+    def number(name: str) -> int:
+        return int(found[name].replace(",", ""))
+
+    # ru_maxrss (kB on Linux) is the largest of the children reaped so far: the CLI, and
+    # before it only `nats-server --version` (the bench's own server is reaped at the end)
+    maxrss = after.ru_maxrss if after.ru_maxrss > before.ru_maxrss else None
+    peaks = [v for v in (polled or None, maxrss) if v]
+    figure = CliRebuild(
+        seconds=seconds,
+        own_seconds=float(found["seconds"]),
+        messages=number("messages"),
+        applied=number("applied"),
+        rejected=number("rejected"),
+        last_seq=number("last_seq"),
+        playbacks=number("playbacks"),
+        exit_code=code,
+        peak_rss_mb=_mb(max(peaks)) if peaks else None,
+        polled_hwm_mb=_mb(polled or None),
+        ru_maxrss_mb=_mb(maxrss),
+        cpu_seconds=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        file_mb=_file_mb(output),
+        load=load,
+    )
+    log(
+        f"  {seconds:.2f}s, {figure.rate:,.0f} events/s, peak RSS"
+        f" {_fmt_mb(figure.peak_rss_mb)} MB, {figure.playbacks:,} playbacks"
+    )
+    return figure
+
+
+# --------------------------------------------------------------------------- 3. as-of
+
+
+def _instants(facts: LogFacts) -> list[tuple[str, list[datetime]]]:
+    return [
+        ("recorded", [at for _, at in facts.recorded_instants]),
+        ("occurred", facts.occurred_instants),
+    ]
+
+
+async def measure_as_of(
+    data_dir: Path, facts: LogFacts, baseline_path: Path, timeout: float
+) -> tuple[list[Series], MidCheck]:
+    """``wb.as_of(T, clock)`` + closing the answer, from the rebuilt file (file mode)."""
+    wb = open_data_dir(data_dir, tolerance=TOLERANCE)
+    try:
+        if wb.mode != "file":
+            raise BenchError(f"open_data_dir({data_dir}) is in {wb.mode!r} mode, not 'file'")
+        series: list[Series] = []
+        for clock, instants in _instants(facts):
+            log(f"as-of, {clock} clock: wb.as_of(T) at {len(instants)} instants ...")
+            line = Series(clock)
+            for instant in instants:
+                started = time.perf_counter()
+                answer = await within(wb.as_of(instant, clock), timeout, "wb.as_of")
+                seconds = time.perf_counter() - started
+                playbacks = answer.counts()["playbacks"]  # not timed
+                closing = time.perf_counter()
+                answer.close()
+                seconds += time.perf_counter() - closing
+                line.calls.append(
+                    Call(
+                        clock,
+                        instant,
+                        seconds,
+                        answer.last_seq,
+                        answer.stats.playbacks_refolded,
+                        answer.stats.as_of_seconds,
+                        playbacks,
+                    )
+                )
+            log(f"  median {line.median:.3f}s, worst {line.worst:.3f}s")
+            series.append(line)
+        log("as-of at the mid-point, against the baseline; concurrent_streams on it ...")
+        started = time.perf_counter()
+        answer = await within(wb.as_of(facts.mid, "recorded"), timeout, "wb.as_of")
+        as_of_seconds = time.perf_counter() - started
+        try:
+            check = await asyncio.to_thread(_mid_check, answer, baseline_path, facts.mid)
+        finally:
+            answer.close()
+        check.as_of_seconds = as_of_seconds
+        log(
+            f"  as-of == baseline: {'yes' if check.equal else 'NO'};"
+            f" concurrent_streams {check.concurrent_seconds:.3f}s"
+        )
+        return series, check
+    finally:
+        await wb.close()
+
+
+_PLAYBACK_ROWS = "SELECT * FROM playback_events ORDER BY correlation_key"
+
+
+def _mid_check(answer: Replay, baseline_path: Path, mid: datetime) -> MidCheck:
+    started = time.perf_counter()
+    streams = concurrent_streams(answer.con, until=mid)
+    concurrent_seconds = time.perf_counter() - started
+    counts = answer.counts()
+    mine = answer.con.sql(_PLAYBACK_ROWS).pl()
+    con = duckdb.connect(str(baseline_path), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        theirs = con.sql(_PLAYBACK_ROWS).pl()
+        baseline_counts = Projection.over(con).counts()
+    finally:
+        con.close()
+    equal = mine.columns == theirs.columns and mine.equals(theirs)
+    differing = 0
+    if not equal and mine.columns == theirs.columns:
+        keys = [c for c in mine.columns if mine.schema[c] != pl.List(pl.String)]
+        differing = mine.join(theirs, on=keys, how="anti", nulls_equal=True).height
+        differing += theirs.join(mine, on=keys, how="anti", nulls_equal=True).height
+    elif not equal:
+        differing = max(mine.height, theirs.height)
+    return MidCheck(
+        as_of_seconds=0.0,
+        counts=counts,
+        baseline_counts=baseline_counts,
+        playbacks_equal=equal,
+        playbacks_differing=differing,
+        concurrent_seconds=concurrent_seconds,
+        concurrent_rows=streams.height,
+        concurrent_peak=int(streams["streams"].max()) if streams.height else None,
+    )
+
+
+# --------------------------------------------------------------------------- 4. slider
+
+
+async def measure_slider(
+    data_dir: Path, facts: LogFacts, timeout: float
+) -> tuple[list[Series], tuple[datetime, datetime, int]]:
+    """``await slider.show_at(T)`` on a ``TimeSlider`` over the file-mode Workbench."""
+    every = [at for _, instants in _instants(facts) for at in instants]
+    start, end = _floor(min(every), SLIDER_STEP), max(every)
+    positions = int((end - start) / SLIDER_STEP) + 1
+    wb = open_data_dir(data_dir, tolerance=TOLERANCE)
+    series: list[Series] = []
+    try:
+        for clock, instants in _instants(facts):
+            log(f"time slider, {clock} clock: show_at(T) at {len(instants)} instants ...")
+            slider = TimeSlider(
+                wb, start=start, end=end, step=SLIDER_STEP, clock=clock, tolerance=TOLERANCE
+            )
+            line = Series(clock)
+            try:
+                for instant in instants:
+                    started = time.perf_counter()
+                    shown = await within(slider.show_at(instant), timeout, "slider.show_at")
+                    seconds = time.perf_counter() - started
+                    if shown is None:
+                        raise BenchError(f"slider.show_at({instant}) drew nothing")
+                    view = slider.view_result
+                    active = view.active.height if isinstance(view, SliderView) else 0
+                    rows = view.streams.height if isinstance(view, SliderView) else 0
+                    line.calls.append(
+                        Call(
+                            clock,
+                            instant,
+                            seconds,
+                            shown.last_seq,
+                            shown.stats.playbacks_refolded,
+                            shown.stats.as_of_seconds,
+                            active,
+                            rows,
+                        )
+                    )
+            finally:
+                slider.close()
+            log(f"  median {line.median:.3f}s, worst {line.worst:.3f}s")
+            series.append(line)
+        breakdown = [await _breakdown(wb, line) for line in series]
+    finally:
+        await wb.close()
+    return series, (start, end, positions), breakdown
+
+
+async def _breakdown(wb: Workbench, line: Series) -> MoveBreakdown:
+    """The default view's steps, timed one by one, at the slowest warm move's instant."""
+    warm = line.calls[1:] or line.calls
+    slowest = max(warm, key=lambda c: c.seconds)
+    instant, clock = slowest.instant, slowest.clock
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+    answer = await wb.as_of(instant, clock)  # type: ignore[arg-type]
+    stages["wb.as_of"] = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        active_at(answer, instant)
+        stages["active_at"] = time.perf_counter() - started
+        started = time.perf_counter()
+        streams = concurrent_streams(answer.con, until=instant, tz="UTC")
+        stages["concurrent_streams"] = time.perf_counter() - started
+        started = time.perf_counter()
+        chart = charts.concurrent_streams(streams, title="Concurrent streams")
+        stages["charts.concurrent_streams (build)"] = time.perf_counter() - started
+        started = time.perf_counter()
+        bundle = charts.svg_bundle(chart)
+        stages["charts.svg_bundle (vl-convert)"] = time.perf_counter() - started
+    finally:
+        answer.close()
+    # the same move once more through show_at, beside the steps (same conditions)
+    slider = TimeSlider(
+        wb, start=instant, end=instant, step=SLIDER_STEP, clock=clock, tolerance=TOLERANCE
+    )
+    try:
+        started = time.perf_counter()
+        await slider.show_at(instant)
+        again = time.perf_counter() - started
+    finally:
+        slider.close()
+    return MoveBreakdown(
+        clock,
+        instant,
+        slowest.seconds,
+        again,
+        stages,
+        streams.height,
+        len(bundle["image/svg+xml"]) / 1024,
+    )
+
+
+# --------------------------------------------------------------------------- 5. replay()
+
+
+async def measure_log_replay(
+    archive_dir: Path, facts: LogFacts, baseline: Baseline, timeout: float
+) -> LogReplay:
+    """``replay(EventLog(archive), T)``: the first call projects the whole log in this
+    process, a second one at another instant answers from that projection."""
+    log("workbench replay from the log alone: first call (projects the log) ...")
+    load = load_average()
+    event_log = EventLog(archive_dir)
+    gc.collect()
+    rss_before = memory_kb("VmRSS")
+    peak_reset = reset_peak_rss()
+    cpu_start = time.process_time()
+    started = time.perf_counter()
+    first = await within(
+        replay(event_log, facts.mid, "recorded", progress=False, tolerance=TOLERANCE),
+        timeout,
+        "the first replay()",
+    )
+    first_seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu_start
     peak = memory_kb() if peak_reset else None
-    counts = result.counts()
-    figure = ReplayFigure(
-        label=label,
-        seconds=seconds,
-        build_seconds=result.stats.seconds,
-        messages=result.stats.messages,
-        projected=result.stats.projected,
-        rejected=result.stats.rejected,
-        last_seq=result.last_seq,
-        counts=counts,
-        peak_rss_mb=peak / 1024 if peak is not None else None,
-        cpu_seconds=cpu,
-    )
-    log(f"  {seconds:.2f}s, {figure.rate:,.0f} events/s, {counts['playbacks']:,} playbacks")
-    return result, figure
-
-
-async def measure_snapshots(
-    results: Results, archive: EventLog, snapshot_dir: Path, timeout: float
-) -> None:
-    """Replays with a snapshot directory (``replay(..., snapshot_dir=...)``): the whole log
-    once, saving snapshots every chunk; then to the mid-point, which starts from the newest
-    snapshot recorded by then; then to just before the next snapshot (the most a replay from
-    snapshots has to project). Each must equal the replay from the start."""
-    saving, results.snapshot_save = await measure_replay(
-        "snapshots: replay of the whole log, saving them", archive, None, timeout, snapshot_dir
-    )
-    await asyncio.to_thread(saving.close)
-    saved = Snapshots(snapshot_dir, 10.0).list()  # replay()'s default tolerance
-    log(f"  {len(saved)} snapshots at seq {', '.join(f'{s.seq:,}' for s in saved)}")
-    from_snapshot, results.snapshot_mid = await measure_replay(
-        "snapshots: replay to the mid-point", archive, results.facts.mid, timeout, snapshot_dir
-    )
-    await asyncio.to_thread(from_snapshot.close)
-    if results.snapshot_mid.counts != results.mid.counts:
-        raise BenchError("the replay from a snapshot differs from the replay from the start")
-    later = [s for s in saved if s.recorded_at > results.facts.mid]
-    if later:
-        until = later[0].recorded_at - timedelta(milliseconds=1)
-        far, results.snapshot_far = await measure_replay(
-            "snapshots: replay to just before the next snapshot",
-            archive,
-            until,
-            timeout,
-            snapshot_dir,
-        )
-        await asyncio.to_thread(far.close)
-
-
-async def measure_read(label: str, log_: EventLog, timeout: float) -> ReadFigure:
-    """Iterate ``EventLog.messages()`` to the end, counting only."""
-    log(f"{label} ...")
-
-    async def read() -> tuple[int, int]:
-        messages = batches = 0
-        async with contextlib.aclosing(log_.messages()) as chunks:
-            async for chunk in chunks:
-                messages += len(chunk)
-                batches += 1
-        return messages, batches
-
-    started = time.perf_counter()
-    messages, batches = await within(read(), timeout, label)
-    seconds = time.perf_counter() - started
-    figure = ReadFigure(label, seconds, messages, batches)
-    log(f"  {messages:,} messages in {seconds:.2f}s ({figure.rate:,.0f}/s)")
-    return figure
-
-
-def measure_query(
-    name: str, run: Callable[[], pl.DataFrame], runs: int, describe: Callable[[pl.DataFrame], str]
-) -> QueryFigure:
-    times: list[float] = []
-    frame = pl.DataFrame()
-    for _ in range(runs):
-        started = time.perf_counter()
-        frame = run()
-        times.append(time.perf_counter() - started)
-    figure = QueryFigure(name, times, frame.height, describe(frame))
-    log(f"  {name}: median {figure.median * 1000:.1f} ms ({frame.height:,} rows)")
-    return figure
-
-
-async def publish_log(nc: Client, archive_dir: Path, timeout: float) -> PublishFacts:
-    """Publish the archive's messages, in order, into a fresh ``MEDIA_EVENTS``.
-
-    Each message's ``Nats-Msg-Id`` is its archive sequence (not the event id, as sources use):
-    the simulated feed holds exact re-deliveries, which JetStream would drop as duplicates
-    inside its window, and the stream must hold the very log the archive holds.
-    """
-    await ensure_streams(nc.jetstream(timeout=10), Settings.from_env({}).nats_retention_days)
-
-    def outgoing() -> Iterator[OutgoingMessage]:
-        for segment in archive_segments(archive_dir):
-            table = read_segment(segment.path)
-            for seq, subject, data in zip(
-                table.column("seq").to_pylist(),
-                table.column("subject").to_pylist(),
-                table.column("data").to_pylist(),
-                strict=True,
-            ):
-                yield OutgoingMessage(subject, data, f"bench-{seq}")
-
-    started = time.perf_counter()
-    stats = await within(Publisher(nc).publish_many(outgoing()), timeout, "publishing")
-    seconds = time.perf_counter() - started
-    info = await nc.jetstream(timeout=10).stream_info(STREAM)
-    return PublishFacts(stats.total, seconds, info.state.messages)
-
-
-# --------------------------------------------------------------------------- profile
-
-
-class Stages:
-    """Self time per named stage. Stages nest (a stage's time excludes those timed inside
-    it); the replay runs its stages one after another (the loop awaits each ``to_thread``),
-    so one stack serves every thread."""
-
-    def __init__(self) -> None:
-        self.self_time: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-        self._stack: list[list[float]] = []
-        self._lock = threading.Lock()
-        self.untimed: list[str] = []  # calls the profile could not wrap
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        frame = [0.0]  # time spent in stages nested inside this one
-        with self._lock:
-            self._stack.append(frame)
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            total = time.perf_counter() - started
-            with self._lock:
-                self._stack.pop()
-                self.self_time[name] += total - frame[0]
-                self.calls[name] += 1
-                if self._stack:
-                    self._stack[-1][0] += total
-
-    def wrap(self, name: str, fn: Callable[..., T]) -> Callable[..., T]:
-        def timed(*args: Any, **kwargs: Any) -> T:
-            with self.stage(name):
-                return fn(*args, **kwargs)
-
-        return timed
-
-
-class _GcTimer:
-    """Cyclic GC pauses per generation, from ``gc.callbacks``."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[int, float] = defaultdict(float)
-        self.collections: dict[int, int] = defaultdict(int)
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            generation = info["generation"]
-            self.seconds[generation] += time.perf_counter() - self._started
-            self.collections[generation] += 1
-
-
-# What the DuckDB connection's statements are, for the profile's names.
-# (Looked up leniently: the profile names what it could not time rather than break the bench
-# when the store's internals change.)
-_STATEMENT_STAGES = {
-    getattr(store_module, constant, constant): stage
-    for constant, stage in [
-        ("DELETE_PLAYBACKS", "apply: delete touched playback rows"),
-        ("SELECT_PRIOR_EVENTS", "apply: read back earlier events of touched playbacks"),
-        ("UPDATE_CHECKPOINT", "apply: checkpoint row"),
-        ("INSERT_CHECKPOINT", "apply: checkpoint row"),
-    ]
-}
-
-
-class _TimedRelation:
-    def __init__(self, relation: duckdb.DuckDBPyRelation, stages: Stages, name: str) -> None:
-        self._relation = relation
-        self._stages = stages
-        self._name = name
-
-    def insert_into(self, table: str) -> None:
-        with self._stages.stage(f"apply: insert into {table}"):
-            self._relation.insert_into(table)
-
-    def pl(self) -> pl.DataFrame:
-        with self._stages.stage(self._name):
-            return self._relation.pl()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._relation, name)
-
-
-class _TimedConnection:
-    """The projection's connection, timing the statements of a batch's transaction."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, stages: Stages) -> None:
-        self._con = con
-        self._stages = stages
-
-    def from_arrow(self, table: Any) -> _TimedRelation:
-        return _TimedRelation(self._con.from_arrow(table), self._stages, "apply: from_arrow")
-
-    def sql(self, query: str, **kwargs: Any) -> _TimedRelation:
-        name = _STATEMENT_STAGES.get(query, "apply: other SQL")
-        with self._stages.stage(name):
-            relation = self._con.sql(query, **kwargs)
-        return _TimedRelation(relation, self._stages, name)
-
-    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        name = _STATEMENT_STAGES.get(query)
-        if name is None:
-            return self._con.execute(query, *args, **kwargs)
-        with self._stages.stage(name):
-            return self._con.execute(query, *args, **kwargs)
-
-    def begin(self) -> Any:
-        with self._stages.stage("apply: begin + commit"):
-            return self._con.begin()
-
-    def commit(self) -> Any:
-        with self._stages.stage("apply: begin + commit"):
-            return self._con.commit()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._con, name)
-
-
-# Per-batch calls of the replay timed by the profile: (where the name is looked up, the
-# name, the stage it is counted in).
-_TIMED_CALLS: list[tuple[Any, str, str]] = [
-    (log_module, "read_segment", "read: Parquet segments"),
-    (log_module, "_messages_of", "read: Message objects"),
-    (replay_module, "decode_messages", "decode + validate"),
-    (Pipeline, "project", "dedup: decide each event (Python)"),
-    (Projection, "load_cold", "dedup: load cold keys"),
-    (DedupIndex, "commit", "dedup: index commit + eviction"),
-    (Projection, "apply", "apply: batch bookkeeping (Python)"),
-    (Projection, "close", "close the DuckDB file"),
-    (store_module, "media_events_frame", "apply: tracking columns (Python lists)"),
-    (store_module, "parse_events", "apply: parse JSON payloads (polars)"),
-    (store_module, "fold_playbacks", "apply: fold playbacks (polars)"),
-    (store_module, "audit_table", "apply: audit rows (Python)"),
-]
-
-
-@contextlib.contextmanager
-def instrumented(stages: Stages) -> Iterator[None]:
-    """Timers around the replay's stages, in this process only, removed on exit.
-
-    Per-batch calls are wrapped (reading, decoding, each part of ``Projection.apply``);
-    the per-event dedup decisions are not (a timer per event would cost as much as they do):
-    they are ``Pipeline.project``'s own time, the building of each ``Applied`` included.
-    """
-    patches: list[tuple[Any, str, Any]] = []
-
-    def patch(owner: Any, name: str, value: Any) -> None:
-        patches.append((owner, name, getattr(owner, name)))
-        setattr(owner, name, value)
-
-    original_messages = EventLog.messages
-
-    async def messages(self: EventLog, *args: Any, **kwargs: Any) -> AsyncIterator[list[Message]]:
-        source = original_messages(self, *args, **kwargs)
-        try:
-            while True:
-                with stages.stage("read: other (stream pulls, bounds)"):
-                    try:
-                        batch = await source.__anext__()
-                    except StopAsyncIteration:
-                        return
-                yield batch
-        finally:
-            await source.aclose()
-
-    original_projection = replay_module.Projection
-
-    def projection(path: Path | str, **kwargs: Any) -> Projection:
-        made = original_projection(path, **kwargs)
-        made.con = _TimedConnection(made.con, stages)  # type: ignore[assignment]
-        return made
-
-    patch(EventLog, "messages", messages)
-    if hasattr(replay_module, "Projection"):
-        patch(replay_module, "Projection", projection)
-    else:
-        stages.untimed.append("the projection's DuckDB statements")
-    for owner, name, stage in _TIMED_CALLS:
-        if hasattr(owner, name):
-            patch(owner, name, stages.wrap(stage, getattr(owner, name)))
-        else:  # renamed since this bench was written: its time lands in the caller's stage
-            stages.untimed.append(f"{getattr(owner, '__name__', owner)}.{name}")
     try:
-        yield
+        counts = await asyncio.to_thread(first.counts)
     finally:
-        for owner, name, value in reversed(patches):
-            setattr(owner, name, value)
-
-
-async def profile_replay(archive_dir: Path, timeout: float) -> Profile:
-    """One more whole-log archive replay, with the stage timers and the GC timer on."""
-    log("profile: whole-log archive replay with stage timers ...")
-    stages = Stages()
-    gc_timer = _GcTimer()
-    gc.collect()
-    gc.callbacks.append(gc_timer)
-    try:
-        with instrumented(stages):
-            started = time.perf_counter()
-            result = await within(
-                replay(EventLog(archive_dir), progress=False), timeout, "the profiled replay"
-            )
-            seconds = time.perf_counter() - started
-    finally:
-        gc.callbacks.remove(gc_timer)
-    messages = result.stats.messages
-    await asyncio.to_thread(result.close)
-    timed = sum(stages.self_time.values())
-    stages.self_time["other (event loop, threads, prefix cut, Replay open)"] = seconds - timed
-    log(f"  {seconds:.2f}s instrumented")
-    return Profile(
-        seconds=seconds,
-        messages=messages,
-        stages=dict(stages.self_time),
-        calls=dict(stages.calls),
-        gc_seconds=dict(gc_timer.seconds),
-        gc_collections=dict(gc_timer.collections),
-        untimed=stages.untimed,
+        first.close()
+    if counts != baseline.counts:
+        log(f"  note: replay(mid) counts {counts} differ from the baseline's {baseline.counts}")
+    log(f"  {first_seconds:.2f}s ({first.stats.messages:,} messages projected)")
+    second_instant = facts.recorded_instants[1][1]
+    started = time.perf_counter()
+    second = await within(
+        replay(event_log, second_instant, "recorded", progress=False, tolerance=TOLERANCE),
+        timeout,
+        "the second replay()",
     )
+    second_seconds = time.perf_counter() - started
+    second.close()
+    log(f"  second call {second_seconds:.3f}s ({second.stats.messages:,} messages projected)")
+    figure = LogReplay(
+        first_seconds=first_seconds,
+        first_messages=first.stats.messages,
+        first_as_of_seconds=first.stats.as_of_seconds,
+        first_counts=counts,
+        first_peak_rss_mb=_mb(peak),
+        rss_before_mb=_mb(rss_before),
+        first_cpu_seconds=cpu,
+        second_instant=second_instant,
+        second_seconds=second_seconds,
+        second_messages=second.stats.messages,
+        load=load,
+    )
+    await event_log.close()
+    del event_log, first, second
+    gc.collect()  # the log's projection (a temporary directory) goes with the log
+    return figure
 
 
 # --------------------------------------------------------------------------- the run
 
 
-@dataclass
-class Results:
-    facts: LogFacts
-    archive_read: ReadFigure
-    mid: ReplayFigure
-    whole: ReplayFigure
-    concurrent: QueryFigure
-    peak: QueryFigure
-    publish: PublishFacts | None = None
-    stream_read: ReadFigure | None = None
-    stream: ReplayFigure | None = None
-    profile: Profile | None = None
-    peak_rss_mb: float | None = None
-    peak_rss_scope: str = ""
-    baseline_rss_mb: float | None = None  # RSS when the peak was reset, the log generated
-    load_before: str = ""  # /proc/loadavg once the log is generated, and at the end
-    load_after: str = ""
-    snapshot_save: ReplayFigure | None = None  # whole log, saving snapshots every chunk
-    snapshot_mid: ReplayFigure | None = None  # to the mid-point from the nearest snapshot
-    snapshot_far: ReplayFigure | None = None  # to just before the snapshot after that one
-
-
 async def measure(args: argparse.Namespace, workdir: Path, server: EmbeddedServer) -> Results:
-    archive_dir = workdir / "archive"
+    data_dir = workdir / "data"
+    archive_dir = data_dir / "archive"
+    loads = {"start": load_average()}
     facts = generate(args.events, args.days, archive_dir)
     log(
         f"  {facts.events:,} messages in {facts.segments} segments ({facts.archive_mb:,.0f} MB);"
         f" mid-point seq {facts.mid_seq:,} recorded {facts.mid.isoformat()}"
     )
-    scope = "the replays and queries (reset after generating the log)"
-    load_before = load_average()
-    baseline = memory_kb("VmRSS")
-    if not reset_peak_rss():
-        scope = "the whole bench process, generating the log included (no clear_refs)"
-    archive = EventLog(archive_dir)
-    archive_read = await measure_read("archive: EventLog.messages() alone", archive, args.timeout)
-
-    mid_replay, mid = await measure_replay(
-        "archive: replay to the mid-point", archive, facts.mid, args.timeout
-    )
-    try:
-        log(f"queries on the mid-point replay ({args.query_runs} runs each)")
-        concurrent = measure_query(
-            "concurrent_streams",
-            lambda: concurrent_streams(mid_replay, until=facts.mid),
-            args.query_runs,
-            lambda frame: f"{frame.height:,} changes, peak {frame['streams'].max()}",
+    baseline_path = workdir / "baseline.duckdb"
+    baseline = await measure_baseline(archive_dir, baseline_path, facts.mid, args.timeout)
+    output = data_dir / "analytics.duckdb"
+    cli = await asyncio.to_thread(measure_cli, server, archive_dir, output, workdir, args.timeout)
+    if cli.messages != facts.events or cli.last_seq != facts.events:
+        raise BenchError(
+            f"`ingestor replay` read {cli.messages:,} messages to seq {cli.last_seq:,}; the log"
+            f" holds {facts.events:,}"
         )
-        peak = measure_query(
-            "max_concurrent_streams",
-            lambda: max_concurrent_streams(mid_replay, until=facts.mid),
-            args.query_runs,
-            lambda frame: f"{frame['streams'].item()} streams at {frame['at'].item()}",
-        )
-    finally:
-        await asyncio.to_thread(mid_replay.close)
-    whole_replay, whole = await measure_replay(
-        "archive: replay of the whole log", archive, None, args.timeout
+    loads["as-of"] = load_average()
+    as_of, mid_check = await measure_as_of(data_dir, facts, baseline_path, args.timeout)
+    loads["slider"] = load_average()
+    slider, slider_range, breakdown = await measure_slider(data_dir, facts, args.timeout)
+    log_replay = await measure_log_replay(archive_dir, facts, baseline, args.timeout)
+    loads["end"] = load_average()
+    return Results(
+        facts, baseline, cli, as_of, mid_check, slider, slider_range, breakdown, log_replay, loads
     )
-    await asyncio.to_thread(whole_replay.close)
-    results = Results(facts, archive_read, mid, whole, concurrent, peak, peak_rss_scope=scope)
-    await measure_snapshots(results, archive, workdir / "snapshots", args.timeout)
-    results.baseline_rss_mb = baseline / 1024 if baseline is not None else None
-    results.load_before = load_before
-
-    if not args.no_jetstream:
-        nc = await nats.connect(server.url, connect_timeout=5, allow_reconnect=False)
-        try:
-            log(f"publishing the log into {STREAM} (not a figure) ...")
-            results.publish = await publish_log(nc, archive_dir, args.timeout)
-            log(
-                f"  {results.publish.stream_messages:,} stored in {results.publish.seconds:.1f}s"
-                f" ({results.publish.messages / results.publish.seconds:,.0f}/s)"
-            )
-            if results.publish.stream_messages != facts.events:
-                raise BenchError(
-                    f"{STREAM} holds {results.publish.stream_messages:,} messages, expected "
-                    f"{facts.events:,}"
-                )
-            stream = EventLog(nc=nc)
-            results.stream_read = await measure_read(
-                "JetStream: EventLog.messages() alone", stream, args.timeout
-            )
-            stream_replay, results.stream = await measure_replay(
-                "JetStream: replay of the whole log", stream, None, args.timeout
-            )
-            await asyncio.to_thread(stream_replay.close)
-        finally:
-            await nc.close()
-
-    peaks = [f.peak_rss_mb for f in (mid, whole, results.stream) if f and f.peak_rss_mb]
-    if scope.startswith("the replays"):
-        results.peak_rss_mb = max(peaks, default=None)
-    else:
-        hwm = memory_kb()
-        results.peak_rss_mb = hwm / 1024 if hwm is not None else None
-    if args.profile:
-        results.profile = await profile_replay(archive_dir, args.timeout)
-    results.load_after = load_average()
-    return results
 
 
 # --------------------------------------------------------------------------- report
 
 
+def _series_line(s: Series, what: str) -> str:
+    times = ", ".join(f"{t:.3f}" for t in s.times)
+    refolded = [c.refolded for c in s.calls]
+    own = [c.as_of_seconds for c in s.calls]
+    line = (
+        f"  {what}, {s.clock} clock: seconds per instant {times};"
+        f" playbacks refolded {min(refolded):,}..{max(refolded):,};"
+        f" the answer's own SQL and refold (stats.as_of_seconds) {min(own):.3f}..{max(own):.3f}s"
+    )
+    if what == "as-of":
+        sizes = [c.playbacks for c in s.calls]
+        line += f"; playbacks in the answers {min(sizes):,}..{max(sizes):,}"
+    else:
+        active = [c.playbacks for c in s.calls]
+        rows = [c.streams_rows for c in s.calls]
+        line += (
+            f"; active playbacks {min(active):,}..{max(active):,}, concurrent-streams rows"
+            f" {min(rows):,}..{max(rows):,}; the first move (cold: chart engine) took"
+            f" {s.times[0]:.3f}s"
+        )
+    return line
+
+
+def _breakdown_line(x: MoveBreakdown) -> str:
+    stages = ", ".join(f"{name} {seconds:.3f}s" for name, seconds in x.stages.items())
+    return (
+        f"  slider move at {x.instant:%m-%d %H:%M} ({x.clock} clock, the slowest warm one,"
+        f" {x.move_seconds:.3f}s) step by step: {stages} (sum {sum(x.stages.values()):.3f}s;"
+        f" show_at there once more {x.again_seconds:.3f}s); {x.streams_rows:,} change points,"
+        f" SVG {x.svg_kb:,.0f} KB"
+    )
+
+
+def _instants_line(s: Series) -> str:
+    return f"  {s.clock} instants: " + ", ".join(f"{c.instant:%m-%d %H:%M}" for c in s.calls)
+
+
 def report(env: dict[str, str], r: Results) -> tuple[list[str], dict[str, Any]]:
-    f = r.facts
+    f, b, cli, m, lr = r.facts, r.baseline, r.cli, r.mid_check, r.log_replay
+    as_of = {s.clock: s for s in r.as_of}
+    slider_times = [t for s in r.slider for t in s.times]
+    slider_median, slider_worst = statistics.median(slider_times), max(slider_times)
+    start, end, positions = r.slider_range
     details = [
         "details:",
         f"  log: {f.events:,} events ({f.users:,} users x {f.days} days, seed {SEED};"
-        f" the simulator made {f.simulated:,}, the first {f.events:,} in publish order kept),"
-        f" recorded {f.first_recorded:%Y-%m-%d %H:%M} .. {f.last_recorded:%Y-%m-%d %H:%M} UTC;"
+        f" the simulator made {f.simulated:,}, the first {f.events:,} in publish order kept);"
+        f" recorded {f.first_recorded:%Y-%m-%d %H:%M} .. {f.last_recorded:%Y-%m-%d %H:%M} UTC,"
+        f" occurred {f.first_occurred:%Y-%m-%d %H:%M} .. {f.last_occurred:%Y-%m-%d %H:%M};"
         f" {f.segments} archive segments, {f.archive_mb:,.0f} MB; generated in"
         f" {f.simulate_seconds:.1f}s + written in {f.write_seconds:.1f}s (not figures)",
         f"  mid-point: {f.mid.isoformat()} (recorded clock), the recorded_at of message"
         f" {f.mid_seq:,}",
-        _read_line(r.archive_read),
-        _replay_line(r.mid),
-        _replay_line(r.whole),
+        f"  baseline: rebuild(until_recorded=mid) read {b.messages:,} messages to seq"
+        f" {b.last_seq:,} ({b.rate:,.0f} events/s, {b.cpu_seconds:.1f}s CPU), projected"
+        f" {b.projected:,} ({b.rejected:,} rejected): {b.counts['accepted']:,} events,"
+        f" {b.counts['playbacks']:,} playbacks; closing the file {b.close_seconds:.2f}s more"
+        f" ({b.file_mb:,.0f} MB); this process's peak RSS {_fmt_mb(b.peak_rss_mb)} MB;"
+        f" load {b.load}",
+        f"  ingestor replay: {cli.seconds:.2f}s spawn to exit ({cli.own_seconds:.1f}s by its"
+        f" own report), {cli.cpu_seconds:.1f}s CPU; {cli.messages:,} messages to seq"
+        f" {cli.last_seq:,}, {cli.applied:,} applied, {cli.rejected:,} undecodable,"
+        f" {cli.playbacks:,} playbacks; file {cli.file_mb:,.0f} MB; peak RSS: VmHWM polled"
+        f" {_fmt_mb(cli.polled_hwm_mb)} MB, ru_maxrss {_fmt_mb(cli.ru_maxrss_mb)} MB"
+        f" (NATS_URL = the bench's nats-server, so no server is in it); load {cli.load}",
+        _instants_line(as_of["recorded"]),
+        _instants_line(as_of["occurred"]),
+        *[_series_line(s, "as-of") for s in r.as_of],
+        f"  as-of at the mid-point: {m.as_of_seconds:.3f}s; equals the baseline's from-scratch"
+        " file: "
+        + (
+            "yes (counts and every playback row)"
+            if m.equal
+            else f"NO (counts {m.counts} vs {m.baseline_counts}; {m.playbacks_differing:,}"
+            " playback rows differ)"
+        ),
+        f"  concurrent_streams(answer.con, until=mid): {m.concurrent_seconds:.3f}s,"
+        f" {m.concurrent_rows:,} change points, peak {m.concurrent_peak}",
+        f"  time slider: {positions:,} positions {start:%m-%d %H:%M} .. {end:%m-%d %H:%M} UTC"
+        f" every {SLIDER_STEP}; Workbench in file mode",
+        *[_series_line(s, "slider") for s in r.slider],
+        *[_breakdown_line(x) for x in r.breakdown],
+        f"  replay(EventLog(archive), mid): first call {lr.first_seconds:.2f}s projecting"
+        f" {lr.first_messages:,} messages ({lr.rate:,.0f} events/s, {lr.first_cpu_seconds:.1f}s"
+        f" CPU; answering {lr.first_as_of_seconds:.3f}s of it), counts "
+        + (
+            "= the baseline's"
+            if lr.first_counts == b.counts
+            else f"{lr.first_counts} (NOT the baseline's)"
+        )
+        + f"; peak RSS {_fmt_mb(lr.first_peak_rss_mb)} MB (VmHWM reset at"
+        f" {_fmt_mb(lr.rss_before_mb)} MB); second call at {lr.second_instant:%m-%d %H:%M}:"
+        f" {lr.second_seconds:.3f}s, {lr.second_messages:,} messages projected; load {lr.load}",
+        "  load average (1, 5, 15 min): "
+        + "; ".join(f"{phase} {value}" for phase, value in r.loads.items())
+        + f" on {env['cores']} cores",
     ]
-    if r.stream_read is not None and r.stream is not None and r.publish is not None:
-        same = r.stream.counts == r.whole.counts
-        details += [
-            f"  JetStream: {r.publish.stream_messages:,} messages published in"
-            f" {r.publish.seconds:.1f}s (not a figure; Nats-Msg-Id = archive sequence)",
-            _read_line(r.stream_read),
-            _replay_line(r.stream),
-            "  JetStream replay gives the same counts as the archive replay: "
-            + ("yes" if same else f"NO ({r.stream.counts} vs {r.whole.counts})"),
-        ]
-    for query in (r.concurrent, r.peak):
-        runs = ", ".join(f"{t * 1000:.1f}" for t in query.runs)
-        details.append(f"  {query.name}(until=mid-point): {query.answer}; runs (ms): {runs}")
-    details.append(
-        f"  peak RSS: VmHWM over {r.peak_rss_scope}; RSS before the replays (modules loaded,"
-        f" the log generated and freed) {_mb(r.baseline_rss_mb)} MB"
-    )
-    details.append(
-        f"  load average (1, 5, 15 min) before the replays {r.load_before}, at the end"
-        f" {r.load_after}" + _load_note(r.load_before, r.load_after, env["cores"])
-    )
-    if r.profile is not None:
-        details += _profile_lines(r.profile)
 
+    def ratio(series: Series) -> float:
+        return b.seconds / series.median if series.median > 0 else float("inf")
+
+    verdicts = {
+        f"as-of < {TARGET_AS_OF_S:g} s": max(s.worst for s in r.as_of) < TARGET_AS_OF_S,
+        f"slider < {TARGET_SLIDER_S:g} s": slider_worst < TARGET_SLIDER_S,
+        f"rebuild >= {TARGET_REBUILD_RATE:,}/s": cli.rate >= TARGET_REBUILD_RATE,
+        "RSS < 1 GB": cli.peak_rss_mb is not None and cli.peak_rss_mb < TARGET_RSS_MB,
+    }
     figures = [
         f"events: {f.events:,}",
-        f"archive replay to mid-point: {r.mid.seconds:.2f} s"
-        f"   ({r.mid.messages:,} messages, {r.mid.rate:,.0f} events/s)",
-        f"projected at mid-point: {r.mid.counts['accepted']:,} events,"
-        f" {r.mid.counts['playbacks']:,} playbacks",
-        f"archive replay of whole log: {r.whole.seconds:.2f} s   ({r.whole.rate:,.0f} events/s)",
-        f"concurrent_streams query: {r.concurrent.median:.3f} s   (median of"
-        f" {len(r.concurrent.runs)})",
-        f"max_concurrent_streams query: {r.peak.median:.3f} s   (median of {len(r.peak.runs)})",
+        f"baseline from-scratch replay to the mid-point: {b.seconds:.1f} s",
+        *[
+            f"as-of {s.clock} clock: median {s.median:.2f} s, worst {s.worst:.2f} s"
+            f" ({ratio(s):,.0f}x faster than the baseline)"
+            for s in r.as_of
+        ],
+        f"concurrent_streams on an as-of answer: {m.concurrent_seconds:.3f} s",
+        f"time slider move: median {slider_median:.2f} s, worst {slider_worst:.2f} s",
+        f"rebuild (ingestor replay): {cli.rate:,.0f} events/s, peak RSS"
+        f" {_fmt_mb(cli.peak_rss_mb)} MB",
+        f"workbench replay from the log: first call {lr.first_seconds:.1f} s"
+        f" ({lr.rate:,.0f} events/s, peak RSS {_fmt_mb(lr.first_peak_rss_mb)} MB),"
+        f" second call {lr.second_seconds:.2f} s",
+        "as-of at the mid-point equals the baseline: " + ("yes" if m.equal else "NO"),
+        "targets: "
+        + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in verdicts.items()),
     ]
-    if r.stream is not None and r.stream_read is not None:
-        figures += [
-            f"JetStream replay of whole log: {r.stream.rate:,.0f} events/s"
-            f"   ({r.stream.seconds:.2f} s)",
-            f"JetStream read alone: {r.stream_read.rate:,.0f} events/s",
-        ]
-    if r.snapshot_mid is not None and r.snapshot_save is not None:
-        figures.append(
-            f"snapshots: whole-log replay saving them: {r.snapshot_save.seconds:.2f} s;"
-            f" replay to mid-point from one: {r.snapshot_mid.seconds:.2f} s"
-            f"   ({r.snapshot_mid.messages:,} messages after it)"
-        )
-    if r.snapshot_far is not None:
-        figures.append(
-            f"snapshots: replay to just before the next one: {r.snapshot_far.seconds:.2f} s"
-            f"   ({r.snapshot_far.messages:,} messages after the snapshot)"
-        )
-    figures.append(f"peak RSS: {_mb(r.peak_rss_mb)} MB")
-    verdicts = {
-        "replay": r.mid.seconds < TARGET_REPLAY_S,
-        **(
-            {"replay from a snapshot": r.snapshot_mid.seconds < TARGET_REPLAY_S}
-            if r.snapshot_mid is not None
-            else {}
-        ),
-        "query": max(r.concurrent.median, r.peak.median) < TARGET_QUERY_S,
-    }
-    if r.stream is not None:
-        verdicts["jetstream"] = r.stream.rate >= TARGET_JETSTREAM_RATE
-    figures.append(
-        f"target: replay < {TARGET_REPLAY_S:g} s, query < {TARGET_QUERY_S:g} s"
-        + (f", JetStream >= {TARGET_JETSTREAM_RATE:,} events/s" if r.stream else "")
-        + ": "
-        + ", ".join(f"{name} {'met' if ok else 'NOT met'}" for name, ok in verdicts.items())
-    )
     data = {
         "environment": env,
         "events": f.events,
         "mid_point": f.mid.isoformat(),
-        "archive_replay_mid_seconds": round(r.mid.seconds, 3),
-        "archive_replay_mid_events_per_s": round(r.mid.rate, 1),
-        "projected_mid": r.mid.counts,
-        "archive_replay_whole_seconds": round(r.whole.seconds, 3),
-        "snapshot_replay_mid_seconds": round(r.snapshot_mid.seconds, 3) if r.snapshot_mid else None,
-        "snapshot_replay_far_seconds": round(r.snapshot_far.seconds, 3) if r.snapshot_far else None,
-        "archive_replay_whole_events_per_s": round(r.whole.rate, 1),
-        "concurrent_streams_seconds": round(r.concurrent.median, 4),
-        "max_concurrent_streams_seconds": round(r.peak.median, 4),
-        "jetstream_replay_events_per_s": round(r.stream.rate, 1) if r.stream else None,
-        "jetstream_read_events_per_s": round(r.stream_read.rate, 1) if r.stream_read else None,
-        "peak_rss_mb": round(r.peak_rss_mb, 1) if r.peak_rss_mb is not None else None,
-        "load_average": {"before": r.load_before, "after": r.load_after},
-        "target": {
-            "replay_seconds": TARGET_REPLAY_S,
-            "query_seconds": TARGET_QUERY_S,
-            "jetstream_events_per_s": TARGET_JETSTREAM_RATE,
+        "baseline_seconds": round(b.seconds, 3),
+        "as_of": {
+            s.clock: {
+                "median_seconds": round(s.median, 4),
+                "worst_seconds": round(s.worst, 4),
+                "baseline_ratio": round(ratio(s), 1),
+            }
+            for s in r.as_of
+        },
+        "concurrent_streams_seconds": round(m.concurrent_seconds, 4),
+        "slider_median_seconds": round(slider_median, 4),
+        "slider_worst_seconds": round(slider_worst, 4),
+        "rebuild_events_per_s": round(cli.rate, 1),
+        "rebuild_peak_rss_mb": round(cli.peak_rss_mb, 1) if cli.peak_rss_mb else None,
+        "log_replay_first_seconds": round(lr.first_seconds, 3),
+        "log_replay_events_per_s": round(lr.rate, 1),
+        "log_replay_peak_rss_mb": round(lr.first_peak_rss_mb, 1) if lr.first_peak_rss_mb else None,
+        "log_replay_second_seconds": round(lr.second_seconds, 4),
+        "mid_point_equals_baseline": m.equal,
+        "targets": {
+            "as_of_seconds": TARGET_AS_OF_S,
+            "slider_seconds": TARGET_SLIDER_S,
+            "rebuild_events_per_s": TARGET_REBUILD_RATE,
+            "rebuild_rss_mb": TARGET_RSS_MB,
             "met": verdicts,
         },
+        "load_average": r.loads,
         "log": asdict(f),
-        "archive_read": asdict(r.archive_read),
-        "mid": asdict(r.mid),
-        "whole": asdict(r.whole),
-        "queries": [asdict(r.concurrent), asdict(r.peak)],
-        "publish": asdict(r.publish) if r.publish else None,
-        "stream_read": asdict(r.stream_read) if r.stream_read else None,
-        "stream": asdict(r.stream) if r.stream else None,
-        "profile": asdict(r.profile) if r.profile else None,
+        "baseline": asdict(b),
+        "rebuild": asdict(cli),
+        "as_of_calls": [asdict(s) for s in r.as_of],
+        "mid_check": asdict(m),
+        "slider_calls": [asdict(s) for s in r.slider],
+        "slider_range": {"start": start, "end": end, "positions": positions},
+        "slider_breakdown": [asdict(x) for x in r.breakdown],
+        "log_replay": asdict(lr),
     }
     return [*details, "", *figures], data
-
-
-def _read_line(figure: ReadFigure) -> str:
-    return (
-        f"  {figure.label}: {figure.messages:,} messages in {figure.batches:,} batches,"
-        f" {figure.seconds:.2f}s, {figure.rate:,.0f} messages/s"
-    )
-
-
-def _replay_line(figure: ReplayFigure) -> str:
-    c = figure.counts
-    return (
-        f"  {figure.label}: {figure.seconds:.2f}s ({figure.build_seconds:.2f}s building,"
-        f" the rest opening the Replay), {figure.cpu_seconds:.2f}s CPU;"
-        f" read {figure.messages:,} to seq {figure.last_seq:,}, projected {figure.projected:,}"
-        f" ({figure.rejected:,} rejected): {c['accepted']:,} events, {c['playbacks']:,}"
-        f" playbacks, {c['dropped_event_id']:,} + {c['dropped_session_key']:,} dropped"
-        f" (event id + session key), {c['linked']:,} linked; peak RSS"
-        f" {_mb(figure.peak_rss_mb)} MB"
-    )
-
-
-def _profile_lines(p: Profile) -> list[str]:
-    lines = [
-        f"  profile of one more whole-log archive replay ({p.messages:,} messages,"
-        f" {p.seconds:.2f}s with the timers on); self time per stage, largest first:"
-    ]
-    for name, seconds in sorted(p.stages.items(), key=lambda kv: -kv[1]):
-        share = 100 * seconds / p.seconds if p.seconds else 0.0
-        per_event = 1e6 * seconds / p.messages if p.messages else 0.0
-        calls = p.calls.get(name)
-        lines.append(
-            f"    {name:<58} {seconds:7.2f}s {share:5.1f}% {per_event:6.2f} us/event"
-            + (f"  ({calls:,} calls)" if calls else "")
-        )
-    total_gc = sum(p.gc_seconds.values())
-    per_gen = ", ".join(
-        f"gen{g} {p.gc_collections.get(g, 0):,} x {p.gc_seconds.get(g, 0.0):.2f}s"
-        for g in sorted(p.gc_collections)
-    )
-    lines.append(
-        f"    of which cyclic GC pauses (inside the stages above): {total_gc:.2f}s"
-        f" ({100 * total_gc / p.seconds if p.seconds else 0:.1f}%): {per_gen or 'none'}"
-    )
-    if p.untimed:
-        lines.append(
-            "    not found, so not timed apart (their time is in their callers' stages): "
-            + ", ".join(p.untimed)
-        )
-    return lines
-
-
-def _load_note(before: str, after: str, cores: str) -> str:
-    try:
-        busiest = max(float(v) for v in (before.split() + after.split())[::3])
-        busy = busiest > float(cores)  # the bench itself accounts for about 1
-    except ValueError:
-        return ""
-    if not busy:
-        return ""
-    return (
-        f": {busiest:.1f} runnable on {cores} cores, other work shared them (compare each"
-        " replay's CPU seconds with its wall seconds)"
-    )
-
-
-def _mb(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
 
 
 # --------------------------------------------------------------------------- main
@@ -959,30 +1034,14 @@ def _mb(value: float | None) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench/replay.py",
-        description="Time the workbench's replay of an archived simulated log (and through "
-        "JetStream), and a concurrent-streams query on the mid-point replay.",
+        description="Time the projection as of an instant (as-of answers, slider moves) "
+        "against a from-scratch rebuild, and `ingestor replay` of the whole log.",
     )
     parser.add_argument(
         "--events", type=int, default=1_000_000, help="events in the log (default 1000000)"
     )
     parser.add_argument(
         "--days", type=int, default=DAYS, help=f"days the simulated feed spans (default {DAYS})"
-    )
-    parser.add_argument(
-        "--query-runs",
-        type=int,
-        default=5,
-        help="runs of each query; the median is the figure (default 5)",
-    )
-    parser.add_argument(
-        "--no-jetstream",
-        action="store_true",
-        help="skip publishing into JetStream and the JetStream figures",
-    )
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="one more whole-log archive replay with stage timers; breakdown in the details",
     )
     parser.add_argument(
         "--timeout",
@@ -993,12 +1052,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     args = parser.parse_args(argv)
-    if args.events < 2:
-        parser.error("--events must be at least 2")
-    if args.days < 1:
-        parser.error("--days must be at least 1")
-    if args.query_runs < 1:
-        parser.error("--query-runs must be at least 1")
+    if args.events < 2 * INSTANTS:
+        parser.error(f"--events must be at least {2 * INSTANTS}")
+    # the slider spans the instants (about 90 % of the feed) every 15 minutes
+    most_days = int(MAX_SLIDER_STEPS * SLIDER_STEP / timedelta(days=1) / 0.95) - 1
+    if not 1 <= args.days <= most_days:
+        parser.error(f"--days must be between 1 and {most_days} (the slider's positions)")
     return args
 
 
@@ -1011,16 +1070,13 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     workdir = Path(tempfile.mkdtemp(prefix="bench-replay-"))
-    # the replays' DuckDB files go to the bench's directory too, not the system's temp
+    # the workbench's temporary projection goes to the bench's directory too
     previous_tempdir = tempfile.tempdir
     tempfile.tempdir = str(workdir)
     server = EmbeddedServer("127.0.0.1", free_port(), workdir / "nats")
     try:
-        if not args.no_jetstream:
-            server.start()
-            log(f"nats-server at {server.url}, work directory {workdir}")
-        else:
-            log(f"work directory {workdir}")
+        server.start()
+        log(f"nats-server at {server.url}, work directory {workdir}")
         results = asyncio.run(measure(args, workdir, server))
     finally:
         server.stop()
@@ -1041,7 +1097,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except (BenchError, IngestorError, OSError) as exc:
+    except (BenchError, IngestorError, OSError, subprocess.SubprocessError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
