@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 MAX_SLIDER_STEPS = 5000
 """A slider with more positions than this is refused: every label travels to the browser."""
 
+STREAMS_WINDOW = timedelta(hours=24)
+"""The slider's chart shows the concurrent streams of this long up to its instant (the whole
+history up to it is what ``workbench.stats.concurrent_streams`` gives)."""
+
 MAX_TABLE_ROWS = 200
 """A frame displayed by a widget shows up to this many rows (polars' default is 10)."""
 
@@ -142,7 +146,8 @@ class SliderView:
 
     instant: datetime
     active: pl.DataFrame  # workbench.temporal.active_at at the instant
-    streams: pl.DataFrame  # workbench.stats.concurrent_streams up to the instant (in tz)
+    # workbench.stats.concurrent_streams in the STREAMS_WINDOW up to the instant (in tz)
+    streams: pl.DataFrame
     chart: alt.TopLevelMixin
 
 
@@ -156,10 +161,11 @@ class TimeSlider:
     way a move answers from a projection, without replaying the log.
 
     The default view is the playbacks active at that instant
-    (:func:`workbench.temporal.active_at`) as a table, and the concurrent streams up to it as
-    a chart; ``view`` replaces it with any ``Callable[[Replay], object]``. Labels and times
-    read in ``tz``. ``step`` is the distance between two slider positions; the positions
-    are ``start``, ``start + step``, ... up to ``end`` (included when on the grid).
+    (:func:`workbench.temporal.active_at`) as a table, and the concurrent streams of the
+    :data:`STREAMS_WINDOW` up to it as a chart; ``view`` replaces it with any
+    ``Callable[[Replay], object]``. Labels and times read in ``tz``. ``step`` is the
+    distance between two slider positions; the positions are ``start``, ``start + step``,
+    ... up to ``end`` (included when on the grid).
 
     Only the latest request is drawn: one replay runs at a time, a request superseded before
     its turn never starts, and one superseded while running is closed without being drawn.
@@ -385,7 +391,9 @@ class TimeSlider:
         instant = replayed.as_of
         assert instant is not None
         active = active_at(replayed, instant)
-        streams = stats.concurrent_streams(replayed.con, until=instant, tz=self.tz)
+        streams = stats.concurrent_streams(replayed.con, until=instant, tz=self.tz).filter(
+            pl.col("at").dt.convert_time_zone("UTC") >= instant - STREAMS_WINDOW
+        )
         chart = charts.concurrent_streams(
             streams, title=f"Concurrent streams up to {self._label(instant)}"
         )

@@ -143,28 +143,44 @@ CREATE OR REPLACE TEMP VIEW detection_alerts AS
 SELECT * FROM {src}.detection_alerts WHERE seq <= {known}{valid}
 """
 _SEQ_VIEW = "CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {table} WHERE seq <= {known}"
-# the playbacks the point cuts through: events on both sides of it, or moved after it
-_AFFECTED = """
-CREATE OR REPLACE TEMP TABLE _as_of_affected AS
+# the playbacks the point may cut through: events on both sides of it, or moved after it
+# (keys only: on the occurred clock early in the log this is most playbacks)
+_CANDIDATES = """
+CREATE OR REPLACE TEMP TABLE _as_of_candidates AS
 SELECT correlation_key FROM {src}.playback_events
 WHERE first_seq <= {known} AND (last_seq > {known}{valid_cut})
 UNION SELECT from_key FROM {moves} WHERE seq > {known} AND from_key IS NOT NULL
 UNION SELECT to_key FROM {moves} WHERE seq > {known}
 """
-_KEPT_PLAYBACKS = """
-CREATE OR REPLACE TEMP TABLE playback_events AS
-SELECT * FROM {src}.playback_events
-WHERE last_seq <= {known}{valid_kept}
-  AND correlation_key NOT IN (SELECT correlation_key FROM _as_of_affected)
+# the events as of the point of those that have any: the playbacks to fold again (key
+# columns only; the payloads are read below by sequence, which reads only those rows)
+_REFOLD_EVENTS = """
+CREATE OR REPLACE TEMP TABLE _as_of_refold AS
+SELECT seq, correlation_key FROM media_events
+WHERE correlation_key IN (SELECT correlation_key FROM _as_of_candidates)
 """
 _REFOLD_INPUT = """
-SELECT seq, correlation_key, payload FROM media_events
-WHERE correlation_key IN (SELECT correlation_key FROM _as_of_affected)
-ORDER BY seq
+SELECT r.seq, r.correlation_key, e.payload
+FROM _as_of_refold r JOIN {src}.media_events e ON e.seq = r.seq
+WHERE e.seq BETWEEN {low} AND {high}
+ORDER BY r.seq
+"""
+# every other playback's row is the stored one: a view, nothing copied
+_PLAYBACKS_VIEW = """
+CREATE OR REPLACE TEMP VIEW playback_events AS
+SELECT * FROM {src}.playback_events
+WHERE last_seq <= {known}{valid_kept}
+  AND correlation_key NOT IN (SELECT correlation_key FROM _as_of_candidates)
+UNION ALL
+SELECT * FROM _as_of_refolded
 """
 _CHECKPOINT_TABLE = (
     f"CREATE OR REPLACE TEMP TABLE {CHECKPOINT_TABLE} AS "
     "SELECT 'projector' AS consumer, {known}::BIGINT AS last_seq, now() AS updated_at"
+)
+_REFOLDED_TABLE = (
+    "CREATE OR REPLACE TEMP TABLE _as_of_refolded AS "
+    "SELECT * FROM {src}.playback_events WHERE false"
 )
 _PLAYBACK_NAMES = [name for name, _ in PLAYBACK_COLUMNS]
 
@@ -278,10 +294,10 @@ def open_as_of(
         cursor.execute(_ALERTS_VIEW.format(src=src, known=known, valid=valid_alert))
         cursor.execute(_SEQ_VIEW.format(name="playback_moves", table=moves, known=known))
         cursor.execute(_SEQ_VIEW.format(name="audit_decisions", table=decisions, known=known))
-        cursor.execute(_AFFECTED.format(src=src, moves=moves, known=known, valid_cut=valid_cut))
-        cursor.execute(_KEPT_PLAYBACKS.format(src=src, known=known, valid_kept=valid_kept))
-        kept = cursor.execute("SELECT count(*) FROM playback_events").fetchall()[0][0]
-        refolded, events = _refold(cursor)
+        cursor.execute(_CANDIDATES.format(src=src, moves=moves, known=known, valid_cut=valid_cut))
+        refolded, events = _refold(cursor, src)
+        cursor.execute(_PLAYBACKS_VIEW.format(src=src, known=known, valid_kept=valid_kept))
+        kept = cursor.execute("SELECT count(*) FROM playback_events").fetchall()[0][0] - refolded
         cursor.execute(_CHECKPOINT_TABLE.format(known=known))
     except BaseException:
         cursor.close()
@@ -289,22 +305,25 @@ def open_as_of(
     return cursor, AsOfStats(int(kept), refolded, events, time.perf_counter() - started)
 
 
-def _refold(cursor: duckdb.DuckDBPyConnection) -> tuple[int, int]:
-    """Fold the cut-through playbacks from their events as of the point (views above) and
-    add their rows; a playback with no event as of the point has no row."""
+def _refold(cursor: duckdb.DuckDBPyConnection, src: str) -> tuple[int, int]:
+    """Fold the cut-through playbacks from their events as of the point (views above) into
+    ``_as_of_refolded``; a playback with no event as of the point has no row."""
     from ingestor.projection.store import parse_events  # the write path's own decoding
 
-    rows = cursor.sql(_REFOLD_INPUT).pl()
-    if rows.height == 0:
+    cursor.execute(_REFOLD_EVENTS)
+    cursor.execute(_REFOLDED_TABLE.format(src=src))
+    (low, high) = cursor.execute("SELECT min(seq), max(seq) FROM _as_of_refold").fetchall()[0]
+    if low is None:
         return 0, 0
+    rows = cursor.sql(_REFOLD_INPUT.format(src=src, low=int(low), high=int(high))).pl()
     frame = parse_events(rows["payload"]).with_columns(rows["seq"], rows["correlation_key"])
     folded = fold_playbacks(frame.select(FOLD_INPUT_COLUMNS))
-    cursor.register("_as_of_refolded", folded.to_arrow())
+    cursor.register("_as_of_folded", folded.to_arrow())
     try:
         names = ", ".join(_PLAYBACK_NAMES)
-        cursor.execute(f"INSERT INTO playback_events ({names}) SELECT {names} FROM _as_of_refolded")
+        cursor.execute(f"INSERT INTO _as_of_refolded ({names}) SELECT {names} FROM _as_of_folded")
     finally:
-        cursor.unregister("_as_of_refolded")
+        cursor.unregister("_as_of_folded")
     return folded.height, rows.height
 
 
