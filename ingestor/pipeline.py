@@ -11,36 +11,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 
 from ingestor.dedup import DedupIndex
 from ingestor.errors import PermanentError
 from ingestor.events import MediaEvent, decode_event_versioned, encode_event
+from ingestor.messages import Message, Rejected
 from ingestor.projection import PROJECTOR, AlertRow, Applied, BatchResult, Projection
 from ingestor.records import Alert, AuditDecision, decode_record, record_kind
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Message:
-    """One stream message: its sequence, when the log recorded it, and its bytes."""
-
-    seq: int
-    recorded_at: datetime
-    data: bytes
-    subject: str = ""
-    num_delivered: int = 1
-    pending: int = 0  # messages the consumer had left after this one when it was delivered
-
-
-@dataclass(slots=True)
-class Rejected:
-    """A message that can never be projected, with why."""
-
-    message: Message
-    error: str
-    category: str
 
 
 @dataclass
