@@ -32,6 +32,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingestor.dedup import BatchKeys
 from ingestor.errors import PermanentError
 from ingestor.events import (
     SCHEMA_VERSION,
@@ -154,6 +155,25 @@ def decode_table(table: pa.Table | pl.DataFrame) -> Decoded:
 
 def empty_frame() -> pl.DataFrame:
     return pl.DataFrame(schema=FRAME_COLUMNS)
+
+
+def dedup_keys(frame: pl.DataFrame) -> BatchKeys:
+    """The dedup's inputs of a frame of :data:`FRAME_COLUMNS`, as Python lists."""
+    machine = frame["machine_id"]
+    return BatchKeys(
+        seq=frame["seq"].to_list(),
+        event_id=frame["event_id"].to_list(),
+        event_type=frame["event_type"].to_list(),
+        source=frame["source"].to_list(),
+        server_id=frame["server_id"].to_list(),
+        session_key=frame["session_key"].to_list(),
+        step=frame["step"].to_list(),
+        user_id=frame["user_id"].to_list(),
+        item=frame["item"].to_list(),
+        machine_id=machine.to_list(),
+        start=frame["start"].to_list(),
+        start_text=frame["start_text"].to_list(),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,5 +417,6 @@ __all__ = [
     "Decoded",
     "decode_batch",
     "decode_table",
+    "dedup_keys",
     "empty_frame",
 ]
