@@ -42,20 +42,8 @@ from ingestor.events import (
     encode_event,
 )
 from ingestor.messages import Message, Rejected
-from ingestor.projection.schema import EVENT_COLUMNS
+from ingestor.projection.schema import EVENT_DTYPES
 from ingestor.records import ALERT_PREFIX, AUDIT_PREFIX, Alert, AuditDecision, decode_record
-
-_DUCK_TO_POLARS: dict[str, pl.DataType] = {
-    "VARCHAR": pl.String(),
-    "INTEGER": pl.Int32(),
-    "BIGINT": pl.Int64(),
-    "BOOLEAN": pl.Boolean(),
-    "TIMESTAMPTZ": pl.Datetime("us", "UTC"),
-}
-EVENT_DTYPES: dict[str, pl.DataType] = {
-    name: _DUCK_TO_POLARS[duck] for name, duck, _ in EVENT_COLUMNS
-}
-"""Every MediaEvent field as a polars type (the types ``media_events`` stores)."""
 
 _TIMES = [name for name, dtype in EVENT_DTYPES.items() if dtype == pl.Datetime("us", "UTC")]
 # timestamps are read as text: the fast path checks their spelling, then parses them
