@@ -23,7 +23,7 @@ current version's JSON (:meth:`Decoded.frame`).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -129,16 +129,20 @@ def decode_batch(messages: Sequence[Message]) -> Decoded:
         },
         schema={**_RAW_SCHEMA, "recorded_at": pl.Int64()},
     ).with_columns(pl.col("recorded_at").cast(pl.Datetime("us", "UTC")))
-    return _decode(raw, list(messages))
+    return _decode(raw, list(messages).__getitem__)
 
 
-def decode_table(table: pa.Table | pl.DataFrame) -> Decoded:
+def decode_table(
+    table: pa.Table | pl.DataFrame, *, message: Callable[[int], Message] | None = None
+) -> Decoded:
     """Decode archived messages: ``seq``, ``recorded_at``, ``subject``, ``data`` columns (an
-    archive segment's, or :func:`ingestor.eventlog.messages_frame`'s)."""
+    archive segment's, or :func:`ingestor.eventlog.messages_frame`'s). ``message(i)`` gives
+    row ``i`` as a :class:`Message` where one is needed (a reject, a per-event decode):
+    by default, built from the row."""
     raw = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
     assert isinstance(raw, pl.DataFrame)
     raw = raw.select(pl.col(name).cast(dtype) for name, dtype in _RAW_SCHEMA.items())
-    return _decode(raw, None)
+    return _decode(raw, message)
 
 
 def empty_frame() -> pl.DataFrame:
@@ -167,12 +171,12 @@ def dedup_keys(frame: pl.DataFrame) -> BatchKeys:
 # ---------------------------------------------------------------------------------------
 
 
-def _decode(raw: pl.DataFrame, messages: list[Message] | None) -> Decoded:
+def _decode(raw: pl.DataFrame, given: Callable[[int], Message] | None) -> Decoded:
     source = raw
 
     def message(row: int) -> Message:
-        if messages is not None:
-            return messages[row]
+        if given is not None:
+            return given(row)
         seq, recorded, subject, data = source.row(row)
         return Message(seq=seq, recorded_at=recorded, data=data, subject=subject)
 

@@ -162,3 +162,21 @@ def test_an_archive_table_decodes_like_its_messages() -> None:
     from_messages = decode_batch(batch)
     assert from_table.frame().equals(from_messages.frame())
     assert [r.error for r in from_table.rejected] == [r.error for r in from_messages.rejected]
+
+
+def test_the_router_reads_recorded_times_as_message_of_does() -> None:
+    import random
+
+    import pyarrow as pa
+
+    from ingestor.router import _recorded_micros
+
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    rng = random.Random(3)
+    nanos = [rng.randrange(1_700_000_000 * 10**9, 1_900_000_000 * 10**9) for _ in range(20_000)]
+    nanos += [1_767_571_245_999_999_500 + k for k in range(-600, 600)]
+    got = _recorded_micros(pa.array(nanos, pa.int64())).to_pylist()
+    expected = [
+        (datetime.fromtimestamp(ns / 1e9, UTC) - epoch) // timedelta(microseconds=1) for ns in nanos
+    ]
+    assert got == expected
