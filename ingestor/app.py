@@ -129,6 +129,9 @@ async def run_service(
                 batch_size=settings.nats_batch_size,
                 flush_interval=settings.nats_flush_interval,
                 on_batch=on_batch,
+                # the live feed's queues are sized for NATS_BATCH_SIZE: batches grow only
+                # while nobody listens
+                may_grow=lambda: hub.clients == 0,
             )
             sink = StreamSink(publisher)
         else:

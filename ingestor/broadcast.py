@@ -281,11 +281,11 @@ class BroadcastHub:
         Synchronous and cheap: nothing here waits for a client. With no subscriber it
         costs one check per batch.
         """
-        accepted = [a for a in result.applied if a.decision.action is not Action.DROP]
-        self.events += len(accepted)
+        self.events += result.accepted
         self.alerts += len(result.alerts)
         if not self._subs:
-            return
+            return  # the batch's Applied objects are built only for a subscriber
+        accepted = [a for a in result.applied if a.decision.action is not Action.DROP]
         subs = list(self._subs)
         items: Iterable[Applied | AlertRow] = heapq.merge(
             accepted, result.alerts, key=lambda item: item.seq

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
+
+import msgspec
 
 from ingestor.events import (
     CorrelationKey,
@@ -42,6 +45,7 @@ from ingestor.events import (
 )
 
 log = logging.getLogger(__name__)
+_json = msgspec.json.Encoder()
 
 DEFAULT_HOT_WINDOW_S = 2 * 86400.0
 DEFAULT_MAX_ENTRIES = 2_000_000
@@ -91,7 +95,60 @@ class Decision(NamedTuple):
     first_seq: int = 0  # the playback's first stream sequence (0: unknown, read everything)
 
 
-_EVENT, _STEP, _SESSION, _REF, _SOURCE = range(5)
+_EVENT, _STEP, _SESSION, _REF, _SOURCE, _BATCH = range(6)
+
+
+@dataclass(slots=True)
+class BatchKeys:
+    """What the dedup reads of a batch's events, one list entry per event, in stream order
+    (the columns of :class:`ingestor.batch.Decoded`'s frame)."""
+
+    seq: list[int]
+    event_id: list[str]
+    event_type: list[str]
+    source: list[str]
+    server_id: list[str]
+    session_key: list[str]
+    step: list[int]
+    user_id: list[str]
+    item: list[str]  # rating_key, or the title
+    machine_id: list[str]
+    start: list[float]  # playback_start, epoch seconds
+    start_text: list[str]  # playback_start as msgspec writes it
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def opening_key(self, i: int) -> str:
+        """The CorrelationKey encoding of event ``i`` (as ``event.correlation.encode()``)."""
+        values = [
+            self.source[i],
+            self.server_id[i],
+            self.user_id[i],
+            self.item[i],
+            self.machine_id[i],
+            self.start_text[i],
+        ]
+        return _json.encode(values).decode()
+
+
+@dataclass(slots=True)
+class BatchDecisions:
+    """The decisions of one batch, as columns; audited ones (drops, links) in full."""
+
+    action: list[Action]
+    playback_key: list[str]
+    first_seq: list[int]
+    audited: dict[int, Decision]  # index in the batch -> its decision (tier set)
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+    def decision(self, i: int) -> Decision:
+        audited = self.audited.get(i)
+        if audited is not None:
+            return audited
+        return Decision(self.action[i], self.playback_key[i], first_seq=self.first_seq[i])
 
 
 @dataclass
@@ -121,6 +178,11 @@ class DedupIndex:
         # A margin of the tolerance (and a minute) keeps a link partner that started a few
         # seconds before the horizon from being missed.
         return event.playback_start.timestamp() < self.horizon + self.tolerance + 60
+
+    def cold_rows(self, keys: BatchKeys) -> list[int]:
+        """The events of a batch that :meth:`is_cold` would call cold."""
+        bound = self.horizon + self.tolerance + 60
+        return [i for i, start in enumerate(keys.start) if start < bound]
 
     @property
     def entries(self) -> int:
@@ -169,10 +231,113 @@ class DedupIndex:
         self._add(_STEP, ref, step, event_id)
         return decision
 
+    def decide_batch(self, keys: BatchKeys) -> BatchDecisions:
+        """Decide a batch's events in stream order, exactly as :meth:`decide` would one by
+        one, and record their keys (undoable until :meth:`commit`).
+
+        Most events are settled by two dict look-ups (an exact repeat, a re-reported step)
+        or a third (a session the index knows: fold); only the first event of an unknown
+        session looks for link candidates. Keys are added in bulk after the pass.
+        """
+        n = len(keys)
+        event_ids, steps, sessions = self.event_ids, self.steps, self.sessions
+        session_keys = list(zip(keys.source, keys.server_id, keys.session_key, strict=True))
+        step_keys = list(zip(session_keys, keys.event_type, keys.step, strict=True))
+        action: list[Action] = [Action.DROP] * n
+        playback_key: list[str] = [""] * n
+        first_seq: list[int] = [0] * n
+        audited: dict[int, Decision] = {}
+        added: list[tuple[PlaybackRef, str, StepKey]] = []
+        fold, drop = Action.FOLD, Action.DROP
+        for i in range(n):
+            event_id = keys.event_id[i]
+            known = event_ids.get(event_id)
+            if known is not None:
+                playback_key[i] = known.key
+                first_seq[i] = known.first_seq
+                audited[i] = Decision(
+                    drop,
+                    known.key,
+                    Tier.EVENT_ID,
+                    "the exact event was already recorded",
+                    event_id,
+                    keys.source[i],
+                    1.0,
+                    known.first_seq,
+                )
+                continue
+            step = step_keys[i]
+            earlier = steps.get(step)
+            if earlier is not None:
+                ref = sessions.get(step[0])
+                key = ref.key if ref is not None else ""
+                seq0 = ref.first_seq if ref is not None else 0
+                playback_key[i] = key
+                first_seq[i] = seq0
+                audited[i] = Decision(
+                    drop,
+                    key,
+                    Tier.SESSION_KEY,
+                    f"{keys.source[i]} re-reported the {keys.event_type[i]} step of session "
+                    f"{keys.session_key[i]}",
+                    earlier,
+                    keys.source[i],
+                    1.0,
+                    seq0,
+                )
+                continue
+            session = step[0]
+            ref = sessions.get(session)
+            if ref is not None:
+                action[i] = fold
+            else:
+                ref, decision = self._open_or_link_at(keys, i)
+                self._add(_SESSION, ref, session)
+                action[i] = decision.action
+                if decision.tier is not None:
+                    audited[i] = decision
+            playback_key[i] = ref.key
+            first_seq[i] = ref.first_seq
+            event_ids[event_id] = ref
+            steps[step] = event_id
+            added.append((ref, event_id, step))
+        for ref, event_id, step in added:
+            ref.event_ids.append(event_id)
+            ref.steps.append(step)
+        if added:
+            self._undo.append((_BATCH, None, added))
+        return BatchDecisions(action, playback_key, first_seq, audited)
+
+    def _open_or_link_at(self, keys: BatchKeys, i: int) -> tuple[PlaybackRef, Decision]:
+        cross = (keys.server_id[i], keys.user_id[i], keys.item[i], keys.machine_id[i])
+        return self._open_or_link_keys(
+            cross,
+            keys.start[i],
+            keys.source[i],
+            keys.seq[i],
+            keys.event_id[i],
+            lambda: keys.opening_key(i),
+        )
+
     def _open_or_link(self, event: MediaEvent, seq: int) -> tuple[PlaybackRef, Decision]:
-        cross = cross_key(event)
-        start = event.playback_start.timestamp()
-        source = event.source
+        return self._open_or_link_keys(
+            cross_key(event),
+            event.playback_start.timestamp(),
+            event.source,
+            seq,
+            event.event_id,
+            lambda: event.correlation.encode(),
+        )
+
+    def _open_or_link_keys(
+        self,
+        cross: CrossKey,
+        start: float,
+        source: str,
+        seq: int,
+        event_id: str,
+        opening_key: Callable[[], str],
+    ) -> tuple[PlaybackRef, Decision]:
         best: PlaybackRef | None = None
         best_delta = 0.0
         for candidate in self.by_cross.get(cross, ()):
@@ -196,8 +361,8 @@ class DedupIndex:
                 round(1.0 - best_delta / self.tolerance, 4) if self.tolerance else 1.0,
                 best.first_seq,
             )
-        key = event.correlation.encode()
-        ref = PlaybackRef(key, cross, start, {source}, seq, event.event_id)
+        key = opening_key()
+        ref = PlaybackRef(key, cross, start, {source}, seq, event_id)
         self._add_ref(ref, undoable=True)
         return ref, Decision(Action.OPEN, key, first_seq=seq)
 
@@ -275,6 +440,12 @@ class DedupIndex:
                 ref.sessions.pop()
             elif family == _SOURCE:
                 ref.sources.discard(key)
+            elif family == _BATCH:
+                for added_ref, event_id, step in reversed(key):
+                    self.event_ids.pop(event_id, None)
+                    added_ref.event_ids.pop()
+                    self.steps.pop(step, None)
+                    added_ref.steps.pop()
             else:
                 self._drop_ref(ref)
         self._undo.clear()
@@ -319,4 +490,13 @@ class DedupIndex:
             bucket.remove(ref)
 
 
-__all__ = ["Action", "Decision", "DedupIndex", "PlaybackRef", "Tier", "session_key"]
+__all__ = [
+    "Action",
+    "BatchDecisions",
+    "BatchKeys",
+    "Decision",
+    "DedupIndex",
+    "PlaybackRef",
+    "Tier",
+    "session_key",
+]

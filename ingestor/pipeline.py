@@ -11,36 +11,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 
+import polars as pl
+
+from ingestor.batch import Decoded, decode_batch, dedup_keys
 from ingestor.dedup import DedupIndex
-from ingestor.errors import PermanentError
+from ingestor.errors import InvalidEvent, PermanentError
 from ingestor.events import MediaEvent, decode_event_versioned, encode_event
-from ingestor.projection import PROJECTOR, AlertRow, Applied, BatchResult, Projection
+from ingestor.messages import Message, Rejected
+from ingestor.projection import PROJECTOR, AlertRow, BatchResult, Projection
 from ingestor.records import Alert, AuditDecision, decode_record, record_kind
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Message:
-    """One stream message: its sequence, when the log recorded it, and its bytes."""
-
-    seq: int
-    recorded_at: datetime
-    data: bytes
-    subject: str = ""
-    num_delivered: int = 1
-    pending: int = 0  # messages the consumer had left after this one when it was delivered
-
-
-@dataclass(slots=True)
-class Rejected:
-    """A message that can never be projected, with why."""
-
-    message: Message
-    error: str
-    category: str
 
 
 @dataclass
@@ -92,61 +74,86 @@ class Pipeline:
 
     def process(self, messages: Sequence[Message], last_seq: int | None = None) -> Outcome:
         """Decode and project ``messages``; rejects are returned, not dead-lettered."""
-        good, rejected = decode_messages(messages)
+        decoded = decode_batch(messages)
         if last_seq is None:
             last_seq = messages[-1].seq if messages else self.projection.checkpoint()
-        return Outcome(self.project(good, last_seq), rejected)
+        return Outcome(self.project(decoded, last_seq), decoded.rejected)
+
+    def decode(self, messages: Sequence[Message]) -> Decoded:
+        """Decode a batch once, into columns (:func:`ingestor.batch.decode_batch`)."""
+        return decode_batch(messages)
 
     def project(
         self,
-        decoded: Sequence[tuple[Message, Item]],
+        decoded: Decoded | Sequence[tuple[Message, Item]],
         last_seq: int,
         consumer: str = PROJECTOR,
     ) -> BatchResult:
-        """Decide and project decoded items (in sequence order) and checkpoint ``last_seq``.
+        """Decide and project a decoded batch (in sequence order) and checkpoint ``last_seq``.
 
-        Events and alerts commit in one transaction. A user's audit decision changes what
-        later events of the batch are decided against, so the batch is cut at each decision:
-        the events before it commit, then the decision (each with its own checkpoint), then
-        the rest. On any exception the dedup index forgets the uncommitted part and nothing
-        of it is committed.
+        ``decoded`` is a :class:`Decoded` batch (its rejects are the caller's), or decoded
+        items as :func:`decode_messages` returns them. Events and alerts commit in one
+        transaction. A user's audit decision changes what later events of the batch are
+        decided against, so the batch is cut at each decision: the events before it commit,
+        then the decision (each with its own checkpoint), then the rest. On any exception
+        the dedup index forgets the uncommitted part and nothing of it is committed.
         """
         started = time.perf_counter()
+        if not isinstance(decoded, Decoded):
+            decoded = _decoded_items(decoded)
+        events = decoded.frame()
         result = BatchResult(last_seq=last_seq)
-        part: list[tuple[Message, Item]] = []
-        for message, item in decoded:
-            if isinstance(item, AuditDecision):
-                if part:
-                    result.merge(self._project_part(part, part[-1][0].seq, consumer))
-                    part = []
-                outcome = self.projection.apply_decision(
-                    message.seq, item, self.index, consumer, message.recorded_at
-                )
-                result.decisions.append(outcome)
-            else:
-                part.append((message, item))
-        if part or not result.decisions or result.decisions[-1].seq < last_seq:
-            result.merge(self._project_part(part, last_seq, consumer))
+        seqs = events["seq"]
+        lo = 0
+        alerts: list[AlertRow] = []
+        for message, record in decoded.records:
+            if isinstance(record, Alert):
+                alerts.append(AlertRow(message.seq, message.recorded_at, record))
+                continue
+            hi = seqs.search_sorted(message.seq)
+            if hi > lo or alerts:
+                part_seq = max([a.seq for a in alerts] + ([seqs[hi - 1]] if hi > lo else []))
+                result.merge(self._project_part(events[lo:hi], alerts, part_seq, consumer))
+            lo, alerts = hi, []
+            # a restore rewrites playback rows outside apply_batch: their fold states go
+            self.projection.forget_fold_states()
+            outcome = self.projection.apply_decision(
+                message.seq, record, self.index, consumer, message.recorded_at
+            )
+            result.decisions.append(outcome)
+        rest = events[lo:]
+        if rest.height or alerts or not result.decisions or result.decisions[-1].seq < last_seq:
+            result.merge(self._project_part(rest, alerts, last_seq, consumer))
         result.last_seq = last_seq
         result.seconds = time.perf_counter() - started
         return result
 
     def _project_part(
-        self, decoded: Sequence[tuple[Message, Item]], last_seq: int, consumer: str
+        self,
+        events: pl.DataFrame,
+        alerts: Sequence[AlertRow],
+        last_seq: int,
+        consumer: str = PROJECTOR,
     ) -> BatchResult:
-        events = [(m, item) for m, item in decoded if isinstance(item, MediaEvent)]
-        alerts = [
-            AlertRow(m.seq, m.recorded_at, item) for m, item in decoded if isinstance(item, Alert)
-        ]
+        keys = dedup_keys(events)
         try:
-            self.projection.load_cold([event for _, event in events], self.index)
-            applied = [
-                Applied(m.seq, m.recorded_at, event, self.index.decide(event, m.seq), m.data)
-                for m, event in events
-            ]
-            result = self.projection.apply(applied, last_seq, consumer, alerts)
+            self.projection.load_cold(keys, self.index)
+            decisions = self.index.decide_batch(keys)
+            result = self.projection.apply_batch(events, decisions, last_seq, consumer, alerts)
         except BaseException:
             self.index.rollback()
             raise
         self.index.commit()
         return result
+
+
+def _decoded_items(items: Sequence[tuple[Message, Item]]) -> Decoded:
+    """A :class:`Decoded` batch of already decoded items (their media events decoded again
+    into columns: the same values, by construction)."""
+    media = [m for m, item in items if isinstance(item, MediaEvent)]
+    decoded = decode_batch(media)
+    if decoded.rejected:  # an item the per-event decoder accepted: never, unless altered
+        first = decoded.rejected[0]
+        raise InvalidEvent(f"message {first.message.seq} no longer decodes: {first.error}")
+    decoded.records = [(m, item) for m, item in items if not isinstance(item, MediaEvent)]
+    return decoded

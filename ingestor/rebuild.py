@@ -14,20 +14,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingestor.batch import decode_table
 from ingestor.dedup import DedupIndex
 from ingestor.eventlog import EventLog
 from ingestor.gctune import tuned_gc
-from ingestor.pipeline import Message, Pipeline, decode_messages
+from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 100_000
-"""Decoded messages held before they are projected: bounds the rebuild's memory."""
+"""Messages read, decoded and projected at once (one Arrow table): bounds the rebuild's
+memory."""
 
 RebuildProgress = Callable[[int, int], None]
 """Called as ``progress(messages_read, messages_to_read)`` after each chunk read."""
@@ -78,33 +83,25 @@ async def rebuild(
         pipeline = await asyncio.to_thread(
             Pipeline, projection, DedupIndex(tolerance=tolerance), load_index=checkpoint > 0
         )
-        pending: list = []
         if stop > checkpoint:
-            batches = log_.messages(checkpoint + 1, stop)
-            async with contextlib.aclosing(batches) as batches:
-                async for batch in batches:
+            tables = log_.tables(checkpoint + 1, stop, batch=chunk)
+            async with contextlib.aclosing(tables) as tables:
+                async for table in tables:
                     done = False
                     if until_recorded is not None:
-                        keep = _recorded_prefix(batch, until_recorded)
-                        done = keep < len(batch)
-                        batch = batch[:keep]
-                    decoded, bad = decode_messages(batch)
-                    rejected += len(bad)
-                    pending.extend(decoded)
-                    if batch:
-                        last_seq = batch[-1].seq
-                        read += len(batch)
-                    if len(pending) >= chunk:
-                        await asyncio.to_thread(pipeline.project, pending, last_seq)
-                        projected += len(pending)
-                        pending = []
+                        keep = _recorded_rows(table, until_recorded)
+                        done = keep < table.num_rows
+                        table = table.slice(0, keep)
+                    if table.num_rows:
+                        last_seq = table.column("seq")[-1].as_py()
+                        read += table.num_rows
+                        good, bad = await asyncio.to_thread(_project, pipeline, table, last_seq)
+                        projected += good
+                        rejected += bad
                     if progress is not None:
                         progress(read, total)
                     if done:
                         break
-        if last_seq > checkpoint:
-            await asyncio.to_thread(pipeline.project, pending, last_seq)
-            projected += len(pending)
     seconds = time.perf_counter() - started
     log.info(
         "rebuilt %d messages (%d projected, %d rejected) up to seq %d in %.2fs",
@@ -113,12 +110,18 @@ async def rebuild(
     return RebuildStats(read, projected, rejected, last_seq, seconds)
 
 
-def _recorded_prefix(batch: Sequence[Message], until: datetime) -> int:
-    """How many leading messages of ``batch`` the log had recorded by ``until``."""
-    for index, message in enumerate(batch):
-        if message.recorded_at > until:
-            return index
-    return len(batch)
+def _project(pipeline: Pipeline, table: pa.Table, last_seq: int) -> tuple[int, int]:
+    """Decode and project one chunk of the log; (items projected, messages rejected)."""
+    decoded = decode_table(table)
+    pipeline.project(decoded, last_seq)
+    return decoded.events + len(decoded.records), len(decoded.rejected)
+
+
+def _recorded_rows(table: pa.Table, until: datetime) -> int:
+    """How many leading rows of ``table`` the log had recorded by ``until``."""
+    later = pc.greater(table.column("recorded_at"), pa.scalar(until, pa.timestamp("us", "UTC")))
+    first = pc.index(later, True).as_py()
+    return table.num_rows if first < 0 else first
 
 
 __all__ = ["DEFAULT_CHUNK", "RebuildProgress", "RebuildStats", "rebuild"]

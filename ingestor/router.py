@@ -17,9 +17,13 @@ Fetching is a lean pull loop, not nats-py's ``fetch()``: the router sends the Je
 request itself and collects replies in a subscription callback, with one ``AckAll`` per
 committed batch. A batch is committed when it holds ``NATS_BATCH_SIZE`` messages, when
 ``NATS_FLUSH_INTERVAL`` has passed, or as soon as the consumer has caught up (the newest
-message says nothing is pending behind it). The consumer is (re)created at start from the
-DuckDB checkpoint, so the checkpoint, not the server's ack floor, decides where processing
-resumes, and messages are always applied in stream order.
+message says nothing is pending behind it). While a backlog is pending, a batch takes what
+has arrived during the previous commit, up to ``BACKLOG_BATCH_FACTOR`` times
+``NATS_BATCH_SIZE`` messages or ``BACKLOG_BATCH_BYTES``, so the per-commit costs spread over
+more events; once caught up, batches are ``NATS_BATCH_SIZE`` again. The batch is decoded once,
+into columns, off the event loop (:func:`ingestor.batch.decode_batch`). The consumer is
+(re)created at start from the DuckDB checkpoint, so the checkpoint, not the server's ack
+floor, decides where processing resumes, and messages are always applied in stream order.
 """
 
 from __future__ import annotations
@@ -33,17 +37,22 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from ingestor.batch import Decoded, decode_table
 from ingestor.errors import PermanentError, TransientError
 from ingestor.nats.dlq import DeadLetters
 from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
-from ingestor.pipeline import Message, Pipeline, Rejected, decode_messages
+from ingestor.pipeline import Pipeline, Rejected, decode_messages
 from ingestor.projection import PROJECTOR, BatchResult
 from ingestor.waiting import wait_until
 
@@ -54,6 +63,8 @@ ACK_WAIT_S = 120.0
 PULL_EXPIRES_S = 0.5
 RETRY_BASE_S = 0.05
 RETRY_MAX_S = 5.0
+BACKLOG_BATCH_FACTOR = 10  # a batch grows up to this many times NATS_BATCH_SIZE in a backlog
+BACKLOG_BATCH_BYTES = 32 * 2**20  # ... and up to this many payload bytes
 
 
 @dataclass
@@ -114,20 +125,23 @@ class Router:
         pause_s: float = 2.0,
         ack_wait: float = ACK_WAIT_S,
         on_batch: Callable[[BatchResult], None] | None = None,
+        may_grow: Callable[[], bool] | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
         self.pipeline = pipeline
         self.batch_size = batch_size
+        self.max_batch = batch_size * BACKLOG_BATCH_FACTOR
         self.flush_interval = flush_interval
         self.consumer = consumer
         self.retry_attempts = retry_attempts
         self.pause_s = pause_s
         self.ack_wait = ack_wait
         self.on_batch = on_batch
+        self.may_grow = may_grow  # asked before a batch grows in a backlog (default: yes)
         self.dead_letters = DeadLetters(self.js)
         self.stats = RouterStats(last_seq=pipeline.projection.checkpoint())
-        self._buffer: deque[tuple[Message, str]] = deque()  # (message, its ack subject)
+        self._buffer: deque[Delivery] = deque()
         self._high_water = 0  # highest sequence buffered: anything at or below is a redelivery
         self._arrived = asyncio.Event()
         self._request_done = asyncio.Event()
@@ -172,7 +186,7 @@ class Router:
             ack_policy=AckPolicy.ALL,
             ack_wait=self.ack_wait,
             max_deliver=-1,
-            max_ack_pending=max(4 * self.batch_size, 20_000),
+            max_ack_pending=max(4 * self.max_batch, 20_000),
             max_waiting=16,
         )
         await self.js.add_consumer(STREAM, config)
@@ -204,27 +218,39 @@ class Router:
                 self._request_done.set()
             return
         self._outstanding -= 1
-        message = message_of(msg)
-        if message.seq <= self._high_water:
+        # only the sequence and the pending count are read here, on the event loop; the rest
+        # of the metadata is parsed for the whole batch when it is decoded (_decode)
+        tokens = msg.reply.split(".")
+        offset = 5 if len(tokens) == 9 else 7
+        seq, pending = int(tokens[offset]), int(tokens[offset + 3])
+        if seq <= self._high_water:
             self.stats.redeliveries_skipped += 1
             return  # redelivered after ack_wait while we still held it: already ours
-        self._high_water = message.seq
-        self._buffer.append((message, msg.reply))
-        if message.pending == 0:
+        self._high_water = seq
+        self._buffer.append(Delivery(seq, pending, msg))
+        if pending == 0:
             self._arrived.set()
         if self._outstanding <= 0:
             self._request_done.set()
         if len(self._buffer) >= self.batch_size:
             self._arrived.set()
 
+    def _backlog(self) -> bool:
+        """More than a batch is waiting (in the buffer, or behind the newest message) and
+        batches may grow."""
+        buffer = self._buffer
+        waiting = len(buffer) > self.batch_size or (bool(buffer) and buffer[-1].pending > 0)
+        return waiting and (self.may_grow is None or self.may_grow())
+
     async def _fetch_loop(self, inbox: str) -> None:
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{self.consumer}"
         while not self._stopping.is_set():
-            if len(self._buffer) >= 2 * self.batch_size:
+            size = self.max_batch if self._backlog() else self.batch_size
+            if len(self._buffer) >= 2 * size:
                 self._arrived.set()
                 await asyncio.sleep(0.001)
                 continue
-            want = self.batch_size
+            want = size
             self._outstanding = want
             self._request_done.clear()
             request = {"batch": want, "expires": int(PULL_EXPIRES_S * 1e9)}
@@ -246,11 +272,10 @@ class Router:
             due = time.monotonic() >= deadline
             # caught up: the newest message says nothing is pending behind it, so waiting for
             # the flush interval would only add latency
-            caught_up = bool(self._buffer) and self._buffer[-1][0].pending == 0
+            caught_up = bool(self._buffer) and self._buffer[-1].pending == 0
             if self._buffer and (full or due or caught_up or stopping):
-                n = min(self.batch_size, len(self._buffer))
-                batch = [self._buffer.popleft() for _ in range(n)]
-                await self._handle([m for m, _ in batch], batch[-1][1])
+                batch = self._take()
+                await self._handle(batch, batch[-1].msg.reply)
                 deadline = time.monotonic() + self.flush_interval
                 continue
             if not self._buffer:
@@ -259,6 +284,20 @@ class Router:
             wait = max(0.0, deadline - time.monotonic())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wait_arrival_or_stop(), wait)
+
+    def _take(self) -> list[Delivery]:
+        """The next batch: NATS_BATCH_SIZE messages, or in a backlog what has arrived, up to
+        ``max_batch`` messages and BACKLOG_BATCH_BYTES."""
+        limit = self.max_batch if self._backlog() else self.batch_size
+        batch: list[Delivery] = []
+        size = 0
+        buffer = self._buffer
+        while buffer and len(batch) < limit:
+            size += len(buffer[0].msg.data)
+            if batch and size > BACKLOG_BATCH_BYTES:
+                break
+            batch.append(buffer.popleft())
+        return batch
 
     async def _wait_arrival_or_stop(self) -> None:
         arrived = asyncio.ensure_future(self._arrived.wait())
@@ -271,10 +310,10 @@ class Router:
 
     # ------------------------------------------------------------------ middleware
 
-    async def _handle(self, batch: list[Message], ack_subject: str) -> None:
+    async def _handle(self, batch: list[Delivery], ack_subject: str) -> None:
         """recover -> poison queue -> retry -> dedup -> handlers, for one batch."""
         checkpoint = self.stats.last_seq
-        fresh = [m for m in batch if m.seq > checkpoint]  # already applied: skip
+        fresh = [d for d in batch if d.seq > checkpoint]  # already applied: skip
         if fresh:
             try:
                 result = await self._poison_queue(fresh)
@@ -290,18 +329,19 @@ class Router:
         async with self._committed:
             self._committed.notify_all()
 
-    async def _poison_queue(self, batch: list[Message]) -> BatchResult:
-        decoded, rejected = decode_messages(batch)
-        for reject in rejected:
+    async def _poison_queue(self, deliveries: list[Delivery]) -> BatchResult:
+        decoded = await asyncio.to_thread(_decode, deliveries)
+        for reject in decoded.rejected:
             await self._retry(lambda r=reject: self._dead_letter(r))
-        last_seq = batch[-1].seq
+        last_seq = deliveries[-1].seq
         try:
             return await self._retry(lambda: self._project(decoded, last_seq))
         except _Unknown as exc:
             log.warning("batch ending at seq %d failed (%s); isolating the message", last_seq, exc)
         # one message at a time, so only the one that fails is dead-lettered
+        items, _ = decode_messages([message_of(d.msg) for d in deliveries])
         result = BatchResult(last_seq=last_seq)
-        for message, event in decoded:
+        for message, event in items:
             try:
                 part = await self._retry(lambda m=message, e=event: self._project([(m, e)], m.seq))
             except _Unknown as exc:
@@ -312,7 +352,7 @@ class Router:
                 )
                 part = await self._retry(lambda m=message: self._project([], m.seq))
             result.merge(part)
-        if not decoded or decoded[-1][0].seq != last_seq:
+        if not items or items[-1][0].seq != last_seq:
             await self._retry(lambda: self._project([], last_seq))
         return result
 
@@ -346,7 +386,7 @@ class Router:
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, RETRY_MAX_S)
 
-    async def _project(self, decoded: list, last_seq: int) -> BatchResult:
+    async def _project(self, decoded: Decoded | list, last_seq: int) -> BatchResult:
         return await asyncio.to_thread(self.pipeline.project, decoded, last_seq)
 
     async def _dead_letter(self, reject: Rejected) -> None:
@@ -366,6 +406,50 @@ class Router:
             await self.nc.publish(subject, b"+ACK")
         except Exception as exc:  # a lost ack only means a redelivery, which is skipped
             log.warning("ack %s not sent: %s", subject, exc)
+
+
+class Delivery(NamedTuple):
+    """A message as the router buffers it: its stream sequence, what the consumer had
+    pending behind it, and the delivery (data, subject, reply subject)."""
+
+    seq: int
+    pending: int
+    msg: Msg
+
+
+def _decode(deliveries: list[Delivery]) -> Decoded:
+    """Decode a batch of deliveries once, into columns, their metadata parsed from the reply
+    subjects in one pass (a :class:`Message` is built only for a message that needs one)."""
+    msgs = [d.msg for d in deliveries]
+    tokens = pl.Series("reply", [m.reply for m in msgs], dtype=pl.String).str.split(".")
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>, or with a domain
+    # and an account hash after ACK (message_of reads the same tokens)
+    ns = (
+        pl.when(tokens.list.len() == 9)
+        .then(tokens.list.get(7))
+        .otherwise(tokens.list.get(9, null_on_oob=True))
+    )
+    nanos = pl.select(ns.cast(pl.Int64)).to_series().to_arrow()
+    frame = pl.DataFrame(
+        {
+            "seq": pl.Series([d.seq for d in deliveries], dtype=pl.Int64),
+            "recorded_at": pl.Series(_recorded_micros(nanos), dtype=pl.Int64),
+            "subject": pl.Series([m.subject for m in msgs], dtype=pl.String),
+            "data": pl.Series([m.data for m in msgs], dtype=pl.Binary),
+        }
+    ).with_columns(pl.col("recorded_at").cast(pl.Datetime("us", "UTC")))
+    return decode_table(frame, message=lambda row: message_of(msgs[row]))
+
+
+def _recorded_micros(nanos: pa.Array) -> pa.Array:
+    """Microseconds since the epoch of the stream's nanosecond timestamps, exactly as
+    ``message_of`` (``datetime.fromtimestamp(ns / 1e9)``: the same float operations, then
+    half to even) gives them, so the live projection and the archive agree."""
+    seconds = pc.divide(pc.cast(nanos, pa.float64(), safe=False), 1e9)
+    whole = pc.floor(seconds)
+    fraction = pc.multiply(pc.subtract(seconds, whole), 1e6)
+    micros = pc.cast(pc.round(fraction, round_mode="half_to_even"), pa.int64())
+    return pc.add(pc.multiply(pc.cast(whole, pa.int64()), 1_000_000), micros)
 
 
 class _Unknown(Exception):

@@ -6,6 +6,7 @@ generated from one definition and cannot drift apart.
 
 from __future__ import annotations
 
+import polars as pl
 import pyarrow as pa
 
 # (column, DuckDB type, Arrow type) of every MediaEvent field as stored in media_events
@@ -58,6 +59,18 @@ EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("relayed", "BOOLEAN", pa.bool_()),
     ("raw_payload", "VARCHAR", pa.string()),
 ]
+
+_DUCK_TO_POLARS: dict[str, pl.DataType] = {
+    "VARCHAR": pl.String(),
+    "INTEGER": pl.Int32(),
+    "BIGINT": pl.Int64(),
+    "BOOLEAN": pl.Boolean(),
+    "TIMESTAMPTZ": pl.Datetime("us", "UTC"),
+}
+EVENT_DTYPES: dict[str, pl.DataType] = {
+    name: _DUCK_TO_POLARS[duck] for name, duck, _ in EVENT_COLUMNS
+}
+"""Every MediaEvent field as a polars type (the types ``media_events`` stores)."""
 
 # columns the projection adds to each accepted event
 TRACKING_COLUMNS: list[tuple[str, str, pa.DataType]] = [

@@ -13,18 +13,26 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, overload
 
 import duckdb
 import msgspec
 import polars as pl
 import pyarrow as pa
 
-from ingestor.dedup import Action, Decision, DedupIndex, PlaybackRef, Tier
+from ingestor.dedup import (
+    Action,
+    BatchDecisions,
+    BatchKeys,
+    Decision,
+    DedupIndex,
+    PlaybackRef,
+    Tier,
+)
 from ingestor.errors import TransientError
 from ingestor.events import (
     CorrelationKey,
@@ -33,12 +41,18 @@ from ingestor.events import (
     make_event_id,
     step_of,
 )
-from ingestor.projection.fold import FOLD_INPUT_COLUMNS, fold_playbacks
+from ingestor.projection.fold import (
+    FOLD_INPUT_COLUMNS,
+    STATE_SCHEMA,
+    fold_playbacks,
+    fold_state,
+    merge_states,
+    playback_rows,
+)
 from ingestor.projection.schema import (
     ALERT_ARROW,
     ALERT_COLUMNS,
     AUDIT_ARROW,
-    AUDIT_COLUMNS,
     CHECKPOINT_TABLE,
     DDL,
     EVENT_COLUMNS,
@@ -48,10 +62,12 @@ from ingestor.records import Alert, AuditDecision
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 PROJECTOR = "projector"
 DUCKDB_MEMORY_LIMIT = "128MB"
 DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
+FOLD_STATES_LIMIT = 50_000  # playbacks whose fold state stays in memory
 PROJECTION_SCHEMA_VERSION = 1  # of the tables; a file written by a later version is refused
 
 # DuckDB failures that a later attempt can get past: I/O (disk full, file unavailable),
@@ -102,8 +118,9 @@ class BatchResult:
     linked: int = 0
     playbacks_touched: int = 0
     # what the batch committed, for the handlers that run after the commit (broadcast,
-    # detection, metrics): every decided event (drops included), alerts, user decisions
-    applied: list[Applied] = field(default_factory=list, repr=False)
+    # detection, metrics): every decided event (drops included), alerts, user decisions.
+    # ``applied`` builds its Applied objects only when read (len() is free).
+    applied: AppliedEvents = field(default_factory=lambda: AppliedEvents(), repr=False)
     alerts: list[AlertRow] = field(default_factory=list, repr=False)
     decisions: list[DecisionOutcome] = field(default_factory=list, repr=False)
     seconds: float = 0.0  # time spent writing (decide + commit), for metrics
@@ -132,6 +149,12 @@ INSERT_CHECKPOINT = f"INSERT INTO {CHECKPOINT_TABLE} VALUES (?, ?, now())"
 # transaction, and an audit id hashes the event and its stream sequence. A unique index would
 # enforce the same thing at 2-3x the cost of every batch here (tests check the uniqueness).
 DELETE_PLAYBACKS = "DELETE FROM playback_events WHERE correlation_key IN (SELECT unnest($keys))"
+# first_seq prunes the row groups scanned: a row is re-inserted whenever its playback is
+# touched, so the rows of playbacks opened since a sequence are all in later row groups
+DELETE_PLAYBACKS_SINCE = (
+    "DELETE FROM playback_events WHERE first_seq >= $since"
+    " AND correlation_key IN (SELECT unnest($keys))"
+)
 SELECT_PRIOR_EVENTS = (
     "SELECT seq, correlation_key, payload FROM media_events"
     " WHERE seq >= $min_seq AND seq < $batch_seq AND correlation_key IN (SELECT unnest($keys))"
@@ -223,6 +246,93 @@ _COLD_PROBE_SCHEMA = pa.schema(
         ("start", pa.float64()),
     ]
 )
+
+
+class AppliedEvents(Sequence[Applied]):
+    """A batch's decided events as :class:`Applied`, built from its columns when first read
+    (a post-commit handler that only counts them, or is idle, builds none)."""
+
+    def __init__(self) -> None:
+        self._parts: list[tuple[pl.DataFrame, BatchDecisions] | list[Applied]] = []
+        self._length = 0
+        self._items: list[Applied] | None = None
+
+    def add(self, frame: pl.DataFrame, decisions: BatchDecisions) -> None:
+        self._parts.append((frame.select("seq", "recorded_at", "payload"), decisions))
+        self._length += frame.height
+        self._items = None
+
+    def extend(self, other: Sequence[Applied]) -> None:
+        if isinstance(other, AppliedEvents):
+            self._parts.extend(other._parts)
+            self._length += other._length
+        else:
+            self._parts.append(list(other))
+            self._length += len(other)
+        self._items = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Applied: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Applied]: ...
+    def __getitem__(self, index: int | slice) -> Applied | Sequence[Applied]:
+        return self._materialized()[index]
+
+    def __iter__(self) -> Iterator[Applied]:
+        return iter(self._materialized())
+
+    def _materialized(self) -> list[Applied]:
+        if self._items is None:
+            items: list[Applied] = []
+            for part in self._parts:
+                if isinstance(part, list):
+                    items.extend(part)
+                    continue
+                frame, decisions = part
+                micros = frame["recorded_at"].dt.epoch("us").to_list()
+                payloads = frame["payload"].to_list()
+                for i, (seq, at, payload) in enumerate(
+                    zip(frame["seq"].to_list(), micros, payloads, strict=True)
+                ):
+                    data = payload.encode()
+                    recorded = _EPOCH + timedelta(microseconds=at)
+                    items.append(
+                        Applied(seq, recorded, decode_event(data), decisions.decision(i), data)
+                    )
+            self._items = items
+        return self._items
+
+
+class FoldStates:
+    """The fold states (:data:`~ingestor.projection.fold.STATE_SCHEMA`) of the playbacks the
+    projection touched last, in memory: what a playback's next row is merged from.
+
+    Updated only after a commit, so it never holds an uncommitted state; a state missing
+    here (evicted, or never seen since the process started) is folded again from the
+    stored events. At most ``limit`` states are kept, the most recently touched.
+    """
+
+    def __init__(self, limit: int = FOLD_STATES_LIMIT) -> None:
+        self.limit = limit
+        self.frame = pl.DataFrame(schema=STATE_SCHEMA)
+
+    def get(self, keys: list[str]) -> pl.DataFrame:
+        return self.frame.filter(pl.col("correlation_key").is_in(keys))
+
+    def put(self, states: pl.DataFrame) -> None:
+        kept = self.frame.filter(
+            ~pl.col("correlation_key").is_in(states["correlation_key"].implode())
+        )
+        frame = pl.concat([kept, states], how="vertical")
+        if frame.height > self.limit * 5 // 4:
+            frame = frame.sort("last_seq").tail(self.limit)
+        self.frame = frame.rechunk() if frame.n_chunks() > 64 else frame
+
+    def clear(self) -> None:
+        self.frame = self.frame.clear()
 
 
 class Projection:
@@ -337,21 +447,22 @@ class Projection:
             len(index.event_ids),
         )
 
-    def load_cold(self, events: Sequence[MediaEvent], index: DedupIndex) -> None:
-        """Load the committed keys that cold events (older than the hot window) may meet."""
-        cold = [e for e in events if index.is_cold(e)]
+    def load_cold(self, keys: BatchKeys, index: DedupIndex) -> None:
+        """Load the committed keys that a batch's cold events (older than the hot window)
+        may meet."""
+        cold = index.cold_rows(keys)
         if not cold:
             return
         probe = pa.table(
             {
-                "event_id": [e.event_id for e in cold],
-                "source": [e.source for e in cold],
-                "server_id": [e.server_id for e in cold],
-                "session_key": [e.session_key for e in cold],
-                "user_id": [e.user_id for e in cold],
-                "item": [e.rating_key or e.title for e in cold],
-                "machine_id": [e.machine_id for e in cold],
-                "start": [e.playback_start.timestamp() for e in cold],
+                "event_id": [keys.event_id[i] for i in cold],
+                "source": [keys.source[i] for i in cold],
+                "server_id": [keys.server_id[i] for i in cold],
+                "session_key": [keys.session_key[i] for i in cold],
+                "user_id": [keys.user_id[i] for i in cold],
+                "item": [keys.item[i] for i in cold],
+                "machine_id": [keys.machine_id[i] for i in cold],
+                "start": [keys.start[i] for i in cold],
             },
             schema=_COLD_PROBE_SCHEMA,
         )
@@ -377,62 +488,66 @@ class Projection:
 
     # ------------------------------------------------------------------ writes
 
-    def apply(
+    def apply_batch(
         self,
-        items: Sequence[Applied],
+        events: pl.DataFrame,
+        decisions: BatchDecisions,
         last_seq: int,
         consumer: str = PROJECTOR,
         alerts: Sequence[AlertRow] = (),
     ) -> BatchResult:
-        """Write one decided batch (and its alerts) and the checkpoint ``last_seq`` in one
+        """Write one decided batch (its events as :data:`ingestor.batch.FRAME_COLUMNS`, in
+        stream order, and their decisions), its alerts and the checkpoint ``last_seq`` in one
         transaction.
+
+        A touched playback's new row is merged from its fold state (kept in memory for
+        recently touched playbacks, :class:`FoldStates`) and the batch's events; only a
+        playback without a known state, or with an event arriving before the last known one
+        of its source session, is folded again from its stored events.
 
         Raises :class:`TransientError` for failures a retry can get past; the transaction
         is rolled back and nothing of the batch is visible.
         """
-        result = BatchResult(last_seq=last_seq, applied=list(items), alerts=list(alerts))
-        accepted = [a for a in items if a.decision.action is not Action.DROP]
-        audited = [a for a in items if a.decision.tier is not None]
-        for a in audited:
-            if a.decision.action is Action.DROP:
-                tier = str(a.decision.tier)
+        frame = events.with_columns(
+            correlation_key=pl.Series(decisions.playback_key, dtype=pl.String),
+            dedup_action=pl.Series(decisions.action, dtype=pl.String),
+            _first_seq=pl.Series(decisions.first_seq, dtype=pl.Int64),
+        )
+        applied = AppliedEvents()
+        applied.add(frame, decisions)
+        result = BatchResult(last_seq=last_seq, applied=applied, alerts=list(alerts))
+        for decision in decisions.audited.values():
+            if decision.action is Action.DROP:
+                tier = str(decision.tier)
                 result.dropped[tier] = result.dropped.get(tier, 0) + 1
             else:
                 result.linked += 1
-        result.accepted = len(accepted)
-        touched = {a.decision.playback_key for a in accepted}
-        result.playbacks_touched = len(touched)
-        batch_seq = accepted[0].seq if accepted else last_seq + 1
-        # playbacks opened before this batch: their earlier events are read back for the fold
-        prior: dict[str, int] = {}
-        for a in accepted:
-            if a.decision.first_seq < batch_seq:
-                prior[a.decision.playback_key] = a.decision.first_seq
+        accepted = frame.filter(pl.col("dedup_action") != Action.DROP.value)
+        result.accepted = accepted.height
+        batch_seq = accepted["seq"][0] if accepted.height else last_seq + 1
+        # playbacks opened before this batch: their new rows merge their stored state
+        prior = (
+            accepted.filter(pl.col("_first_seq") < batch_seq)
+            .group_by("correlation_key")
+            .agg(pl.col("_first_seq").min())
+        )
+        states = self._fold_states()
         con = self.con
+        folded: pl.DataFrame | None = None
         try:
             con.begin()
             if self.fault is not None:
-                self.fault(items)
-            if accepted:
-                events = media_events_frame(accepted)
-                rows = events.select(_MEDIA_EVENTS_ORDER).to_arrow()
+                self.fault(applied)
+            if accepted.height:
+                rows = accepted.select(_MEDIA_EVENTS_ORDER).to_arrow()
                 con.from_arrow(rows).insert_into("media_events")
-                fold_input = events.select(FOLD_INPUT_COLUMNS)
-                if prior:
-                    keys = list(prior)
-                    bounds = {"min_seq": min(prior.values()), "batch_seq": batch_seq}
-                    earlier = con.sql(SELECT_PRIOR_EVENTS, params={"keys": keys, **bounds}).pl()
-                    earlier = parse_events(earlier["payload"]).with_columns(
-                        earlier["seq"], earlier["correlation_key"]
-                    )
-                    fold_input = pl.concat(
-                        [earlier.select(FOLD_INPUT_COLUMNS), fold_input], how="vertical_relaxed"
-                    )
-                    con.execute(DELETE_PLAYBACKS, {"keys": keys})
-                playbacks = fold_playbacks(fold_input)
-                con.from_arrow(playbacks.to_arrow()).insert_into("playback_events")
-            if audited:
-                con.from_arrow(audit_table(audited)).insert_into("dedupe_audit_log")
+                folded = self._fold(accepted, prior, states, batch_seq)
+                result.playbacks_touched = folded.height
+                if prior.height:
+                    self._delete_playbacks(prior)
+                con.from_arrow(playback_rows(folded).to_arrow()).insert_into("playback_events")
+            if decisions.audited:
+                con.from_arrow(audit_rows(frame, decisions)).insert_into("dedupe_audit_log")
             if alerts:
                 con.register("new_alerts", alert_table(alerts))
                 try:
@@ -443,7 +558,72 @@ class Projection:
             con.commit()
         except BaseException as exc:
             self._abort(exc)
+        if folded is not None:
+            states.put(folded)
         return result
+
+    def _fold_states(self) -> FoldStates:
+        states = getattr(self, "_states", None)
+        if states is None:
+            states = self._states = FoldStates()
+        return states
+
+    def forget_fold_states(self) -> None:
+        """Forget the in-memory fold states (after anything but :meth:`apply_batch` rewrote
+        playback rows, such as a user's restore): they are folded from the table again."""
+        self._fold_states().clear()
+
+    def _fold(
+        self, accepted: pl.DataFrame, prior: pl.DataFrame, states: FoldStates, batch_seq: int
+    ) -> pl.DataFrame:
+        """The fold states of the playbacks the batch touches."""
+        new = fold_state(accepted)
+        if not prior.height:
+            return new
+        key = pl.col("correlation_key")
+        prior_keys = prior["correlation_key"].to_list()
+        known = states.get(prior_keys)
+        known_keys = known["correlation_key"].to_list()
+        refold = sorted(set(prior_keys) - set(known_keys))
+        parts = [new.filter(~key.is_in(prior_keys))]  # opened by this batch
+        if known_keys:
+            merged, unmergeable = merge_states(known, new.filter(key.is_in(known_keys)))
+            if unmergeable:
+                refold += unmergeable
+                merged = merged.filter(~key.is_in(unmergeable))
+            parts.append(merged)
+        if refold:
+            parts.append(self._refold_states(accepted, prior, refold, batch_seq))
+        return pl.concat(parts, how="vertical")
+
+    def _refold_states(
+        self, accepted: pl.DataFrame, prior: pl.DataFrame, keys: list[str], batch_seq: int
+    ) -> pl.DataFrame:
+        """Fold states from all the events of ``keys``: the stored ones, read back, and the
+        batch's."""
+        wanted = prior.filter(pl.col("correlation_key").is_in(keys))
+        bounds = {"min_seq": int(wanted["_first_seq"].min()), "batch_seq": batch_seq}
+        params = {"keys": keys, **bounds}
+        earlier = self.con.sql(SELECT_PRIOR_EVENTS, params=params).pl()
+        parsed = parse_events(earlier["payload"]).with_columns(
+            earlier["seq"], earlier["correlation_key"]
+        )
+        ours = accepted.filter(pl.col("correlation_key").is_in(keys))
+        events = pl.concat(
+            [parsed.select(FOLD_INPUT_COLUMNS), ours.select(FOLD_INPUT_COLUMNS)],
+            how="vertical_relaxed",
+        )
+        log.debug("folded %d playbacks again from %d stored events", len(keys), earlier.height)
+        return fold_state(events)
+
+    def _delete_playbacks(self, prior: pl.DataFrame) -> None:
+        keys = prior["correlation_key"].to_list()
+        since = int(prior["_first_seq"].min())
+        (deleted,) = self.con.execute(
+            DELETE_PLAYBACKS_SINCE, {"keys": keys, "since": since}
+        ).fetchall()[0]
+        if deleted != len(keys):  # a row whose first_seq moved: look for it everywhere
+            self.con.execute(DELETE_PLAYBACKS, {"keys": keys})
 
     def apply_decision(
         self,
@@ -674,43 +854,35 @@ def media_events_frame(items: Sequence[Applied]) -> pl.DataFrame:
     )
 
 
-def audit_table(items: Sequence[Applied]) -> pa.Table:
-    rows: dict[str, list] = {name: [] for name, _, _ in AUDIT_COLUMNS}
-    for a in items:
-        e, d = a.event, a.decision
-        values = {
-            "audit_id": make_event_id("audit", str(d.tier), e.event_id, a.seq),
-            "seq": a.seq,
-            "recorded_at": a.recorded_at,
-            "tier": str(d.tier),
-            "action": d.action.value,
-            "reason": d.reason,
-            "status": "auto_dedupe",
-            "event_id": e.event_id,
-            "event_type": e.event_type.value,
-            "source": e.source,
-            "session_key": e.session_key,
-            "occurred_at": e.occurred_at,
-            "started_at": e.started_at,
-            "kept_event_id": d.kept_event_id,
-            "kept_source": d.kept_source,
-            "kept_correlation_key": d.playback_key,
-            "similarity_score": d.similarity,
-            "server_id": e.server_id,
-            "user_id": e.user_id,
-            "username": e.username,
-            "media_type": e.media_type,
-            "title": e.title,
-            "rating_key": e.rating_key,
-            "machine_id": e.machine_id,
-            "raw_payload": a.data.decode(),
-            "resolved_by": None,
-            "resolved_at": None,
-            "resolution_notes": None,
-        }
-        for name, column in rows.items():
-            column.append(values[name])
-    return pa.table(rows, schema=AUDIT_ARROW)
+def audit_rows(frame: pl.DataFrame, decisions: BatchDecisions) -> pa.Table:
+    """``dedupe_audit_log`` rows of a batch's drops and links (``frame`` as in
+    :meth:`Projection.apply_batch`, its rows aligned with ``decisions``)."""
+    rows = sorted(decisions.audited)
+    audited = [decisions.audited[i] for i in rows]
+    picked = frame[rows]
+    tiers = [str(d.tier) for d in audited]
+    audit_ids = [
+        make_event_id("audit", tier, event_id, seq)
+        for tier, event_id, seq in zip(
+            tiers, picked["event_id"].to_list(), picked["seq"].to_list(), strict=True
+        )
+    ]
+    table = picked.with_columns(
+        audit_id=pl.Series(audit_ids, dtype=pl.String),
+        tier=pl.Series(tiers, dtype=pl.String),
+        action=pl.Series([d.action.value for d in audited], dtype=pl.String),
+        reason=pl.Series([d.reason for d in audited], dtype=pl.String),
+        status=pl.lit("auto_dedupe"),
+        kept_event_id=pl.Series([d.kept_event_id for d in audited], dtype=pl.String),
+        kept_source=pl.Series([d.kept_source for d in audited], dtype=pl.String),
+        kept_correlation_key=pl.Series([d.playback_key for d in audited], dtype=pl.String),
+        similarity_score=pl.Series([d.similarity for d in audited], dtype=pl.Float64),
+        raw_payload=pl.col("payload"),
+        resolved_by=pl.lit(None, pl.String),
+        resolved_at=pl.lit(None, pl.Datetime("us", "UTC")),
+        resolution_notes=pl.lit(None, pl.String),
+    )
+    return table.select(AUDIT_ARROW.names).to_arrow().cast(AUDIT_ARROW)
 
 
 def alert_table(rows: Sequence[AlertRow]) -> pa.Table:
@@ -756,11 +928,13 @@ __all__ = [
     "PROJECTOR",
     "AlertRow",
     "Applied",
+    "AppliedEvents",
     "BatchResult",
     "CorrelationKey",
     "DecisionOutcome",
+    "FoldStates",
     "Projection",
     "alert_table",
-    "audit_table",
+    "audit_rows",
     "media_events_frame",
 ]

@@ -263,3 +263,25 @@ async def test_replay_until_an_instant_by_either_clock(settings: Settings, tmp_p
     )
     assert by_recorded.counts["accepted"] == 5 and by_recorded.counts["playbacks"] == 1
     assert by_occurred.counts["accepted"] == 5 and by_occurred.counts["playbacks"] == 1
+
+
+@pytest.mark.parametrize("listening", [False, True])
+async def test_batches_grow_while_a_backlog_is_pending_unless_someone_listens(
+    settings: Settings, listening: bool
+) -> None:
+    """A drained backlog commits in batches of up to ten times NATS_BATCH_SIZE (fewer
+    commits, the same rows); with a live-feed client batches stay at NATS_BATCH_SIZE."""
+    sim = simulate(SimulationConfig(seed=8, users=12, days=3))
+    sizes: list[int] = []
+    projection, stats = await ingest(
+        settings,
+        sim.events,
+        batch_size=100,
+        on_batch=lambda result: sizes.append(len(result.applied)),
+        may_grow=lambda: not listening,
+    )
+    assert set(table(projection, TRUTH_SQL)) == truth_keys(sim.truth)
+    assert max(sizes) <= (100 if listening else 1000)
+    if not listening:
+        assert max(sizes) > 100 and stats.batches < len(sim.events) / 100
+    projection.close()

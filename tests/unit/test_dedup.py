@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 from hypothesis import given, settings
@@ -135,3 +136,108 @@ def _load_committed(index: DedupIndex, committed: list) -> None:
             index.playbacks[d.playback_key].sources.add(e.source)
         index.remember_event(e.event_id, step_key(e), d.playback_key)
     index.commit()
+
+
+# ------------------------------------------------------------------ the columnar decisions
+
+
+def _pool() -> list:
+    """Reports that meet each other in every way the tiers tell apart."""
+    from tests.factory import SERVER
+
+    pool = []
+    for i in range(6):
+        start = T0 + timedelta(hours=7 * i) + timedelta(days=3 * (i % 2))
+        lifecycle = plex_playback(start, stop_at=1800)
+        pool += lifecycle[:4]
+        pool.append(tautulli_summary(start, row_id=i, late=4 + 3 * i, stop_at=1800))
+        # a re-report of the play step under a new event id (tier b), and a Jellyfin report
+        # of the same viewing (a link, or outside the tolerance)
+        pool.append(
+            event(
+                "plex",
+                "play",
+                start + timedelta(seconds=40),
+                lifecycle[0].session_key,
+                started_at=start,
+                position_ms=0,
+            )
+        )
+        pool.append(
+            event(
+                "jellyfin",
+                "progress",
+                start + timedelta(seconds=60),
+                f"j{i}",
+                started_at=start + timedelta(seconds=2 * i),
+                position_ms=60_000,
+            )
+        )
+        pool.append(
+            event(
+                "jellyfin",
+                "pause",
+                start + timedelta(seconds=90),
+                f"j{i}",
+                started_at=start + timedelta(seconds=2 * i),
+                position_ms=90_000,
+            )
+        )
+        # another user on the same device: never merged
+        pool.append(event("emby", "play", start, f"e{i}", started_at=start, user_id="other"))
+    pool.append(event("plex", "play", T0, "x", started_at=T0, server_id=SERVER[::-1]))
+    return pool
+
+
+_POOL = _pool()
+
+
+def _keys(events: list, first_seq: int):
+    from ingestor.batch import decode_batch, dedup_keys
+    from ingestor.events import encode_event
+    from ingestor.messages import Message
+
+    messages = [Message(first_seq + i, T0, encode_event(e)) for i, e in enumerate(events)]
+    return dedup_keys(decode_batch(messages).frame())
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.sampled_from(range(len(_POOL))), min_size=1, max_size=60),
+    st.lists(st.integers(min_value=1, max_value=59), max_size=8, unique=True),
+    st.sampled_from([None, 3600.0]),
+    st.sets(st.integers(min_value=0, max_value=8), max_size=3),
+)
+def test_batch_decisions_equal_the_per_event_decisions(picks, cuts, hot_window, failed) -> None:
+    """decide_batch decides every event as decide() does, whatever the batch cuts, with
+    repeats, re-reports, links within and outside the tolerance, out-of-order arrival, cold
+    events past a small hot window (their keys loaded from what was committed) and batches
+    that fail and are decided again after a rollback."""
+    events = [_POOL[i] for i in picks]
+    window = {} if hot_window is None else {"hot_window": hot_window}
+    reference, columnar = DedupIndex(**window), DedupIndex(**window)
+    committed: list = []
+    bounds = [0, *sorted(c for c in cuts if c < len(events)), len(events)]
+    for number, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        batch = events[lo:hi]
+        if not batch:
+            continue
+        keys = _keys(batch, lo + 1)
+        for index in (reference, columnar):
+            if any(index.is_cold(e) for e in batch):
+                _load_committed(index, committed)
+        attempts = 2 if number in failed else 1
+        for attempt in range(attempts):
+            expected = [reference.decide(e, lo + 1 + j) for j, e in enumerate(batch)]
+            decided = columnar.decide_batch(keys)
+            got = [decided.decision(j) for j in range(len(batch))]
+            assert got == expected
+            if attempt + 1 < attempts:
+                reference.rollback()
+                columnar.rollback()
+        reference.commit()
+        columnar.commit()
+        assert columnar.event_ids.keys() == reference.event_ids.keys()
+        assert columnar.steps == reference.steps
+        assert columnar.sessions.keys() == reference.sessions.keys()
+        committed += list(zip(batch, expected, strict=True))
