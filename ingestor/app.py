@@ -45,6 +45,7 @@ from ingestor.nats.reader import stream_bounds
 from ingestor.nats.server import port_answers
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Pipeline
+from ingestor.priority import Priority
 from ingestor.projection import PROJECTOR, BatchResult, Projection
 from ingestor.rebuild import DEFAULT_CHUNK, rebuild
 from ingestor.router import Router, RouterStats
@@ -121,6 +122,8 @@ async def run_service(
         hub, monitor = await _observers(settings, handle, projection)
         on_batch = batch_handlers(hub.publish, monitor.observe_batch)
         sink: Sink
+        # the projection drains a backlog before the archiver and the detector read on
+        priority = Priority()
         if settings.event_sourcing:
             assert handle is not None and publisher is not None
             router = Router(
@@ -132,6 +135,7 @@ async def run_service(
                 # the live feed's queues are sized for NATS_BATCH_SIZE: batches grow only
                 # while nobody listens
                 may_grow=lambda: hub.clients == 0,
+                priority=priority,
             )
             sink = StreamSink(publisher)
         else:
@@ -143,7 +147,12 @@ async def run_service(
         monitor.router_stats = router.stats if router is not None else None
         # the archive keeps every message after the stream's retention has aged it out
         archiver = (
-            Archiver(handle.nc, settings.archive_dir, batch_size=settings.nats_batch_size)
+            Archiver(
+                handle.nc,
+                settings.archive_dir,
+                batch_size=settings.nats_batch_size,
+                priority=priority,
+            )
             if handle is not None
             else None
         )
@@ -151,7 +160,7 @@ async def run_service(
         # detection: its own durable consumer; alerts go to the stream, so the router projects
         # them and a replay has them (legacy mode has no router reading the stream)
         detector = (
-            Detector(handle.nc, detection, batch_size=settings.nats_batch_size)
+            Detector(handle.nc, detection, batch_size=settings.nats_batch_size, priority=priority)
             if handle is not None and settings.event_sourcing
             else None
         )

@@ -46,6 +46,7 @@ from ingestor.errors import IngestorError
 from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message
+from ingestor.priority import Priority
 from ingestor.sources.base import Backoff
 from ingestor.waiting import wait_until
 
@@ -234,6 +235,7 @@ class Archiver:
         segment_max_bytes: int = 64 * MiB,
         segment_max_age: float = 600.0,
         consumer: str = ARCHIVER,
+        priority: Priority | None = None,
     ) -> None:
         if segment_max_messages < 1 or segment_max_bytes < 1 or batch_size < 1:
             raise ValueError("batch_size and segment limits must be positive")
@@ -245,6 +247,7 @@ class Archiver:
         self.segment_max_bytes = segment_max_bytes
         self.segment_max_age = segment_max_age
         self.consumer = consumer
+        self.priority = priority  # waited for while the router drains a backlog
         self.stats = ArchiverStats()
         self._buffer: deque[_Buffered] = deque()
         self._buffered_bytes = 0
@@ -437,6 +440,10 @@ class Archiver:
                 self._wake.set()
                 await _wait_any(self._room, self._stopping, timeout=1.0)
                 continue
+            if self.priority is not None and self.priority.claimed:
+                await self.priority.turn(self._stopping)  # the projection drains first
+                if self._stopping.is_set():
+                    continue
             want = min(self.batch_size, room)
             self._outstanding = want
             self._request_done.clear()

@@ -53,6 +53,7 @@ from ingestor.nats.dlq import DeadLetters
 from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Pipeline, Rejected, decode_messages
+from ingestor.priority import Priority
 from ingestor.projection import PROJECTOR, BatchResult
 from ingestor.waiting import wait_until
 
@@ -126,6 +127,7 @@ class Router:
         ack_wait: float = ACK_WAIT_S,
         on_batch: Callable[[BatchResult], None] | None = None,
         may_grow: Callable[[], bool] | None = None,
+        priority: Priority | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
@@ -139,6 +141,7 @@ class Router:
         self.ack_wait = ack_wait
         self.on_batch = on_batch
         self.may_grow = may_grow  # asked before a batch grows in a backlog (default: yes)
+        self.priority = priority  # claimed while draining a backlog (ingestor/priority.py)
         self.dead_letters = DeadLetters(self.js)
         self.stats = RouterStats(last_seq=pipeline.projection.checkpoint())
         self._buffer: deque[Delivery] = deque()
@@ -157,10 +160,19 @@ class Router:
         self._stopping.set()
 
     async def run(self) -> RouterStats:
+        try:
+            return await self._run()
+        finally:
+            if self.priority is not None:
+                self.priority.release()
+
+    async def _run(self) -> RouterStats:
         while not self._stopping.is_set():
             try:
                 await self._run_consumer()
             except _Pause:
+                if self.priority is not None:
+                    self.priority.release()
                 self.stats.pauses += 1
                 log.warning(
                     "pausing fetch for %.1fs after repeated transient failures", self.pause_s
@@ -235,12 +247,14 @@ class Router:
         if len(self._buffer) >= self.batch_size:
             self._arrived.set()
 
-    def _backlog(self) -> bool:
-        """More than a batch is waiting (in the buffer, or behind the newest message) and
-        batches may grow."""
+    def _waiting(self) -> bool:
+        """More than a batch is waiting: in the buffer, or behind the newest message."""
         buffer = self._buffer
-        waiting = len(buffer) > self.batch_size or (bool(buffer) and buffer[-1].pending > 0)
-        return waiting and (self.may_grow is None or self.may_grow())
+        return len(buffer) > self.batch_size or (bool(buffer) and buffer[-1].pending > 0)
+
+    def _backlog(self) -> bool:
+        """A backlog is waiting and batches may grow."""
+        return self._waiting() and (self.may_grow is None or self.may_grow())
 
     async def _fetch_loop(self, inbox: str) -> None:
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{self.consumer}"
@@ -273,6 +287,11 @@ class Router:
             # caught up: the newest message says nothing is pending behind it, so waiting for
             # the flush interval would only add latency
             caught_up = bool(self._buffer) and self._buffer[-1].pending == 0
+            if self.priority is not None:
+                if self._waiting() and not stopping:
+                    self.priority.claim()
+                else:
+                    self.priority.release()
             if self._buffer and (full or due or caught_up or stopping):
                 batch = self._take()
                 await self._handle(batch, batch[-1].msg.reply)

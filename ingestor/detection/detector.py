@@ -48,6 +48,7 @@ from ingestor.nats.publisher import OutgoingMessage, Publisher, PublishOutcome
 from ingestor.nats.reader import message_of, pull_status, read_range, stream_bounds
 from ingestor.nats.streams import MEDIA_SUBJECTS, STREAM
 from ingestor.pipeline import Message, decode_messages
+from ingestor.priority import Priority
 from ingestor.records import Alert, encode_record
 from ingestor.sources.base import Backoff
 from ingestor.waiting import wait_until
@@ -111,6 +112,7 @@ class Detector:
         consumer: str = DETECTOR,
         geo: Locator | None = None,
         fault: Callable[[str], None] | None = None,
+        priority: Priority | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
@@ -122,6 +124,7 @@ class Detector:
         # a seam for failure tests: called with "published" once a batch's alerts are stored
         # and before the batch is acked; it may raise (a crash at the worst moment)
         self.fault = fault
+        self.priority = priority  # waited for while the router drains a backlog
         self._owned_geo: GeoIP | None = None
         if geo is None and config.geoip_db is not None and config.enabled:
             geo = self._owned_geo = GeoIP(config.geoip_db)
@@ -391,6 +394,10 @@ class Detector:
             if self.nc.stats["reconnects"] != self._reconnects:
                 raise _Restart("NATS reconnected")
             if not self._request_open and not self._buffer:
+                if self.priority is not None and self.priority.claimed:
+                    await self.priority.turn(self._stopping)  # the projection drains first
+                    if self._stopping.is_set():
+                        continue
                 self._outstanding = self.batch_size
                 self._request_done.clear()
                 self._request_open = True
