@@ -43,6 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from ingestor.errors import IngestorError
+from ingestor.nats.continuity import Continuity
 from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message
@@ -260,6 +261,7 @@ class Archiver:
         self._outstanding = 0
         self._reconnects = 0
         self._lost: str | None = None
+        self._continuity = Continuity(nc.stats["reconnects"])
         self._sealed = asyncio.Condition()
 
     # ------------------------------------------------------------------ lifecycle
@@ -329,7 +331,8 @@ class Archiver:
 
     # ------------------------------------------------------------------ consumer
 
-    async def _create_consumer(self) -> None:
+    async def _create_consumer(self) -> tuple[int, int]:
+        """(Re)create the consumer after the last sealed segment; (start, stream's first seq)."""
         start = self.stats.last_sealed_seq + 1
         info = await self.js.stream_info(STREAM)
         if self.stats.last_sealed_seq and info.state.first_seq > start:
@@ -368,6 +371,7 @@ class Archiver:
             ),
         )
         log.info("archiver reads %s from sequence %d into %s", STREAM, start, self.archive_dir)
+        return start, info.state.first_seq
 
     async def _run_consumer(self) -> None:
         self._buffer.clear()  # unsealed messages of a failed consumer are read again
@@ -375,8 +379,10 @@ class Archiver:
         self._high_water = self.stats.last_sealed_seq
         self._halt.clear()
         self._lost = None
-        await self._create_consumer()
+        start, first_seq = await self._create_consumer()
         self._reconnects = self.nc.stats["reconnects"]
+        self._continuity.restart(start, self._reconnects)
+        self._continuity.allow_start_at(first_seq)
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=self._on_message)
         fetcher = asyncio.create_task(self._fetch_loop(inbox))
@@ -408,17 +414,18 @@ class Archiver:
                 self._lost = status.lost or self._lost
                 self._request_done.set()
             return
-        if self.nc.stats["reconnects"] != self._reconnects:
-            # deliveries may have been lost in the disconnect: take nothing more, restart
-            self._lost = "NATS reconnected"
-            self._request_done.set()
-            return
         self._outstanding -= 1
         if self._outstanding <= 0:
             self._request_done.set()
         message = message_of(msg)
         if message.seq <= self._high_water:
             self.stats.redeliveries_skipped += 1
+            return
+        if not self._continuity.accept(message.seq, self.nc.stats["reconnects"]):
+            # a delivery before it may be lost (a reconnect, a cluster node gone): take
+            # nothing more and read again after the last sealed segment
+            self._lost = self._continuity.lost
+            self._request_done.set()
             return
         self._high_water = message.seq
         size = len(message.data) + len(message.subject) + _OVERHEAD_BYTES

@@ -22,6 +22,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 LOG_LEVELS = ("debug", "info", "warning", "error")
+REPLICA_COUNTS = (1, 3, 5)  # NATS_REPLICAS: an odd count, so a majority survives a lost node
 
 
 def parse_duration(text: str) -> float:
@@ -67,6 +68,7 @@ class Settings:
     query_token: str | None = None
     ready_max_lag: int = 10_000
     broadcast_token: str | None = None
+    nats_replicas: int = 1
 
     @property
     def nats_servers(self) -> list[str]:
@@ -140,6 +142,9 @@ class Settings:
                 "a whole number of messages, 0-1000000000",
             ),
             "broadcast_token": (env.get("BROADCAST_TOKEN") or "").strip() or None,
+            "nats_replicas": reader.get(
+                "NATS_REPLICAS", "1", _int_in(REPLICA_COUNTS), "1, 3 or 5 (JetStream replicas)"
+            ),
         }
         if reader.problems:
             raise ConfigError(reader.problems)
@@ -183,6 +188,16 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text.strip())
         if not low <= value <= high:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _int_in(choices: tuple[int, ...]) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text.strip())
+        if value not in choices:
             raise ValueError(text)
         return value
 

@@ -49,12 +49,14 @@ from nats.js.errors import NotFoundError
 
 from ingestor.batch import Decoded, decode_table
 from ingestor.errors import PermanentError, TransientError
+from ingestor.nats.continuity import NATS_FAILURES, Continuity
 from ingestor.nats.dlq import DeadLetters
 from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Pipeline, Rejected, decode_messages
 from ingestor.priority import Priority
 from ingestor.projection import PROJECTOR, BatchResult
+from ingestor.sources.base import Backoff
 from ingestor.waiting import wait_until
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ class RouterStats:
     transient_retries: int = 0
     redeliveries_skipped: int = 0
     pauses: int = 0
+    restarts: int = 0  # consumer recreated: a lost delivery, a reconnect, a NATS failure
+    last_error: str | None = None
     last_seq: int = 0
     first_pull_at: float | None = None  # Unix time of the first pull request
     last_commit_at: float | None = None  # Unix time of the last committed batch
@@ -101,6 +105,8 @@ class RouterStats:
             "transient_retries": self.transient_retries,
             "redeliveries_skipped": self.redeliveries_skipped,
             "pauses": self.pauses,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
             "last_seq": self.last_seq,
             "first_pull_at": self.first_pull_at,
             "last_commit_at": self.last_commit_at,
@@ -109,6 +115,10 @@ class RouterStats:
 
 class _Pause(Exception):
     """Transient failures outlasted the retries: stop fetching for a while."""
+
+
+class _Restart(Exception):
+    """A delivery may have been lost: recreate the consumer from the checkpoint."""
 
 
 class Router:
@@ -152,6 +162,7 @@ class Router:
         self._stopping = asyncio.Event()
         self._unknown_attempts: dict[int, int] = {}
         self._committed = asyncio.Condition()
+        self._continuity = Continuity(nc.stats["reconnects"])
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -167,9 +178,25 @@ class Router:
                 self.priority.release()
 
     async def _run(self) -> RouterStats:
+        backoff = Backoff(initial=0.2, maximum=10.0)
         while not self._stopping.is_set():
             try:
                 await self._run_consumer()
+                backoff.reset()
+            except _Restart as exc:
+                self.stats.restarts += 1
+                self.stats.last_error = str(exc)
+                log.warning(
+                    "consumer %s: %s; reading again from the checkpoint", self.consumer, exc
+                )
+            except NATS_FAILURES as exc:  # no stream leader, a timeout, not connected
+                self.stats.restarts += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("consumer %s: %s; recreating it after a pause", self.consumer, exc)
+                if self.priority is not None:
+                    self.priority.release()
+                if await backoff.sleep(self._stopping):
+                    break
             except _Pause:
                 if self.priority is not None:
                     self.priority.release()
@@ -187,7 +214,8 @@ class Router:
 
     # ------------------------------------------------------------------ consumer
 
-    async def _create_consumer(self) -> None:
+    async def _create_consumer(self) -> int:
+        """(Re)create the durable consumer to deliver from the checkpoint on; its start."""
         start = self.pipeline.projection.checkpoint() + 1
         with contextlib.suppress(NotFoundError):
             await self.js.delete_consumer(STREAM, self.consumer)
@@ -203,11 +231,15 @@ class Router:
         )
         await self.js.add_consumer(STREAM, config)
         log.info("consumer %s reads %s from sequence %d", self.consumer, STREAM, start)
+        return start
 
     async def _run_consumer(self) -> None:
-        await self._create_consumer()
+        start = await self._create_consumer()
+        first_seq = (await self.js.stream_info(STREAM)).state.first_seq
         self._buffer.clear()
         self._high_water = self.stats.last_seq
+        self._continuity.restart(start, self.nc.stats["reconnects"])
+        self._continuity.allow_start_at(first_seq)
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=self._on_message)
         try:
@@ -219,6 +251,10 @@ class Router:
                     fetcher.cancel()
         except* _Pause:
             raise _Pause from None
+        except* _Restart as group:
+            raise group.exceptions[0] from None
+        except* NATS_FAILURES as group:
+            raise group.exceptions[0] from None
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -238,6 +274,12 @@ class Router:
         if seq <= self._high_water:
             self.stats.redeliveries_skipped += 1
             return  # redelivered after ack_wait while we still held it: already ours
+        if not self._continuity.accept(seq, self.nc.stats["reconnects"]):
+            # a delivery before it may be lost: never ack past it (AckAll would), handle what
+            # is held and read again from the checkpoint (ingestor/nats/continuity.py)
+            self._arrived.set()
+            self._request_done.set()
+            return
         self._high_water = seq
         self._buffer.append(Delivery(seq, pending, msg))
         if pending == 0:
@@ -259,6 +301,8 @@ class Router:
     async def _fetch_loop(self, inbox: str) -> None:
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{self.consumer}"
         while not self._stopping.is_set():
+            if self._continuity.lost is not None:
+                return  # the process loop handles what it holds, then the consumer restarts
             size = self.max_batch if self._backlog() else self.batch_size
             if len(self._buffer) >= 2 * size:
                 self._arrived.set()
@@ -287,12 +331,15 @@ class Router:
             # caught up: the newest message says nothing is pending behind it, so waiting for
             # the flush interval would only add latency
             caught_up = bool(self._buffer) and self._buffer[-1].pending == 0
+            lost = self._continuity.lost
+            if lost is not None and not self._buffer and not stopping:
+                raise _Restart(lost)
             if self.priority is not None:
                 if self._waiting() and not stopping:
                     self.priority.claim()
                 else:
                     self.priority.release()
-            if self._buffer and (full or due or caught_up or stopping):
+            if self._buffer and (full or due or caught_up or stopping or lost is not None):
                 batch = self._take()
                 await self._handle(batch, batch[-1].msg.reply)
                 deadline = time.monotonic() + self.flush_interval

@@ -75,6 +75,12 @@ async def open_nats(settings: Settings, *, provision: bool = True) -> NatsHandle
     server: EmbeddedServer | None = None
     host, port = settings.embedded_listen()
     if settings.nats_embedded and not port_answers(host, port):
+        if settings.nats_replicas > 1:
+            raise NatsUnavailable(
+                f"NATS_REPLICAS={settings.nats_replicas} needs a NATS cluster, but no server "
+                f"answers at {settings.nats_url}, and the embedded server is a single node: "
+                "start the cluster, or set NATS_REPLICAS=1"
+            )
         server = EmbeddedServer(host, port, settings.nats_store_dir)
         await asyncio.to_thread(server.start)
         servers = [server.url]
@@ -86,9 +92,9 @@ async def open_nats(settings: Settings, *, provision: bool = True) -> NatsHandle
     try:
         nc = await _connect(servers, reconnect=True)
         js = nc.jetstream(timeout=10)
-        await _wait_jetstream(js)
+        await wait_jetstream(js)
         if provision:
-            await ensure_streams(js, settings.nats_retention_days)
+            await ensure_streams(js, settings.nats_retention_days, settings.nats_replicas)
     except Exception:
         if server is not None:
             await asyncio.to_thread(server.stop)
@@ -103,7 +109,7 @@ def _answers(url: str) -> bool:
     return port_answers(parts.hostname or "127.0.0.1", parts.port or 4222)
 
 
-async def _wait_jetstream(js: JetStreamContext, timeout: float = 15.0) -> None:
+async def wait_jetstream(js: JetStreamContext, timeout: float = 15.0) -> None:
     """JetStream answers a little after the port opens; wait for it with a deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

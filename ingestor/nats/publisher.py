@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 MSG_ID = "Nats-Msg-Id"
 _CHUNK = 512
 _RETRYABLE = (TimeoutError, asyncio.TimeoutError, NoRespondersError, ConnectionReconnectingError)
+# A clustered stream answers a message id it is still replicating with this error (409), where
+# a single server says "duplicate": publish again after a moment and it says "duplicate" too.
+DUPLICATE_IN_PROCESS = 10158
 
 
 class PublishOutcome(StrEnum):
@@ -110,19 +113,45 @@ class Publisher:
 
         Messages go out in chunks without yielding to the event loop in between, so the
         client writes a chunk to the socket at once; acks are awaited a chunk at a time once
-        ``max_in_flight`` messages are unacknowledged.
+        ``max_in_flight`` messages are unacknowledged. A message whose id is still in flight
+        (an exact repeat in the same feed) waits for that one's ack first: a cluster answers a
+        repeat it is still replicating with an error instead of "duplicate", which nats-py's
+        asynchronous publish never hands to its future.
         """
         window: deque[tuple[OutgoingMessage, asyncio.Future[PubAck]]] = deque()
+        try:
+            async for result in self._pipeline(events, window):
+                yield result
+        finally:  # given up (an error, the caller stopped): no ack is waited for any more
+            for _, future in window:
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: the caller publishes again or gives up
+                else:
+                    future.cancel()
+
+    async def _pipeline(
+        self,
+        events: Iterable[MediaEvent] | Iterable[OutgoingMessage],
+        window: deque[tuple[OutgoingMessage, asyncio.Future[PubAck]]],
+    ) -> AsyncIterator[PublishResult]:
+        in_flight: dict[str, int] = {}
         chunk = max(1, min(_CHUNK, self._max_in_flight // 2))
         for item in events:
             message = item if isinstance(item, OutgoingMessage) else OutgoingMessage.of(item)
+            while message.msg_id in in_flight:
+                settled, future = window.popleft()
+                _leave(in_flight, settled.msg_id)
+                yield await self._settle(settled, future)
+            in_flight[message.msg_id] = in_flight.get(message.msg_id, 0) + 1
             future = await self._js.publish_async(
                 message.subject, message.data, headers={MSG_ID: message.msg_id}
             )
             window.append((message, future))
             if len(window) >= self._max_in_flight:
                 for _ in range(chunk):
-                    yield await self._settle(*window.popleft())
+                    settled, future = window.popleft()
+                    _leave(in_flight, settled.msg_id)
+                    yield await self._settle(settled, future)
         while window:
             yield await self._settle(*window.popleft())
 
@@ -149,7 +178,11 @@ class Publisher:
                 )
                 return _result(message, ack)
             except (*_RETRYABLE, APIError) as exc:
-                if isinstance(exc, APIError) and (exc.code or 0) < 500:
+                if (
+                    isinstance(exc, APIError)
+                    and (exc.code or 0) < 500
+                    and exc.err_code != DUPLICATE_IN_PROCESS
+                ):
                     raise
                 if attempt == self._max_attempts:
                     raise
@@ -157,6 +190,14 @@ class Publisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
+
+
+def _leave(in_flight: dict[str, int], msg_id: str) -> None:
+    left = in_flight[msg_id] - 1
+    if left:
+        in_flight[msg_id] = left
+    else:
+        del in_flight[msg_id]
 
 
 def _result(message: OutgoingMessage, ack: PubAck) -> PublishResult:

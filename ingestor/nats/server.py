@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ingestor.errors import NatsUnavailable
@@ -62,10 +63,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 class EmbeddedServer:
     """A ``nats-server -js`` child bound to ``host:port``, its store in ``store_dir``."""
 
-    def __init__(self, host: str, port: int, store_dir: Path) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        store_dir: Path,
+        *,
+        server_name: str = "ingestor-embedded",
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.host = host
         self.port = port
         self.store_dir = Path(store_dir)
+        self.server_name = server_name
+        self.extra_args = list(extra_args)  # e.g. a cluster node's --cluster and --routes
         self.pid_file = self.store_dir / "nats-server.pid"
         self.log_file = self.store_dir / "nats-server.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -90,7 +101,8 @@ class EmbeddedServer:
             "--pid",
             str(self.pid_file),
             "--server_name",
-            "ingestor-embedded",
+            self.server_name,
+            *self.extra_args,
         ]
         log.info("starting embedded nats-server on %s, store %s", self.url, self.store_dir)
         with open(self.log_file, "ab") as out:

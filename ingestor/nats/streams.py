@@ -4,15 +4,24 @@
 same total order, audit decisions (``audit.>``) and detection alerts (``alert.>``).
 ``MEDIA_EVENTS_DLQ`` holds dead letters under ``dlq.>``, a subject family no consumer of
 ``MEDIA_EVENTS`` can match.
+
+Both are created with ``NATS_REPLICAS`` replicas (1 on the embedded server; 3 or 5 on a
+cluster, so that losing a node loses no acknowledged message), and an existing stream's
+replica count is brought up to date at start: JetStream copies the stream to the new
+replicas in the background (or drops the extra ones) without a gap in service.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
+
+from ingestor.errors import NatsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +37,7 @@ DLQ_MIN_RETENTION_DAYS = 30
 _DAY = 86400.0
 
 
-def media_events_config(retention_days: int) -> StreamConfig:
+def media_events_config(retention_days: int, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=STREAM,
         description="Playback events: the source of truth",
@@ -39,11 +48,11 @@ def media_events_config(retention_days: int) -> StreamConfig:
         max_age=retention_days * _DAY,
         duplicate_window=DUPLICATE_WINDOW_S,
         allow_direct=True,
-        num_replicas=1,
+        num_replicas=replicas,
     )
 
 
-def dlq_config(retention_days: int) -> StreamConfig:
+def dlq_config(retention_days: int, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=DLQ_STREAM,
         description="Dead letters of MEDIA_EVENTS, with their error",
@@ -53,18 +62,63 @@ def dlq_config(retention_days: int) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         max_age=max(retention_days, DLQ_MIN_RETENTION_DAYS) * _DAY,
         duplicate_window=DUPLICATE_WINDOW_S,
-        num_replicas=1,
+        num_replicas=replicas,
     )
 
 
-async def ensure_streams(js: JetStreamContext, retention_days: int) -> None:
-    """Create both streams, or bring an existing one's settings up to date."""
-    for config in (media_events_config(retention_days), dlq_config(retention_days)):
+async def ensure_streams(js: JetStreamContext, retention_days: int, replicas: int = 1) -> None:
+    """Create both streams, or bring an existing one's settings (replicas included) up to
+    date.
+
+    Raises :class:`NatsUnavailable` naming ``NATS_REPLICAS`` when the servers cannot hold
+    that many replicas (a single server, or a cluster with fewer JetStream nodes).
+    """
+    for config in (
+        media_events_config(retention_days, replicas),
+        dlq_config(retention_days, replicas),
+    ):
         try:
-            await js.stream_info(config.name)
-        except NotFoundError:
-            await js.add_stream(config)
-            log.info("created stream %s", config.name)
-        else:
+            try:
+                info = await js.stream_info(config.name)
+            except NotFoundError:
+                await js.add_stream(config)
+                log.info("created stream %s with %d replica(s)", config.name, replicas)
+                continue
+            before = info.config.num_replicas or 1
             await js.update_stream(config)
+        except APIError as exc:
+            if replicas > 1 and not isinstance(exc, NotFoundError):
+                raise NatsUnavailable(
+                    f"NATS_REPLICAS={replicas}: NATS refused stream {config.name} with "
+                    f"{replicas} replicas ({exc.description or exc}); it needs a cluster "
+                    f"of at least {replicas} JetStream servers"
+                ) from exc
+            raise
+        if before != replicas:
+            log.info("stream %s: replicas %d -> %d", config.name, before, replicas)
+            await _wait_replicated(js, config.name, replicas)
+        else:
             log.debug("stream %s is up to date", config.name)
+
+
+async def _wait_replicated(
+    js: JetStreamContext, name: str, replicas: int, timeout: float = 30.0
+) -> None:
+    """Wait until a stream whose replica count changed has a leader and that many current
+    replicas (consumers cannot be created before: JetStream answers "insufficient
+    resources"); after ``timeout`` go on, the consumers retry."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        with contextlib.suppress(Exception):
+            cluster = (await js.stream_info(name)).cluster
+            peers = (cluster.replicas or []) if cluster is not None else []
+            if replicas == 1 or (
+                cluster is not None
+                and cluster.leader
+                and len(peers) == replicas - 1
+                and all(peer.current for peer in peers)
+            ):
+                return
+        await asyncio.sleep(0.2)
+    log.warning("stream %s: still copying to its new replicas after %.0fs", name, timeout)

@@ -80,8 +80,20 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(
         try:
             wait_until(lambda p=proc: status(env) is not None or p.poll() is not None, 60, "ready")
             assert proc.poll() is None, log.read_text()[-3000:]
-            try:  # let it ingest for a random moment, then kill it mid-flight
-                proc.wait(timeout=rng.uniform(0.05, 1.2))
+            # let it ingest up to a random point of the next twelfth of the feed (whatever
+            # its speed), then kill it mid-flight, a random moment later
+            target = int(last * (len(checkpoints) + rng.random()) / 13)
+            wait_until(
+                lambda p=proc, t=target: (
+                    (s := status(env)) is None
+                    or (s["checkpoint_seq"] or 0) >= t
+                    or p.poll() is not None
+                ),
+                60,
+                f"the checkpoint to pass {target}",
+            )
+            try:
+                proc.wait(timeout=rng.uniform(0.0, 0.05))
             except subprocess.TimeoutExpired:
                 pass
         finally:

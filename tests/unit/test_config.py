@@ -82,3 +82,10 @@ def test_readiness_lag_and_broadcast_token_have_defaults_and_are_checked() -> No
     assert info.value.problems == [
         "READY_MAX_LAG='-1' is invalid: expected a whole number of messages, 0-1000000000"
     ]
+
+
+def test_nats_replicas_default_to_one_and_accept_only_odd_cluster_sizes() -> None:
+    assert Settings.from_env({}).nats_replicas == 1
+    assert Settings.from_env({"NATS_REPLICAS": "5"}).nats_replicas == 5
+    with pytest.raises(ConfigError, match=r"NATS_REPLICAS='4' is invalid: expected 1, 3 or 5"):
+        Settings.from_env({"NATS_REPLICAS": "4"})
