@@ -64,3 +64,7 @@ class LiveProjection:
         except urllib.error.URLError as exc:
             raise QueryError(f"no ingestor answers at {self.url}: {exc.reason}") from None
         return LiveResult(pl.from_arrow(table), seq)
+
+    def checkpoint(self) -> int:
+        """The stream sequence the live projection has committed up to (one tiny query)."""
+        return self.sql("SELECT 1 AS one").checkpoint_seq
