@@ -75,6 +75,11 @@ async def connect_reader(url: str, *, connect_timeout: float = 5) -> Client:
     Raises what ``nats.connect`` raises when no server answers now.
     """
     servers = [part.strip() for part in url.split(",") if part.strip()]
+    # nats-py retries a first connection as often as a reconnection (forever, here): ask
+    # the ports first, so "nobody there" is an answer, not a hang
+    reachable = [server for server in servers if _answers(server)]
+    if not reachable:
+        raise NatsUnavailable(f"no NATS server answers at {url}")
 
     async def quiet_error(exc: Exception) -> None:
         log.debug("nats (%s): %s", url, exc)
