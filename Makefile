@@ -51,7 +51,8 @@ LAB_ARGS     ?=
 lab: $(LAB_STAMP)
 	@test -d $(LAB_DATA)/archive || DATA_DIR=$(LAB_DATA) $(BIN)/ingestor demo
 	WORKBENCH_DATA_DIR=$(LAB_DATA) WORKBENCH_HTTP_URL=$(LAB_HTTP_URL) \
-	WORKBENCH_NATS_URL=$(LAB_NATS_URL) $(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	WORKBENCH_NATS_URL=$(LAB_NATS_URL) $(BIN)/jupyter lab --ServerApp.root_dir=notebooks \
+	$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check .

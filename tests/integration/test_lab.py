@@ -47,7 +47,8 @@ WIDGET_TEXTS = """() => ({
         .map(e => e.innerText),
   readouts: [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .widget-readout')]
         .map(e => e.innerText),
-  errors: [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
+  errors: [...document.querySelectorAll(
+          '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
         .map(e => e.innerText).filter(t => /Traceback|Error:/.test(t)),
 })"""
 
@@ -88,7 +89,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     for name in [n for n in env if n.startswith(("WORKBENCH_", "JUPYTER"))]:
         del env[name]
     lab_args = (
-        f"--no-browser --port={port} --ServerApp.token={TOKEN} "
+        f"--no-browser --port={port} --IdentityProvider.token={TOKEN} "
         "--LabApp.expose_app_in_browser=True --LabApp.news_url=None"
     )
     log = open(tmp / "lab.log", "wb")  # noqa: SIM115 - the server writes it while it runs
@@ -110,7 +111,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _get(f"{url}/api/status") is not None, 120, "JupyterLab to answer")
+        wait_until(
+            lambda: server.poll() is not None or _get(f"{url}/api/status") is not None,
+            120,
+            "JupyterLab to answer",
+        )
+        assert server.poll() is None, (tmp / "lab.log").read_text()[-3000:]
         SHOTS.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -224,7 +230,7 @@ def move_the_slider(page: Page, setup: str) -> None:
     assert seen["readouts"][0].split()[2] == f"{end // 60:02d}:{end % 60:02d}", seen  # 10 steps
     assert seen["errors"] == [], seen["errors"]
     assert "Could not" not in slider_status(seen)  # type: ignore[operator]
-    print(f"{setup}: {MOVES} quick moves drawn {took:.1f} s after the last one")  # noqa: T201
+    print(f"{setup}: {MOVES} quick moves drawn {took:.1f} s after the last one")
     shoot(page, f"{setup}-time_travel", ".widget-slider")
 
 
