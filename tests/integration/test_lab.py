@@ -45,6 +45,8 @@ RUN_DEADLINE = 180.0  # seconds for Run All of one notebook (kernel start includ
 WIDGET_TEXTS = """() => ({
   html: [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .widget-html-content')]
         .map(e => e.innerText),
+  labels: [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .widget-label')]
+        .map(e => e.innerText),
   readouts: [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .widget-readout')]
         .map(e => e.innerText),
   errors: [...document.querySelectorAll(
@@ -75,7 +77,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     for stamp in (".created", ".installed", ".installed-notebook"):
         (venv / stamp).touch()
     home = tmp / "home"
-    home.mkdir()
+    settings = home / ".jupyter/lab/user-settings/@jupyterlab/apputils-extension"
+    settings.mkdir(parents=True)  # no "get notified about Jupyter news?" toast on the shots
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
     port, nats_port, http_port = free_port(), free_port(), free_port()
     env = subprocess_env(
         {
@@ -185,6 +191,7 @@ def wait_for(page: Page, check: object, deadline: float, what: str) -> dict[str,
     seen = texts(page)
     while not check(seen):  # type: ignore[operator]
         if time.monotonic() > end:
+            page.screenshot(path=str(SHOTS / "failed.png"))
             raise AssertionError(f"timed out after {deadline}s waiting for {what}: {seen}")
         page.wait_for_timeout(100)
         seen = texts(page)
@@ -237,9 +244,12 @@ def move_the_slider(page: Page, setup: str) -> None:
 def confirm_first_entry(page: Page) -> tuple[str, str]:
     """Select the browser's first entry and press Confirm: (its audit id's start, the status
     line once the button has answered)."""
+    wait_for(
+        page, lambda s: any(t.startswith("page 1 of") for t in s["labels"]), RUN_DEADLINE,
+        "Run All to show the audit browser",
+    )  # fmt: skip
     select = page.locator(".widget-select select").first
-    select.wait_for(timeout=RUN_DEADLINE * 1000)
-    wait_for(page, lambda s: any("page 1 of" in t for t in s["html"]), 60, "the browser")
+    select.scroll_into_view_if_needed()
     label = select.locator("option").first.inner_text()
     select.select_option(index=0)
     page.get_by_role("button", name="Confirm").click()
