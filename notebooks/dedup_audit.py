@@ -239,6 +239,6 @@ browser = await wb.audit_browser(
 if wb.mode != "live":
     print(
         "Offline: the projection is read from the file. Verdicts need the running "
-        "ingestor (start it with `.venv/bin/ingestor run`, then run this notebook again)."
+        "ingestor: start it with `.venv/bin/ingestor run`, and the buttons then publish."
     )
 display(browser)

@@ -985,8 +985,8 @@ class AuditBrowser:
             for name in DETAIL_HEADER
             if name in entry and entry[name] is not None
         )
-        own = _payload(entry, PAYLOAD_COLUMNS)
-        kept = _payload(entry, KEPT_PAYLOAD_COLUMNS)
+        own = _instants(_payload(entry, PAYLOAD_COLUMNS))
+        kept = _instants(_payload(entry, KEPT_PAYLOAD_COLUMNS))
         left = {**own, **{k: v for k, v in entry.items() if k in REPORT_FIELDS}}
         right = dict(kept)
         for name, value in entry.items():
@@ -1041,6 +1041,19 @@ TABLE_STYLE = (
     "</style>"
 )
 """Compact tables, one line a row, that scroll sideways rather than wrap."""
+
+
+def _instants(report: dict[str, Any]) -> dict[str, Any]:
+    """A report's ISO 8601 times (as JSON payloads carry them) as datetimes, so both
+    reports show them alike and only a real difference is marked."""
+    result = dict(report)
+    for name, value in report.items():
+        if isinstance(value, str) and len(value) >= 20 and value[4:5] == "-" and "T" in value:
+            try:
+                result[name] = datetime.fromisoformat(value)
+            except ValueError:
+                pass
+    return result
 
 
 def _cell(text: str, width: int) -> str:

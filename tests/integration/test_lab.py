@@ -165,16 +165,14 @@ def shut_down_kernels(lab: Lab) -> None:
 
 def open_and_run_all(lab: Lab, notebook: str) -> Page:
     page = lab.browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{lab.url}/lab/tree/{notebook}.ipynb?token={TOKEN}")
-    page.wait_for_function(
-        "() => window.jupyterapp && document.querySelector('.jp-NotebookPanel .jp-Cell')",
-        timeout=60_000,
-    )
-    page.wait_for_function(  # the kernel has started
-        """() => { const w = window.jupyterapp.shell.currentWidget;
-                   return w && w.sessionContext && w.sessionContext.session
-                       && w.sessionContext.session.kernel
+    # ?reset: a workspace of its own, so only this notebook is open and current
+    page.goto(f"{lab.url}/lab/tree/{notebook}.ipynb?reset&token={TOKEN}")
+    page.wait_for_function(  # the notebook is the current tab and its kernel has started
+        """(path) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+                   return w && w.context && w.context.path === path && w.sessionContext
+                       && w.sessionContext.session && w.sessionContext.session.kernel
                        && w.sessionContext.session.kernel.status === 'idle'; }""",
+        arg=f"{notebook}.ipynb",
         timeout=60_000,
     )
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
@@ -275,7 +273,7 @@ def test_offline_on_the_demo_files_the_notebooks_run_and_say_what_a_verdict_need
     _, said = confirm_first_entry(page)
     assert "needs the running ingestor" in said and "ingestor run" in said, said
     assert "\n" not in said
-    shoot(page, "offline-dedup_audit", ".widget-select")
+    shoot(page, "offline-dedup_audit", ".widget-button")
     page.close()
     shut_down_kernels(lab)
 
@@ -308,7 +306,7 @@ def test_against_a_running_ingestor_the_slider_keeps_up_and_a_confirm_reaches_th
             f"'{prefix}')"
         ).frame
         assert confirmed.rows() == [("user_confirmed", "notebook")]
-        shoot(page, "live-dedup_audit", ".widget-select")
+        shoot(page, "live-dedup_audit", ".widget-button")
         page.close()
     finally:
         ingestor.send_signal(signal.SIGTERM)
