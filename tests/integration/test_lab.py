@@ -258,22 +258,27 @@ def confirm_first_entry(page: Page) -> tuple[str, str]:
         "Confirm to answer",
     )
     said = next(t for t in seen["html"] if t.startswith(("Confirmed", "Could not confirm")))
-    return label.split(" · ")[0], said
+    return label[:12], said  # the label starts with the audit id's first 12 characters
+
+
+def travel_then_review(lab: Lab, setup: str, mode: str) -> Page:
+    """Run All of time_travel and its slider moved (in ``mode``), then dedup_audit run: its
+    page."""
+    page = open_and_run_all(lab, "time_travel")
+    move_the_slider(page, setup)
+    assert page.get_by_text(f"read in {mode} mode").count() == 1
+    page.close()
+    return open_and_run_all(lab, "dedup_audit")
 
 
 def test_offline_on_the_demo_files_the_notebooks_run_and_say_what_a_verdict_needs(
     lab: Lab,
 ) -> None:
-    page = open_and_run_all(lab, "time_travel")
-    move_the_slider(page, "offline")
-    assert page.get_by_text("read in file mode").count() == 1
-    page.close()
-
-    page = open_and_run_all(lab, "dedup_audit")
+    page = travel_then_review(lab, "offline", "file")
     _, said = confirm_first_entry(page)
     assert "needs the running ingestor" in said and "ingestor run" in said, said
     assert "\n" not in said
-    shoot(page, "offline-dedup_audit", ".widget-button")
+    shoot(page, "offline-dedup_audit", "button:has-text('Confirm')")
     page.close()
     shut_down_kernels(lab)
 
@@ -291,12 +296,7 @@ def test_against_a_running_ingestor_the_slider_keeps_up_and_a_confirm_reaches_th
     )
     try:
         wait_until(lambda: status(lab.env) is not None, 60, "the ingestor to answer")
-        page = open_and_run_all(lab, "time_travel")
-        move_the_slider(page, "live")
-        assert page.get_by_text("read in live mode").count() == 1
-        page.close()
-
-        page = open_and_run_all(lab, "dedup_audit")
+        page = travel_then_review(lab, "live", "live")
         prefix, said = confirm_first_entry(page)
         assert said.startswith(f"Confirmed {prefix}"), said
         assert "the live projection shows it" in said, said
@@ -306,7 +306,7 @@ def test_against_a_running_ingestor_the_slider_keeps_up_and_a_confirm_reaches_th
             f"'{prefix}')"
         ).frame
         assert confirmed.rows() == [("user_confirmed", "notebook")]
-        shoot(page, "live-dedup_audit", ".widget-button")
+        shoot(page, "live-dedup_audit", "button:has-text('Confirm')")
         page.close()
     finally:
         ingestor.send_signal(signal.SIGTERM)
