@@ -33,7 +33,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-import nats
 import polars as pl
 import pyarrow as pa
 from nats.aio.client import Client
@@ -41,6 +40,7 @@ from nats.aio.client import Client
 from ingestor.archive import Segment, archive_segments, read_segment
 from ingestor.errors import IngestorError, InvalidEvent
 from ingestor.events import MediaEvent, decode_event
+from ingestor.nats.connection import connect_reader
 from ingestor.nats.reader import read_range
 from ingestor.nats.streams import MEDIA_SUBJECTS, STREAM
 from ingestor.pipeline import Message
@@ -161,8 +161,7 @@ class EventLog:
 
     async def _client(self) -> Client | None:
         if self._nc is None and self._nats_url is not None:
-            servers = [url.strip() for url in self._nats_url.split(",") if url.strip()]
-            self._nc = await nats.connect(servers=servers, connect_timeout=5)
+            self._nc = await connect_reader(self._nats_url)
             self._owns_nc = True
         return self._nc
 

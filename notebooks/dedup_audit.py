@@ -55,18 +55,15 @@ from IPython.display import display
 
 from ingestor.app import TRUTH_SQL
 from ingestor.sources import simulator
-from workbench import audit, charts, connect, open_data_dir
+from workbench import audit, charts, open_data_dir
 from workbench.db import show
-from workbench.widgets import AuditBrowser
 
 charts.use_offline_renderer()
 zone = ZoneInfo(tz)
 
 
-if nats_url:  # verdicts are published: this needs the ingestor's NATS connection
-    wb = await connect(nats_url, archive_dir=Path(data_dir) / "archive", http_url=http_url)
-else:
-    wb = open_data_dir(data_dir, http_url=http_url)
+# live when the ingestor answers at http_url, else the file; verdicts go to nats_url
+wb = open_data_dir(data_dir, http_url=http_url, nats_url=nats_url)
 snapshot = await wb.snapshot()
 print(f"projection read in {wb.mode} mode")
 
@@ -228,20 +225,20 @@ else:
 # %% [markdown]
 # ## Review
 #
-# Select an entry and confirm it (the dedup was right) or restore it (it was wrong: the
-# linked report becomes a playback of its own, the dropped one is put back). Verdicts are
-# published to the stream, so they need the ingestor's NATS (`nats_url`); the table
-# changes once the ingestor has projected them (run the notebook again).
+# Select an entry: its report stands next to the one it was matched to, the fields that
+# differ marked. Confirm it (the dedup was right) or restore it (it was wrong: the linked
+# report becomes a playback of its own, the dropped one is put back). A verdict is an event
+# in the stream, so it needs the running ingestor: in Binder it runs already; elsewhere
+# start it in a terminal (`.venv/bin/ingestor run` from the project's directory) and open
+# the notebooks with `make lab`, which points them at it. Offline, a button says so.
 
 # %%
-browser = AuditBrowser(
-    listed,
-    on_confirm=lambda audit_id: wb.confirm(audit_id, by=reviewer),
-    on_restore=lambda audit_id: wb.restore(audit_id, by=reviewer),
-    page_size=limit,
-    tz=tz,
+browser = await wb.audit_browser(
+    tier=tier, status=status, source=source, by=reviewer, page_size=limit, tz=tz
 )
+if wb.mode != "live":
+    print(
+        "Offline: the projection is read from the file. Verdicts need the running "
+        "ingestor: start it with `.venv/bin/ingestor run`, and the buttons then publish."
+    )
 display(browser)
-
-# %% tags=["hide-input"]
-await wb.close()

@@ -164,8 +164,9 @@ else:
 # ## Move through time
 #
 # With a live kernel, move the slider (or switch the clock): the projection as of the
-# chosen moment lists the playbacks active then, with the concurrent streams up to it. A
-# static copy of this report shows the instant above.
+# chosen moment lists the playbacks active then, with the concurrent streams up to it. The
+# last position wins however fast it moves, and a moment with no answer within 30 s says
+# so in the status line. A static copy of this report shows the instant above.
 
 # %%
 if wb.log is None and wb.mode == "replay":
@@ -182,9 +183,3 @@ else:
     )
     await slider.show_at(at)
     display(slider)
-
-# %% tags=["hide-input"]
-if wb.log is not None or wb.mode != "replay":
-    slider.close()
-then.close()
-await wb.close()

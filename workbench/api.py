@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import time
@@ -75,6 +76,7 @@ import polars as pl
 from nats.aio.client import Client
 
 from ingestor.errors import IngestorError
+from ingestor.nats.connection import connect_reader
 from ingestor.projection.schema import DETAIL_VIEW
 from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
 from workbench import audit as _audit
@@ -96,6 +98,12 @@ log = logging.getLogger(__name__)
 Mode = Literal["live", "file", "replay"]
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_HTTP_URL = "http://127.0.0.1:3857"
+INGESTOR_HINT = (
+    "start it in a terminal, from the project's directory, with `.venv/bin/ingestor run` "
+    "(it serves ./data; DATA_DIR, NATS_URL and HTTP_PORT say otherwise)"
+)
+APPLIED_WAIT = 10.0
+"""Seconds a verdict given live waits for the live projection to show it."""
 # the projection's tables a snapshot copies, and how each is cut at the snapshot's sequence
 SNAPSHOT_TABLES = {
     "playback_events": None,
@@ -124,15 +132,19 @@ class Workbench:
         live: LiveProjection | None = None,
         db_path: Path | None = None,
         tolerance: float = 10.0,
+        verdict_url: str | None = None,
     ) -> None:
         self.log = log
         self.nc = nc
+        self.verdict_url = verdict_url
+        """The NATS a verdict is published to when no connection is open (yet)."""
         self._owns_nc = owns_nc
         self.live = live
         self.db_path = db_path
         self.tolerance = tolerance
         self._replay: Replay | None = None
         self._file: duckdb.DuckDBPyConnection | None = None
+        self._live: tuple[int, _Closing] | None = None  # (checkpoint, copy) of the live state
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -149,6 +161,7 @@ class Workbench:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._live = None
         if self.log is not None:
             await self.log.close()
         if self._owns_nc and self.nc is not None:
@@ -210,16 +223,17 @@ class Workbench:
             raise ValueError(f"clock must be 'recorded' or 'occurred', got {clock!r}")
         started = time.perf_counter()
         mode = self.mode
-        if mode == "live":
-            assert self.live is not None
-            copy = await asyncio.to_thread(_live_snapshot, self.live)
-            return await asyncio.to_thread(
-                answer_as_of, copy, cut, clock, keep=_Closing(copy), started=started
-            )
-        if mode == "file":
-            con = await self._snapshot("file")
-            return await asyncio.to_thread(answer_as_of, con, cut, clock, started=started)
-        return await log_as_of(self._log(), cut, clock, tolerance=self.tolerance)
+        if mode == "replay":
+            return await log_as_of(self._log(), cut, clock, tolerance=self.tolerance)
+        # the live copy (fetched again only when the ingestor has committed since) or the
+        # file; each answer reads through a cursor of its own, so a move still finishing in
+        # a worker thread never shares one with the next
+        shared = (await self._live_copy()) if mode == "live" else None
+        con = shared.con if shared is not None else await self._snapshot("file")
+        base = _Closing(con.cursor())
+        return await asyncio.to_thread(
+            answer_as_of, base.con, cut, clock, keep=(shared, base), started=started
+        )
 
     # ------------------------------------------------------------------ the projection
 
@@ -233,7 +247,7 @@ class Workbench:
         return await self._snapshot(self.mode)
 
     async def _snapshot(self, mode: Mode) -> duckdb.DuckDBPyConnection:
-        if mode == "live":
+        if mode == "live":  # a copy of its own: the caller keeps it as long as it likes
             assert self.live is not None
             return await asyncio.to_thread(_live_snapshot, self.live)
         if mode == "file":
@@ -282,14 +296,24 @@ class Workbench:
 
         return alerts(await self.snapshot(), **filters)
 
-    async def audit_browser(self, **filters: Any) -> Any:
+    async def audit_browser(
+        self, *, by: str = "", page_size: int = 20, tz: str = "UTC", **filters: Any
+    ) -> Any:
         """An :class:`workbench.widgets.AuditBrowser` over the entries (``filters`` as for
-        :func:`workbench.audit.entries`) whose Confirm and Restore buttons publish verdicts
-        through this workbench."""
+        :func:`workbench.audit.entries`), each next to the report it was matched to, whose
+        Confirm and Restore buttons publish verdicts through this workbench (recorded as
+        given ``by``). Offline, a button says that a verdict needs the running ingestor and
+        how to start it."""
         from workbench.widgets import AuditBrowser
 
         frame = _audit.entries(await self.snapshot(), payloads=True, **filters)
-        return AuditBrowser(frame, on_confirm=self.confirm, on_restore=self.restore)
+        return AuditBrowser(
+            frame,
+            on_confirm=lambda audit_id: self.confirm(audit_id, by=by),
+            on_restore=lambda audit_id: self.restore(audit_id, by=by),
+            page_size=page_size,
+            tz=tz,
+        )
 
     # ------------------------------------------------------------------ verdicts
 
@@ -302,14 +326,74 @@ class Workbench:
         return await self._verdict(_audit.restore, audit_id, by, notes)
 
     async def _verdict(self, fn: Any, audit_id: str, by: str, notes: str) -> _audit.Receipt:
-        if self.nc is None and self.log is not None and self.log.has_stream:
-            self.nc = await self.log.client()  # open_data_dir(..., nats_url=...)
-        if self.nc is None:
+        nc = await self._verdict_client()
+        try:
+            receipt = await fn(nc, audit_id, db=await self.snapshot(), by=by, notes=notes)
+        except (nats.errors.ConnectionClosedError, nats.errors.TimeoutError) as exc:
             raise WorkbenchError(
-                "a verdict is published to the stream: use connect() to a running ingestor's "
-                "NATS (or open_data_dir(..., nats_url=...))"
+                f"the stream did not take the verdict ({type(exc).__name__}); "
+                f"{INGESTOR_HINT}, then try again"
+            ) from None
+        if self.mode == "live":  # say whether the live projection shows it yet
+            applied = await self._wait_applied(receipt.seq, APPLIED_WAIT)
+            receipt = dataclasses.replace(receipt, applied=applied)
+        return receipt
+
+    async def _verdict_client(self) -> Client:
+        """The NATS connection a verdict is published on: kept open for the workbench's
+        lifetime, opened again when it was closed, and opened late when the ingestor was
+        started after the notebook."""
+        if self.nc is not None and not self.nc.is_closed:
+            return self.nc
+        url = self.verdict_url
+        if url is None and self.log is not None and self.log.has_stream:
+            self.nc = await self.log.client()  # open_data_dir(..., nats_url=...)
+            if self.nc is not None and not self.nc.is_closed:
+                return self.nc
+        if url is None:
+            raise WorkbenchError(
+                "a verdict is an event in the stream, so it needs the running ingestor: "
+                f"{INGESTOR_HINT}, and give this notebook its NATS (the nats_url parameter, "
+                "or WORKBENCH_NATS_URL; `make lab` sets it)"
             )
-        return await fn(self.nc, audit_id, db=await self.snapshot(), by=by, notes=notes)
+        try:
+            self.nc = await connect_reader(url, connect_timeout=2)
+        except Exception:  # nats-py raises several kinds for "nobody there"
+            raise WorkbenchError(
+                f"a verdict is an event in the stream, so it needs the running ingestor, and "
+                f"none answers at {url}: {INGESTOR_HINT}, then try again"
+            ) from None
+        self._owns_nc = True
+        return self.nc
+
+    async def _wait_applied(self, seq: int, timeout: float) -> bool:
+        """Whether the live projection reaches ``seq`` within ``timeout`` seconds."""
+        assert self.live is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if await asyncio.to_thread(self.live.checkpoint) >= seq:
+                    return True
+            except QueryError:
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+
+    async def _live_copy(self) -> _Closing:
+        """The live projection copied into memory, kept while the ingestor's checkpoint
+        stays where it was (one small query asks), so a slider move against an idle
+        ingestor copies nothing."""
+        assert self.live is not None
+        live = self.live
+        kept = self._live
+        if kept is not None and kept[0] == await asyncio.to_thread(live.checkpoint):
+            return kept[1]
+        con = await asyncio.to_thread(_live_snapshot, live)
+        seq = con.execute("SELECT last_seq FROM projection_checkpoint").fetchall()[0][0]
+        holder = _Closing(con)
+        self._live = (int(seq), holder)
+        return holder
 
     def _log(self) -> EventLog:
         if self.log is None:
@@ -345,9 +429,8 @@ async def connect(
 
     Raises :class:`WorkbenchError` when no NATS server answers.
     """
-    servers = [url.strip() for url in nats_url.split(",") if url.strip()]
     try:
-        nc = await nats.connect(servers=servers, connect_timeout=5, max_reconnect_attempts=2)
+        nc = await connect_reader(nats_url)
     except Exception as exc:  # nats-py raises several kinds for "nobody there"
         raise WorkbenchError(f"no NATS server answers at {nats_url}: {exc}") from None
     archive = Path(archive_dir) if archive_dir is not None else None
@@ -358,6 +441,7 @@ async def connect(
         owns_nc=True,
         live=live,
         tolerance=tolerance,
+        verdict_url=nats_url,
     )
 
 
@@ -368,10 +452,11 @@ def open_data_dir(
     nats_url: str | None = None,
     tolerance: float = 10.0,
 ) -> Workbench:
-    """Read an ingestor's ``DATA_DIR`` offline: its archive (``archive/``) and, when no
-    ingestor holds it, its DuckDB file (``analytics.duckdb``). ``nats_url`` adds the stream's
-    tail (and allows verdicts); ``http_url`` reads the projection live when that ingestor
-    runs.
+    """Read an ingestor's ``DATA_DIR``: its archive (``archive/``) and, when no ingestor
+    holds it, its DuckDB file (``analytics.duckdb``) offline; ``http_url`` reads the
+    projection live whenever that ingestor runs. ``nats_url`` (that ingestor's NATS) adds
+    the stream's tail to the log when it answers now, and is where verdicts are published
+    (connected when the first one is given, so an ingestor started later serves it).
 
     Raises :class:`WorkbenchError` when the directory holds neither an archive nor a file.
     """
@@ -382,9 +467,12 @@ def open_data_dir(
         raise WorkbenchError(f"{root} holds no archive/ and no analytics.duckdb: not a DATA_DIR")
     live = LiveProjection(http_url) if http_url else None
     has_archive = archive.is_dir()
+    # a stream that does not answer now is left out of the log (offline, the archive is the
+    # log), but stays the place verdicts go once the ingestor runs
+    stream = nats_url if nats_url and (not has_archive or _any_answers(nats_url)) else None
     event_log = (
-        EventLog(archive if has_archive else None, nats_url=nats_url)
-        if has_archive or nats_url
+        EventLog(archive if has_archive else None, nats_url=stream)
+        if has_archive or stream
         else None
     )
     return Workbench(
@@ -392,10 +480,16 @@ def open_data_dir(
         live=live,
         db_path=db_path,
         tolerance=tolerance,
+        verdict_url=nats_url,
     )
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _any_answers(urls: str) -> bool:
+    """Whether a server of a comma-separated list answers."""
+    return any(_answers(url.strip()) for url in urls.split(",") if url.strip())
 
 
 def _answers(url: str) -> bool:
@@ -409,9 +503,11 @@ def _answers(url: str) -> bool:
 
 
 class _Closing:
-    """Closes a connection when the Replay holding it lets go of it."""
+    """Holds a connection (``.con``) and closes it once nothing holds this any more (the
+    workbench's live copy, and every Replay answered from it)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
         self._finalizer = weakref.finalize(self, _close_quietly, con)
 
 

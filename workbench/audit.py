@@ -272,11 +272,34 @@ def side_by_side(db: Source, audit_id: str) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class Receipt:
-    """A verdict the stream stored: the decision and its stream sequence."""
+    """A verdict the stream stored: the decision and its stream sequence; ``applied`` says
+    whether the live projection showed it when the workbench last looked (``None``: not
+    asked). ``str(receipt)`` says it in words.
+
+    >>> from datetime import UTC, datetime
+    >>> decision = AuditDecision.make("3f2a", "confirm", datetime(2026, 1, 9, tzinfo=UTC))
+    >>> print(Receipt(decision, 5210, False, applied=True))
+    the stream stored the verdict as message 5210, and the live projection shows it
+    """
 
     decision: AuditDecision
     seq: int
     duplicate: bool  # the stream already held this very decision
+    applied: bool | None = None
+
+    def __str__(self) -> str:
+        stored = (
+            f"the stream already held this verdict (message {self.seq})"
+            if self.duplicate
+            else f"the stream stored the verdict as message {self.seq}"
+        )
+        if self.applied is None:
+            then = "; the projection shows it once the ingestor has applied it"
+        elif self.applied:
+            then = ", and the live projection shows it"
+        else:
+            then = "; the live projection has not applied it yet (it will)"
+        return f"{stored}{then}"
 
 
 def check(entry: dict[str, Any] | None, action: DecisionAction, audit_id: str) -> None:

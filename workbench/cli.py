@@ -1,9 +1,11 @@
 """``workbench``: query a projection and render notebook reports from the shell.
 
-``workbench sql "SELECT ..."`` runs read-only SQL against the DuckDB file (``DUCKDB_PATH``, or
-``--db``) and prints the result as a table. ``workbench report NOTEBOOK -p NAME VALUE ...
---out DIR`` executes a notebook with parameters and writes the executed ``.ipynb`` and a
-self-contained HTML page (:mod:`workbench.report`).
+``workbench sql "SELECT ..."`` runs read-only SQL against the projection (``DUCKDB_PATH``, or
+``--db``) and prints the result as a table: through the query endpoint of the ingestor that
+holds the file while it runs (at ``HTTP_HOST:HTTP_PORT``), else from the file.
+``workbench report NOTEBOOK -p NAME VALUE ... --out DIR`` executes a notebook with parameters
+and writes the executed ``.ipynb`` and a self-contained HTML page (:mod:`workbench.report`),
+reading the running ingestor live when it holds the notebook's data directory.
 
 Exit status: 0 done; 1 the work failed (bad SQL, a notebook cell raised, a page that would
 need the network); 2 the command line is wrong (no such notebook, a bad parameter).
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -22,6 +26,7 @@ import polars as pl
 
 from ingestor.config import Settings
 from ingestor.errors import ConfigError
+from workbench.live import QueryError, ingestor_holding
 
 REPORT_HELP = """\
 Execute NOTEBOOK (.ipynb, or a jupytext .py/.md) with papermill and write OUT/NAME.ipynb
@@ -123,23 +128,88 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sql(args: argparse.Namespace) -> int:
     try:
-        path = args.db or Settings.from_env().duckdb_path
+        settings = Settings.from_env()
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"workbench: {problem}", file=sys.stderr)
         return 2
-    if not path.exists():
-        print(f"workbench: {path} does not exist (run `make demo` first?)", file=sys.stderr)
-        return 1
-    try:
-        with duckdb.connect(str(path), read_only=True) as con:
-            frame = con.sql(args.query).pl()
-    except duckdb.Error as exc:
-        print(f"workbench: {exc}", file=sys.stderr)
-        return 1
+    path: Path = args.db or settings.duckdb_path
+    # a running ingestor holds the file (DuckDB lets no other process open it): ask it
+    running = ingestor_holding(path, _http_url(settings), token=settings.query_token)
+    if running is not None:
+        try:
+            frame = running.live.sql(args.query).frame
+        except QueryError as exc:
+            print(f"workbench: {exc}", file=sys.stderr)
+            return 1
+    else:
+        if not path.exists():
+            print(f"workbench: {path} does not exist (run `make demo` first?)", file=sys.stderr)
+            return 1
+        try:
+            with duckdb.connect(str(path), read_only=True) as con:
+                frame = con.sql(args.query).pl()
+        except duckdb.Error as exc:
+            if _held(exc):
+                print(
+                    f"workbench: {path} is held by another process, and no ingestor holding "
+                    f"it answers at {_http_url(settings)} (set HTTP_PORT to its port)",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"workbench: {exc}", file=sys.stderr)
+            return 1
     with pl.Config(tbl_rows=args.rows, tbl_cols=-1, fmt_str_lengths=60):
         print(frame)
     return 0
+
+
+def _http_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+    return f"http://{host}:{settings.http_port}"
+
+
+def _held(exc: duckdb.Error) -> bool:
+    """Whether DuckDB refused to open a file because another process holds its lock."""
+    return "lock" in str(exc).lower()
+
+
+def _point_at_running_ingestor(
+    args: argparse.Namespace, parameters: dict[str, object], progress: Callable[[str], None]
+) -> None:
+    """Let the notebook read a running ingestor live when it holds the notebook's data
+    directory (else the notebook would find the file locked and project the whole log
+    itself): sets ``WORKBENCH_HTTP_URL`` and ``WORKBENCH_NATS_URL`` for the kernel, unless
+    they are set. Says so only then, or when the file is held and nobody answers."""
+    if os.environ.get("WORKBENCH_HTTP_URL"):
+        return
+    try:
+        settings = Settings.from_env()
+    except ConfigError:
+        return  # the notebook reads its own parameters; nothing to point it at
+    given = parameters.get("data_dir") or os.environ.get("WORKBENCH_DATA_DIR")
+    cwd = args.cwd or args.notebook.resolve().parent
+    data_dir = Path(str(given)) if given else cwd / ".." / "data"
+    if not data_dir.is_absolute():
+        data_dir = cwd / data_dir
+    db_path = data_dir / "analytics.duckdb"
+    url = _http_url(settings)
+    running = ingestor_holding(db_path, url, token=settings.query_token)
+    if running is not None:
+        os.environ["WORKBENCH_HTTP_URL"] = running.http_url
+        if running.nats_url and not os.environ.get("WORKBENCH_NATS_URL"):
+            os.environ["WORKBENCH_NATS_URL"] = running.nats_url
+        progress(f"reading the running ingestor's projection at {running.http_url}")
+        return
+    if db_path.exists():
+        try:
+            duckdb.connect(str(db_path), read_only=True).close()
+        except duckdb.Error:
+            progress(
+                f"{db_path} is held by another process and no ingestor holding it answers "
+                f"at {url}: the notebook projects the event log itself (set HTTP_PORT to "
+                "the ingestor's port to read it live)"
+            )
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -157,6 +227,7 @@ def _report(args: argparse.Namespace) -> int:
         )
         parameters.update({name: report.parse_value(value) for name, value in args.parameter})
         parameters.update(dict(args.raw_parameter))
+        _point_at_running_ingestor(args, parameters, progress)
         report.render(
             args.notebook,
             args.out,

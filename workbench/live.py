@@ -21,9 +21,11 @@ Examples::
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -64,3 +66,34 @@ class LiveProjection:
         except urllib.error.URLError as exc:
             raise QueryError(f"no ingestor answers at {self.url}: {exc.reason}") from None
         return LiveResult(pl.from_arrow(table), seq)
+
+    def checkpoint(self) -> int:
+        """The stream sequence the live projection has committed up to (one tiny query)."""
+        return self.sql("SELECT 1 AS one").checkpoint_seq
+
+
+@dataclass(frozen=True)
+class RunningIngestor:
+    """An ingestor that answers on its HTTP port and holds a given projection file."""
+
+    http_url: str
+    nats_url: str | None
+    live: LiveProjection
+
+
+def ingestor_holding(
+    db_path: Path, http_url: str, *, token: str | None = None, timeout: float = 2
+) -> RunningIngestor | None:
+    """The ingestor answering at ``http_url`` if it is the one that holds ``db_path`` (its
+    ``/status`` names the file), else None (nothing answers, or another ingestor does)."""
+    url = http_url.rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{url}/status", timeout=timeout) as response:
+            status = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    held = status.get("duckdb_path") if isinstance(status, dict) else None
+    if not held or Path(held).resolve() != Path(db_path).resolve():
+        return None
+    nats_url = status.get("nats_url") if status.get("mode") != "nats-off" else None
+    return RunningIngestor(url, nats_url, LiveProjection(url, token=token))

@@ -327,6 +327,7 @@ def _discard(con: duckdb.DuckDBPyConnection, directory: str) -> None:
 
 
 _REBUILT: weakref.WeakKeyDictionary[EventLog, dict[float, _Rebuilt]] = weakref.WeakKeyDictionary()
+_REFRESHING: set[asyncio.Task[ReplayStats]] = set()  # refreshes running, kept referenced
 
 
 async def projection_of(
@@ -342,13 +343,23 @@ async def projection_of(
     rebuilt = kept.get(tolerance)
     if rebuilt is None:
         rebuilt = kept[tolerance] = await asyncio.to_thread(_Rebuilt, tolerance)
-    async with rebuilt.guard():
-        report = _Reporter(progress)
-        done = await rebuild(
-            log, rebuilt.projection, tolerance=tolerance, chunk=chunk, progress=report
-        )
-        report.finish(done.messages)
-    return rebuilt, ReplayStats(done.messages, done.projected, done.rejected, done.seconds)
+
+    async def refresh() -> ReplayStats:
+        async with rebuilt.guard():
+            report = _Reporter(progress)
+            done = await rebuild(
+                log, rebuilt.projection, tolerance=tolerance, chunk=chunk, progress=report
+            )
+            report.finish(done.messages)
+        return ReplayStats(done.messages, done.projected, done.rejected, done.seconds)
+
+    # a caller that gives up (a superseded slider move, a timeout) leaves the refresh to
+    # finish: cut off between a chunk's commit and the lock's release, the next refresh
+    # would apply that chunk twice
+    task = asyncio.ensure_future(refresh())
+    _REFRESHING.add(task)
+    task.add_done_callback(_REFRESHING.discard)
+    return rebuilt, await asyncio.shield(task)
 
 
 async def log_as_of(

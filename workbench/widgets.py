@@ -20,6 +20,7 @@ widget.wait_idle()`` waits for them.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import html
 import inspect
 import json
@@ -52,6 +53,9 @@ MAX_SLIDER_STEPS = 5000
 STREAMS_WINDOW = timedelta(hours=24)
 """The slider's chart shows the concurrent streams of this long up to its instant (the whole
 history up to it is what ``workbench.stats.concurrent_streams`` gives)."""
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds a slider move waits for its answer before it says so and gives up."""
 
 MAX_TABLE_ROWS = 200
 """A frame displayed by a widget shows up to this many rows (polars' default is 10)."""
@@ -167,8 +171,11 @@ class TimeSlider:
     distance between two slider positions; the positions are ``start``, ``start + step``,
     ... up to ``end`` (included when on the grid).
 
-    Only the latest request is drawn: one replay runs at a time, a request superseded before
-    its turn never starts, and one superseded while running is closed without being drawn.
+    Only the latest request is drawn, whatever the rate of moves: a move cancels the one in
+    flight (an answer a worker thread still finishes is closed without being drawn), and a
+    move that has no answer within ``timeout`` seconds gives up. Failures (a timeout, an
+    ingestor or NATS that does not answer) are one line in the status bar; the slider keeps
+    working. The default view is drawn off the event loop, so the kernel stays responsive.
     The slider keeps the replay it shows open (``.replay``) and closes it when it shows
     another one or when :meth:`close` is called.
 
@@ -208,8 +215,11 @@ class TimeSlider:
         view: View | None = None,
         tz: str = "UTC",
         tolerance: float = 10.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         first, last = aware_utc(start, "start"), aware_utc(end, "end")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
         if last < first:
             raise ValueError(f"end ({last.isoformat()}) is before start ({first.isoformat()})")
         if step <= timedelta(0):
@@ -225,6 +235,8 @@ class TimeSlider:
         self.source = source
         self.tz = tz
         self.tolerance = tolerance
+        self.timeout = timeout
+        """Seconds a move may take before it gives up with a message in the status line."""
         self._zone = _check_tz(tz)
         self._view = view
         self.instants: list[datetime] = [first + index * step for index in range(steps)]
@@ -244,7 +256,7 @@ class TimeSlider:
             value=clock,
             description="Clock",
         )
-        self.status = ipywidgets.HTML(value="Move the slider to replay the log.")
+        self.status = ipywidgets.HTML(value="Move the slider to travel in time.")
         self.output = ipywidgets.Output()
         self.widget = ipywidgets.VBox([self.slider, self.clock_toggle, self.status, self.output])
 
@@ -257,7 +269,7 @@ class TimeSlider:
         default view)."""
 
         self._generation = 0
-        self._lock = asyncio.Lock()
+        self._running: asyncio.Task[Any] | None = None
         self._syncing = False
         self._tasks = _Tasks()
         self.slider.observe(self._on_slider, names="value")
@@ -289,50 +301,103 @@ class TimeSlider:
 
     async def _show(self, when: datetime, chosen: Clock) -> Replay | None:
         """The work of :meth:`show_at`, shared with slider moves (which must not move the
-        slider back to an older position while the user drags it)."""
+        slider back to an older position while the user drags it).
+
+        Newest wins: this request cancels the one in flight (its answer, should a thread
+        still finish it, is closed unseen), and gives up after :attr:`timeout` seconds."""
         self._generation += 1
         ticket = self._generation
-        async with self._lock:
+        if self._running is not None:
+            self._running.cancel()
+        self.status.value = html.escape(f"Reading the projection as of {self._label(when)}...")
+        work = asyncio.ensure_future(self._answer(when, chosen, ticket))
+        self._running = work
+        try:
+            async with asyncio.timeout(self.timeout) as deadline:
+                answered = await work
+        except asyncio.CancelledError:
+            work.cancel()
             if ticket != self._generation:
-                return None  # superseded while it waited for its turn
-            self.status.value = html.escape(f"Replaying the log as of {self._label(when)}...")
-            try:
-                if isinstance(self.source, EventLog):
-                    replayed = await replay(
-                        self.source, when, chosen, progress=False, tolerance=self.tolerance
-                    )
-                else:
-                    replayed = await self.source.as_of(when, chosen)
-            except Exception as exc:
-                if ticket == self._generation:
-                    self.status.value = self._error(f"Could not replay as of {when}", exc)
-                raise
+                return None  # superseded: the newer request draws
+            raise
+        except _DrawFailed as failed:
+            raise failed.error from None  # the status line says it already
+        except Exception as exc:
             if ticket != self._generation:
-                replayed.close()  # superseded while it ran: a later request draws
                 return None
-            try:
-                result = self._draw(replayed)
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                work.cancel()
+                what = (
+                    f"No answer as of {self._label(when)} within {self.timeout:g} s "
+                    "(is the ingestor busy or gone?); move the slider to try again"
+                )
+                self.status.value = self._error(what, None)
+            else:
+                self.status.value = self._error(f"Could not read the projection as of {when}", exc)
+            raise
+        finally:
+            if self._running is work:
+                self._running = None
+        if answered is None:
+            return None
+        replayed, result, outputs = answered
+        self._replace(replayed, when, result)
+        self.output.outputs = outputs
+        self.status.value = self._summary(replayed, result)
+        return replayed
+
+    async def _answer(
+        self, when: datetime, chosen: Clock, ticket: int
+    ) -> tuple[Replay, object, tuple[dict[str, Any], ...]] | None:
+        """The state as of ``when`` and what the view draws of it (None: superseded)."""
+        if isinstance(self.source, EventLog):
+            replayed = await replay(
+                self.source, when, chosen, progress=False, tolerance=self.tolerance
+            )
+        else:
+            replayed = await self.source.as_of(when, chosen)
+        if ticket != self._generation:
+            replayed.close()
+            return None
+        try:
+            if self._view is None:  # the default view draws off the event loop
+                result, outputs = await _off_loop(self._render, replayed)
+            else:
+                result = self._view(replayed)
                 if inspect.isawaitable(result):
                     result = await result
                 outputs = _outputs(self._items(result))
-            except Exception as exc:
+        except asyncio.CancelledError:
+            if self._view is not None:
+                replayed.close()
+            raise
+        except Exception as exc:
+            if ticket == self._generation:
                 self._replace(replayed, when, None)
                 self.output.outputs = ()
-                self.status.value = self._error("Could not draw the replay", exc)
-                raise
-            self._replace(replayed, when, result)
-            self.output.outputs = outputs
-            self.status.value = self._summary(replayed, result)
-            return replayed
+                self.status.value = self._error("Could not draw the projection", exc)
+            else:
+                replayed.close()
+            raise _DrawFailed(exc) from exc
+        if ticket != self._generation:
+            replayed.close()
+            return None
+        return replayed, result, outputs
+
+    def _render(self, replayed: Replay) -> tuple[object, tuple[dict[str, Any], ...]]:
+        result = self._default_view(replayed)
+        return result, _outputs(self._items(result))
 
     async def wait_idle(self) -> None:
         """Wait until every replay started by a slider or clock change has finished."""
         await self._tasks.wait()
 
     def close(self) -> None:
-        """Close the replay shown (its temporary file is deleted); a replay still running
-        is closed when it finishes, without being drawn."""
+        """Close the replay shown (its temporary file is deleted); a move still running is
+        cancelled, and its answer closed without being drawn."""
         self._generation += 1
+        if self._running is not None:
+            self._running.cancel()
         if self.replay is not None:
             self.replay.close()
         self.replay = None
@@ -429,8 +494,36 @@ class TimeSlider:
         return html.escape(f"{head}: {read}.")
 
     @staticmethod
-    def _error(what: str, exc: BaseException) -> str:
-        return f'<span style="color:#b00020">{html.escape(f"{what}: {_message(exc)}")}</span>'
+    def _error(what: str, exc: BaseException | None) -> str:
+        said = f"{what}: {_message(exc)}" if exc is not None else what
+        return f'<span style="color:#b00020">{html.escape(said)}</span>'
+
+
+class _DrawFailed(Exception):
+    """The view failed on an answer (its message is in the status line already)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+_DRAWING: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+async def _off_loop(
+    fn: Callable[[Replay], tuple[object, tuple[dict[str, Any], ...]]], replayed: Replay
+) -> tuple[object, tuple[dict[str, Any], ...]]:
+    """``fn(replayed)`` in a worker thread; if the caller is cancelled meanwhile, the
+    replay is closed once the thread lets go of it (never under its feet)."""
+    global _DRAWING
+    if _DRAWING is None:
+        _DRAWING = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="workbench-draw")
+    future = _DRAWING.submit(fn, replayed)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(lambda _: replayed.close())
+        raise
 
 
 # --------------------------------------------------------------------------- audit browser
@@ -594,9 +687,10 @@ class AuditBrowser:
         self.previous_button = ipywidgets.Button(description="< Previous")
         self.next_button = ipywidgets.Button(description="Next >")
         self.page_label = ipywidgets.Label()
-        self.table = ipywidgets.HTML()
+        full_width = ipywidgets.Layout(width="100%")
+        self.table = ipywidgets.HTML(layout=full_width)
         self.selector = ipywidgets.Select(description="Entry", options=[], rows=8)
-        self.detail = ipywidgets.HTML()
+        self.detail = ipywidgets.HTML(layout=full_width)
         self.confirm_button = ipywidgets.Button(
             description="Confirm", button_style="success", tooltip="the dedup was right"
         )
@@ -869,13 +963,18 @@ class AuditBrowser:
         for row in page.to_dicts():
             chosen = row["audit_id"] == self._selected
             style = ' style="background:#fff3c4"' if chosen else ""
-            cells = "".join(f"<td>{html.escape(_text(row[c], self._zone))}</td>" for c in columns)
+            cells = "".join(
+                _cell(_text(row[c], self._zone), TABLE_WIDTHS.get(c, CELL_WIDTH)) for c in columns
+            )
             decision = html.escape(self.decisions.get(row["audit_id"], ""))
             rows.append(f"<tr{style}>{cells}<td>{decision}</td></tr>")
         if not rows:
             span = len(columns) + 1
             rows.append(f'<tr><td colspan="{span}">no entry matches the filters</td></tr>')
-        return f'<table class="audit-entries"><tr>{head}</tr>{"".join(rows)}</table>'
+        return (
+            f'{TABLE_STYLE}<div class="audit-scroll"><table class="audit-entries">'
+            f"<tr>{head}</tr>{''.join(rows)}</table></div>"
+        )
 
     def _detail_html(self) -> str:
         entry = self.selected_entry
@@ -886,8 +985,8 @@ class AuditBrowser:
             for name in DETAIL_HEADER
             if name in entry and entry[name] is not None
         )
-        own = _payload(entry, PAYLOAD_COLUMNS)
-        kept = _payload(entry, KEPT_PAYLOAD_COLUMNS)
+        own = _instants(_payload(entry, PAYLOAD_COLUMNS))
+        kept = _instants(_payload(entry, KEPT_PAYLOAD_COLUMNS))
         left = {**own, **{k: v for k, v in entry.items() if k in REPORT_FIELDS}}
         right = dict(kept)
         for name, value in entry.items():
@@ -899,28 +998,69 @@ class AuditBrowser:
             str(entry.get("action")), "This report"
         )
         rows = []
+        differing = 0
         for name in names:
             a = _text(left.get(name), self._zone) if name in left else "—"
             b = _text(right.get(name), self._zone) if name in right else "—"
+            if a in ("", "—") and b in ("", "—"):
+                continue  # neither report says anything: no row
             differs = name in left and name in right and a != b
-            style = ' style="background:#fde2e1"' if differs else ""
+            differing += differs
+            style = ' class="differs"' if differs else ""
             rows.append(
-                f"<tr{style}><th>{html.escape(name)}</th><td>{html.escape(a)}</td>"
-                f"<td>{html.escape(b)}</td></tr>"
+                f"<tr{style}><th>{html.escape(name)}</th>{_cell(a, VALUE_WIDTH)}"
+                f"{_cell(b, VALUE_WIDTH)}</tr>"
             )
         note = ""
-        known_kept = set(right) - {"event_id", "source", "correlation_key"}
-        if not known_kept:
+        if not set(right) - {"event_id", "source", "correlation_key"}:
             note = (
-                "<p><em>The kept report's fields are not in these entries (only its ids): "
-                "join them in as kept_&lt;field&gt; columns or a kept_raw_payload to compare."
-                "</em></p>"
+                "<p><em>The kept report's fields are not in these entries: only its ids "
+                "are shown.</em></p>"
             )
+        said = f"{differing} field{'s' if differing != 1 else ''} differ" if rows else ""
         return (
-            f"<p><b>{html.escape(entry['audit_id'])}</b> {header}</p>"
-            f'<table class="audit-compare"><tr><th></th><th>{kind}</th><th>Kept report</th></tr>'
-            f"{''.join(rows)}</table>{note}"
+            f"{TABLE_STYLE}<p><b>{html.escape(str(entry['audit_id'])[:12])}</b> {header}</p>"
+            f'<div class="audit-scroll"><table class="audit-compare"><tr><th>'
+            f"{html.escape(said)}</th><th>{kind}</th><th>Kept report</th></tr>"
+            f"{''.join(rows)}</table></div>{note}"
         )
+
+
+CELL_WIDTH = 24
+"""Characters a table cell shows (the whole value is its tooltip)."""
+VALUE_WIDTH = 44
+TABLE_WIDTHS = {"audit_id": 12, "reason": 40, "title": 30, "occurred_at": 23}
+TABLE_STYLE = (
+    "<style>"
+    ".audit-scroll{overflow-x:auto;max-width:100%}"
+    ".audit-entries,.audit-compare{border-collapse:collapse;font-size:12px;line-height:1.3}"
+    ".audit-entries td,.audit-entries th,.audit-compare td,.audit-compare th"
+    "{white-space:nowrap;padding:2px 8px;text-align:left;border-bottom:1px solid #e0e0e0}"
+    ".audit-compare tr.differs td,.audit-compare tr.differs th{background:#fde2e1}"
+    ".audit-compare th{font-weight:600}"
+    "</style>"
+)
+"""Compact tables, one line a row, that scroll sideways rather than wrap."""
+
+
+def _instants(report: dict[str, Any]) -> dict[str, Any]:
+    """A report's ISO 8601 times (as JSON payloads carry them) as datetimes, so both
+    reports show them alike and only a real difference is marked."""
+    result = dict(report)
+    for name, value in report.items():
+        if isinstance(value, str) and len(value) >= 20 and value[4:5] == "-" and "T" in value:
+            try:
+                result[name] = datetime.fromisoformat(value)
+            except ValueError:
+                pass
+    return result
+
+
+def _cell(text: str, width: int) -> str:
+    """A table cell showing at most ``width`` characters; the whole text is its tooltip."""
+    shown = text if len(text) <= width else text[: width - 1] + "…"
+    title = f' title="{html.escape(text)}"' if shown != text else ""
+    return f"<td{title}>{html.escape(shown)}</td>"
 
 
 __all__ = [

@@ -66,6 +66,38 @@ async def _connect(servers: list[str], *, reconnect: bool) -> Client:
     return nc
 
 
+async def connect_reader(url: str, *, connect_timeout: float = 5) -> Client:
+    """A client of a running NATS for a long-lived reader (a notebook's event log and its
+    verdicts): ``url`` may list several servers, comma separated. It reconnects for as long
+    as it lives, and says what happens at debug level only: a notebook shows a failed
+    request as one line, never the client's own tracebacks.
+
+    Raises what ``nats.connect`` raises when no server answers now.
+    """
+    servers = [part.strip() for part in url.split(",") if part.strip()]
+    # nats-py retries a first connection as often as a reconnection (forever, here): ask
+    # the ports first, so "nobody there" is an answer, not a hang
+    reachable = [server for server in servers if _answers(server)]
+    if not reachable:
+        raise NatsUnavailable(f"no NATS server answers at {url}")
+
+    async def quiet_error(exc: Exception) -> None:
+        log.debug("nats (%s): %s", url, exc)
+
+    async def quiet() -> None:
+        log.debug("nats (%s): disconnected or reconnected", url)
+
+    return await nats.connect(
+        servers=servers,
+        connect_timeout=connect_timeout,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        error_cb=quiet_error,
+        disconnected_cb=quiet,
+        reconnected_cb=quiet,
+    )
+
+
 async def open_nats(settings: Settings, *, provision: bool = True) -> NatsHandle:
     """Connect to ``NATS_URL``; with ``NATS_EMBEDDED`` start a server if none answers.
 

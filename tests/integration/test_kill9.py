@@ -9,12 +9,14 @@ import random
 import signal
 import subprocess
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from ingestor.app import TRUTH_SQL, replay_command
 from ingestor.config import Settings
+from ingestor.events import MediaEvent
 from ingestor.nats.connection import open_nats
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer, port_answers
@@ -42,6 +44,20 @@ def start(env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
+def publish_feed(settings: Settings, events: Sequence[MediaEvent]) -> int:
+    """Publish ``events`` to the stream ``settings`` name; the stream's last sequence."""
+
+    async def publish() -> int:
+        handle = await open_nats(settings)
+        try:
+            await Publisher(handle.nc).publish_many(events)
+            return (await handle.js.stream_info("MEDIA_EVENTS")).state.last_seq
+        finally:
+            await handle.close()
+
+    return asyncio.run(publish())
+
+
 def checkpoint_of(path: Path) -> int:
     projection = Projection(path, read_only=True)
     try:
@@ -63,15 +79,7 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(
     )
     settings = Settings.from_env(env)
 
-    async def publish() -> int:
-        handle = await open_nats(settings)
-        try:
-            await Publisher(handle.nc).publish_many(sim.events)
-            return (await handle.js.stream_info("MEDIA_EVENTS")).state.last_seq
-        finally:
-            await handle.close()
-
-    last = asyncio.run(publish())
+    last = publish_feed(settings, sim.events)
     rng = random.Random(20261127)
     log = tmp_path / "ingestor.log"
     checkpoints = []

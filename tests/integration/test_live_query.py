@@ -4,19 +4,21 @@ of the sequence it reports, while the ingestor keeps committing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ingestor.config import Settings
-from ingestor.nats.connection import open_nats
-from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer
 from ingestor.sources.simulator import SimulationConfig, simulate
-from tests.conftest import make_env, wait_until
-from tests.integration.test_kill9 import start, status
+from tests.conftest import free_port, make_env, subprocess_env, wait_until
+from tests.integration.test_kill9 import publish_feed, start, status
 from workbench import by_user, connect
 from workbench.live import LiveProjection, QueryError
 
@@ -31,6 +33,23 @@ SELECT
 """
 
 
+@contextlib.contextmanager
+def caught_up_ingestor(
+    tmp_path: Path, nats_server: EmbeddedServer, feed: SimulationConfig
+) -> Iterator[dict[str, str]]:
+    """``ingestor run`` in a process of its own, once it has projected ``feed``: its
+    environment; stopped with SIGTERM after (it must exit 0)."""
+    env = make_env(tmp_path / "data", nats_server.url, NATS_EMBEDDED="false")
+    last = publish_feed(Settings.from_env(env), simulate(feed).events)
+    proc = start(env, tmp_path / "run.log")
+    try:
+        wait_until(lambda: (s := status(env)) is not None and s["checkpoint_seq"] >= last, 60)
+        yield env
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
 def test_a_live_query_is_consistent_while_ingestion_goes_on(
     tmp_path: Path, nats_server: EmbeddedServer
 ) -> None:
@@ -38,15 +57,7 @@ def test_a_live_query_is_consistent_while_ingestion_goes_on(
     settings = Settings.from_env(env)
     sim = simulate(SimulationConfig(seed=31, users=80, days=30))
 
-    async def publish() -> int:
-        handle = await open_nats(settings)
-        try:
-            await Publisher(handle.nc).publish_many(sim.events)
-            return (await handle.js.stream_info("MEDIA_EVENTS")).state.last_seq
-        finally:
-            await handle.close()
-
-    last = asyncio.run(publish())
+    last = publish_feed(settings, sim.events)
     proc = start(env, tmp_path / "run.log")
     live = LiveProjection(f"http://127.0.0.1:{env['HTTP_PORT']}")
     try:
@@ -93,22 +104,10 @@ def test_with_a_token_the_query_endpoint_wants_it(
 def test_the_workbench_reads_and_reviews_a_running_ingestor_live(
     tmp_path: Path, nats_server: EmbeddedServer
 ) -> None:
-    env = make_env(tmp_path / "data", nats_server.url, NATS_EMBEDDED="false")
-    settings = Settings.from_env(env)
-    sim = simulate(SimulationConfig(seed=32, users=6, days=2))
-
-    async def publish() -> int:
-        handle = await open_nats(settings)
-        try:
-            await Publisher(handle.nc).publish_many(sim.events)
-            return (await handle.js.stream_info("MEDIA_EVENTS")).state.last_seq
-        finally:
-            await handle.close()
-
-    last = asyncio.run(publish())
-    proc = start(env, tmp_path / "run.log")
-    try:
-        wait_until(lambda: (s := status(env)) is not None and s["checkpoint_seq"] >= last, 60)
+    with caught_up_ingestor(
+        tmp_path, nats_server, SimulationConfig(seed=32, users=6, days=2)
+    ) as env:
+        settings = Settings.from_env(env)
 
         async def review() -> tuple[str, int, bool, bool]:
             url = f"http://127.0.0.1:{env['HTTP_PORT']}"
@@ -126,6 +125,49 @@ def test_the_workbench_reads_and_reviews_a_running_ingestor_live(
         live = LiveProjection(f"http://127.0.0.1:{env['HTTP_PORT']}")
         restored = live.sql(f"SELECT status FROM dedupe_audit_log WHERE audit_id = '{link}'")
         assert restored.frame["status"].to_list() == ["user_restored"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+
+
+MODE_NOTEBOOK = """\
+# %% tags=["parameters"]
+data_dir = "data"
+# %%
+import os
+from workbench import open_data_dir
+wb = open_data_dir(data_dir, http_url=os.environ.get("WORKBENCH_HTTP_URL") or None)
+print(f"read in {wb.mode} mode")
+"""
+
+
+def test_workbench_sql_and_report_ask_the_running_ingestor_that_holds_the_file(
+    tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    with caught_up_ingestor(
+        tmp_path, nats_server, SimulationConfig(seed=33, users=3, days=1)
+    ) as env:
+        cli = [sys.executable, "-m", "workbench.cli"]
+        query = "SELECT count(*) AS playbacks FROM playback_events"
+        answered = subprocess.run(
+            [*cli, "sql", query], env=subprocess_env(env), capture_output=True, text=True
+        )
+        assert answered.returncode == 0, answered.stderr
+        assert str(status(env)["playbacks"]) in answered.stdout  # type: ignore[index]
+        assert answered.stderr == ""  # the same answer as the file's: nothing to say
+
+        elsewhere = {**env, "HTTP_PORT": str(free_port())}  # nobody answers there
+        held = subprocess.run(
+            [*cli, "sql", query], env=subprocess_env(elsewhere), capture_output=True, text=True
+        )
+        assert held.returncode == 1
+        assert held.stderr.count("\n") == 1 and "held by another process" in held.stderr
+
+        notebook = tmp_path / "mode.py"
+        notebook.write_text(MODE_NOTEBOOK)
+        report_env = {k: v for k, v in subprocess_env(env).items() if k[:10] != "WORKBENCH_"}
+        rendered = subprocess.run(
+            [*cli, "report", str(notebook), "-p", "data_dir", str(tmp_path / "data"),
+             "--out", str(tmp_path / "out")],
+            env=report_env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert rendered.returncode == 0, rendered.stderr
+        assert "reading the running ingestor's projection at http://127.0.0.1:" in rendered.stderr
+        assert "read in live mode" in (tmp_path / "out" / "mode.html").read_text()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import tempfile
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from workbench.api import open_data_dir
 from workbench.log import EventLog
 from workbench.replay import Clock, Replay, replay, simulated_log
 from workbench.temporal import active_at
@@ -230,6 +233,56 @@ async def test_a_failing_view_shows_its_message_and_the_slider_keeps_working(
     await slider.wait_idle()
     assert slider.output.outputs[0]["data"] == {"text/plain": "as of 22:20"}
     assert len(open_replays(replay_dirs)) == 1
+    slider.close()
+
+
+async def test_a_move_with_no_answer_gives_up_in_time_and_says_so_in_one_line(
+    tmp_path: Path, replay_dirs: Path
+) -> None:
+    # a peer that accepts the live query's connection and never answers: an ingestor
+    # that hangs
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    simulated_log(tmp_path / "data" / "archive")
+    wb = open_data_dir(tmp_path / "data", http_url=f"http://127.0.0.1:{silent.getsockname()[1]}")
+    slider = TimeSlider(wb, start=START, end=END, step=timedelta(minutes=10), timeout=0.5)
+    try:
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await slider.show_at(NINE)
+        assert time.monotonic() - began < 3  # the request ended, not the 60 s HTTP timeout
+        assert "No answer as of Mon 2026-01-05 21:00 UTC within 0.5 s" in slider.status.value
+        assert "Traceback" not in slider.status.value and "\n" not in slider.status.value
+        assert slider.replay is None and slider.output.outputs == ()
+
+        silent.close()  # the ingestor is gone: the next move reads the archive's projection
+        slider.timeout = 60  # which it makes first
+        slider.slider.value = TWENTY_TWO_TWENTY
+        await slider.wait_idle()
+        assert slider.instant == TWENTY_TWO_TWENTY, slider.status.value
+        assert "As of Mon 2026-01-05 22:20 UTC" in slider.status.value
+    finally:
+        silent.close()
+        slider.close()
+        await wb.close()
+
+
+async def test_a_move_cancels_the_one_in_flight_and_only_the_last_is_drawn(
+    log: EventLog, replay_dirs: Path
+) -> None:
+    slider = slider_for(log)
+    await slider.show_at(START)  # the log is projected: the moves below only answer
+
+    positions = [START + timedelta(minutes=10 * step) for step in range(1, 11)]
+    for instant in positions:
+        slider.slider.value = instant
+        await asyncio.sleep(0)  # let the move start before the next supersedes it
+    await slider.wait_idle()
+
+    assert slider.instant == positions[-1] and slider.slider.value == positions[-1]
+    assert slider.view_result.instant == positions[-1]  # type: ignore[attr-defined]
+    assert "As of Mon 2026-01-05 18:40 UTC" in slider.status.value
     slider.close()
 
 
