@@ -30,7 +30,8 @@ def receipt_time() -> datetime:
 
 @dataclass
 class SourceHealth:
-    """Per source: last success, last error, events published. Shown by ``status``."""
+    """Per source: last success, last error, events published, and a state that is not an
+    error (such as a Tautulli whose Plex does not answer). Shown by ``status``."""
 
     name: str  # e.g. "tautulli:<server_id>" or "plex-webhook"
     kind: str  # plex_webhook | plex_poll | tautulli | jellyfin | emby | jellyfin_webhook | ...
@@ -39,6 +40,10 @@ class SourceHealth:
     last_error: str | None = None
     last_error_at: datetime | None = None
     events_published: int = 0
+    # a condition of the source that is not an error, e.g. "no_live_activity" (None: none)
+    state: str | None = None
+    state_detail: str | None = None
+    state_since: datetime | None = None
 
     def success(self, events: int = 0) -> None:
         self.last_success = receipt_time()
@@ -47,6 +52,14 @@ class SourceHealth:
     def failure(self, error: BaseException | str) -> None:
         self.last_error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self.last_error_at = receipt_time()
+
+    def set_state(self, state: str | None, detail: str | None = None) -> bool:
+        """Enter ``state`` (None: leave the current one); True if it changed."""
+        if state == self.state:
+            return False
+        self.state, self.state_detail = state, detail if state is not None else None
+        self.state_since = receipt_time() if state is not None else None
+        return True
 
     def as_dict(self) -> dict[str, Any]:
         def iso(value: datetime | None) -> str | None:
@@ -60,6 +73,9 @@ class SourceHealth:
             "last_error": self.last_error,
             "last_error_at": iso(self.last_error_at),
             "events_published": self.events_published,
+            "state": self.state,
+            "state_detail": self.state_detail,
+            "state_since": iso(self.state_since),
         }
 
 

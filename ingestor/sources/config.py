@@ -9,6 +9,7 @@ them in a TOML file named by ``SOURCES_FILE``::
     url = "http://tautulli.lan:8181"
     api_key = "..."
     sync_interval = "5m"
+    server_id = "..."   # only if Tautulli was never connected to Plex (TAUTULLI_SERVER_ID)
 
     [[jellyfin]]
     url = "http://jellyfin.lan:8096"
@@ -21,6 +22,7 @@ validated like the environment: one line per problem, naming where it came from.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ class TautulliConfig:
     sync_interval: float = 300.0
     lookback: float | None = 86400.0  # None: backfill everything
     page_size: int = 1000
+    server_id: str | None = None  # the Plex server's id, when Tautulli reports none
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ _KINDS = {
 _KEYS = {
     "plex_webhook": ["enabled", "token"],
     "plex": ["url", "token", "poll_interval", "owner_id"],
-    "tautulli": ["url", "api_key", "sync_interval", "lookback", "page_size"],
+    "tautulli": ["url", "api_key", "sync_interval", "lookback", "page_size", "server_id"],
     "jellyfin": ["url", "api_key"],
     "emby": ["url", "api_key"],
     "jellyfin_webhook": ["enabled", "token"],
@@ -232,6 +235,7 @@ def _build(entries: dict[str, list[_Entry]], problems: list[str]) -> SourcesConf
             sync_interval=get(e, "sync_interval", parse_duration, "a duration like 5m", 300.0),
             lookback=get(e, "lookback", _lookback, "a duration like 24h, or all", 86400.0),
             page_size=get(e, "page_size", _page_size, "a whole number, 1-10000", 1000),
+            server_id=get(e, "server_id", _server_id, SERVER_ID_ACCEPTS),
         )
         for i, e in enumerate(entries["tautulli"])
     ]
@@ -251,6 +255,19 @@ def _name(kind: str, index: int) -> str:
 
 def _lookback(text: str) -> float | None:
     return None if text.strip().lower() == "all" else parse_duration(text)
+
+
+SERVER_ID_ACCEPTS = (
+    "the Plex server's id (its machineIdentifier, the Plex webhook's Server.uuid, e.g. 40 hex "
+    "digits): 1-128 letters, digits, '.', '_' or '-'"
+)
+_SERVER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _server_id(text: str) -> str:
+    if not _SERVER_ID.fullmatch(text.strip()):
+        raise ValueError(text)
+    return text.strip()
 
 
 def _page_size(text: str) -> int:

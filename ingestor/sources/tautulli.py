@@ -44,14 +44,29 @@ session missing from ``get_activity`` stopped: its stop time is the history row'
 seen, after a long gap such as a restart). ``buffering`` is neither playing nor paused.
 In-progress rows in ``get_history`` (``state`` set) are never summaries: they are skipped.
 
-**Failures.** Every answer is the envelope ``{"response": {"result", "message", "data"}}``.
-401: ``TAUTULLI_API_KEY rejected by <url>``; 400/404 (API disabled, unknown command) and
-answers that are not Tautulli's: a clear error; these open the circuit at once (one trial per
-``reset_timeout``, no hammering). 5xx, 429 (honouring ``Retry-After``), timeouts and refused
-connections are retried with :class:`~ingestor.sources.base.Backoff` inside the call; each
-failure counts towards the :class:`~ingestor.sources.base.CircuitBreaker`, so a dead Tautulli
-gets ``threshold`` requests per ``reset_timeout``, not a spin. Nothing here raises out of
+**Failures.** Every answer is the envelope ``{"response": {"result", "message", "data"}}``,
+and Tautulli (``plexpy/api2.py`` ``_api_run``) answers every refusal with HTTP 400 (500 when
+a command raised), so a refusal is told by its ``message``, whatever the status: ``Invalid
+apikey`` or a missing key: ``TAUTULLI_API_KEY rejected by <url>``; ``API not enabled``,
+Tautulli without a key of its own, an unknown command, and answers that are not Tautulli's:
+a clear error saying what to fix. These open the circuit at once (one trial per
+``reset_timeout``, no hammering). Another ``result: error`` is a failed command. 5xx, 429
+(honouring ``Retry-After``), timeouts and refused connections are retried with
+:class:`~ingestor.sources.base.Backoff` inside the call; each failure counts towards the
+:class:`~ingestor.sources.base.CircuitBreaker`, so a dead Tautulli gets ``threshold``
+requests per ``reset_timeout``, not a spin. Nothing here raises out of
 :meth:`TautulliSync.run`: errors go to the log and :attr:`TautulliSync.health`.
+
+**Plex unreachable.** Tautulli still answers ``get_activity``, with success and ``data: {}``
+(no ``sessions``): no live activity is known. That is a state of the source
+(``health.state`` ``no_live_activity``, in ``/status``), not an error: one warning when it
+begins, one info when it ends; open sessions are left as they are until activity is known
+again. History keeps syncing.
+
+**Server id.** ``get_server_info`` answers an empty ``pms_identifier`` until Tautulli was
+connected to Plex once. Then ``server_id`` (``TAUTULLI_SERVER_ID``) names the server; without
+it the sync waits with one clear error per ``reset_timeout``. A configured id always wins (the
+events' ids depend on it); a different id reported by Tautulli is warned about once.
 """
 
 from __future__ import annotations
@@ -102,6 +117,13 @@ KIND = "tautulli"
 ACTIVITY_SOURCE = "tautulli_activity"
 HISTORY_OVERLAP = timedelta(days=2)
 STATE_VERSION = 1
+NO_LIVE_ACTIVITY = "no_live_activity"  # health state: get_activity knows no sessions
+
+# the messages of Tautulli's refusals (plexpy/api2.py _api_validate), all sent with HTTP 400
+KEY_REJECTED = ("Invalid apikey", "Parameter apikey is required")
+NO_OWN_KEY = "API key not generated"  # ... or "... not generated correctly"
+API_OFF = "API not enabled"
+UNKNOWN_COMMAND = "Unknown command"
 
 OnServerInfo = Callable[[str, str | None], None]
 """Called with (Plex server id, the owner's plex.tv user id or None) when they are learned."""
@@ -120,7 +142,7 @@ class TautulliConfigError(TautulliError):
 
 
 class TautulliAuthError(TautulliConfigError):
-    """401: the API key was rejected."""
+    """The API key was rejected (Tautulli says so with HTTP 400 and ``Invalid apikey``)."""
 
 
 class TautulliUnavailable(TautulliError):
@@ -186,7 +208,7 @@ class TautulliClient:
                     raise
                 continue
             except TautulliConfigError:
-                self._trip()
+                self.trip()
                 raise
             except TautulliCommandError:
                 self.breaker.failure()
@@ -207,30 +229,64 @@ class TautulliClient:
             reason = str(exc) or type(exc).__name__
             raise TautulliUnavailable(f"Tautulli at {self.url} unreachable: {reason}") from None
         response = _envelope(body)
-        message = _message(response)
-        if status == 401:
-            raise TautulliAuthError(f"TAUTULLI_API_KEY rejected by {self.url}{message}")
-        if status == 429 or status >= 500:
-            raise TautulliUnavailable(
-                f"Tautulli at {self.url} answered {status} to {cmd}{message}", retry_after
-            )
-        if status in (400, 404):
-            raise TautulliConfigError(
-                f"Tautulli API at {self.url} answered {status} to {cmd}{message}: is the API "
-                "enabled (Settings > Web Interface > API) and TAUTULLI_URL the Tautulli root?"
-            )
-        if status != 200:
-            raise TautulliConfigError(f"Tautulli at {self.url} answered {status} to {cmd}")
+        if status != 200 or (response is not None and response.get("result") == "error"):
+            raise self._refused(cmd, status, response, retry_after)
         if response is None:
             raise TautulliConfigError(
                 f"{self.url}/api/v2 did not answer like Tautulli's API v2 (no response "
                 "envelope): is TAUTULLI_URL right?"
             )
         if response.get("result") != "success":
-            raise TautulliCommandError(f"Tautulli at {self.url} failed {cmd}{message}")
+            raise TautulliCommandError(f"Tautulli at {self.url} failed {cmd}{_message(response)}")
         return response.get("data")
 
-    def _trip(self) -> None:
+    def _refused(
+        self,
+        cmd: str,
+        status: int,
+        response: Mapping[str, Any] | None,
+        retry_after: float | None,
+    ) -> TautulliError:
+        """The error for an answer that is not a success: by its message first, since
+        Tautulli sends 400 for nearly every refusal (``plexpy/api2.py`` ``_api_run``)."""
+        message = as_text(response.get("message")).strip() if response else ""
+        said = f": {message}" if message else ""
+        if message in KEY_REJECTED or (status == 401 and response is not None):
+            return TautulliAuthError(f"TAUTULLI_API_KEY rejected by {self.url}{said}")
+        if message.startswith(NO_OWN_KEY):
+            return TautulliConfigError(
+                f"Tautulli at {self.url} has no usable API key of its own{said}: generate one "
+                "in Settings > Web Interface > API and set TAUTULLI_API_KEY to it"
+            )
+        if message == API_OFF:
+            return TautulliConfigError(
+                f"the API of Tautulli at {self.url} is not enabled: enable it in Settings > "
+                "Web Interface > API"
+            )
+        if message.startswith(UNKNOWN_COMMAND):
+            return TautulliConfigError(
+                f"Tautulli at {self.url} does not know the command {cmd}: is it Tautulli 2.x?"
+            )
+        if status == 429 or status >= 500:
+            return TautulliUnavailable(
+                f"Tautulli at {self.url} answered {status} to {cmd}{said}", retry_after
+            )
+        if response is not None:
+            reason = said or " (no reason given: see Tautulli's log)"
+            return TautulliCommandError(f"Tautulli at {self.url} failed {cmd}{reason}")
+        if status in (401, 403):
+            return TautulliConfigError(
+                f"{self.url} answered {status} to {cmd}, and not as Tautulli does: does a proxy "
+                "in front of Tautulli ask for credentials? TAUTULLI_URL must reach its API"
+            )
+        if status in (400, 404):
+            return TautulliConfigError(
+                f"{self.url}/api/v2 answered {status} to {cmd}, and not as Tautulli does: is "
+                "TAUTULLI_URL the Tautulli root (with its HTTP root, if one is set)?"
+            )
+        return TautulliConfigError(f"Tautulli at {self.url} answered {status} to {cmd}")
+
+    def trip(self) -> None:
         """Open the circuit now: a configuration error will not heal by itself."""
         for _ in range(self.breaker.threshold):
             self.breaker.failure()
@@ -424,6 +480,7 @@ class TautulliSync:
         attempts: int = 3,
         request_timeout: float = 30.0,
         name: str | None = None,
+        server_id: str | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -445,8 +502,10 @@ class TautulliSync:
         self.request_timeout = request_timeout
         netloc = urlsplit(self.url).netloc or self.url
         self.health = SourceHealth(name or f"tautulli:{netloc}", KIND)
+        self.configured_server_id = server_id or None  # TAUTULLI_SERVER_ID
         self.server_id: str | None = None
         self.owner_user_id: str | None = None
+        self._said_server: str | None = None  # what refresh_server_info last said about ids
         self._informed = False  # on_server_info was told about the current server
         self._owner_pending = False  # get_users failed: ask again at the next pass
         self._rejected_live: set[str] = set()
@@ -471,7 +530,8 @@ class TautulliSync:
         **kwargs: Any,
     ) -> TautulliSync:
         """A sync for one configured Tautulli (``TAUTULLI_URL``, ``TAUTULLI_API_KEY``...),
-        its state in ``$DATA_DIR/sources/tautulli-<host>.json``."""
+        its state in ``$DATA_DIR/sources/tautulli-<host>.json``; ``TAUTULLI_SERVER_ID`` names
+        the Plex server when Tautulli cannot."""
         return cls(
             config.url,
             config.api_key,
@@ -481,6 +541,7 @@ class TautulliSync:
             lookback=config.lookback,
             page_size=config.page_size,
             on_server_info=on_server_info,
+            server_id=config.server_id,
             **kwargs,
         )
 
@@ -603,15 +664,17 @@ class TautulliSync:
         """Ask the Plex server id (and, per server, the owner's id); report what is new."""
         self._loaded()
         info = await self._api().call("get_server_info")
-        server_id = as_text(info.get("pms_identifier") if isinstance(info, dict) else "")
-        if not server_id:
-            raise TautulliCommandError(
-                f"Tautulli at {self.url} reports no Plex server (empty pms_identifier): "
-                "connect Tautulli to Plex first"
-            )
+        reported = as_text(info.get("pms_identifier") if isinstance(info, dict) else "").strip()
+        server_id = self._chosen_server_id(reported)
         changed = server_id != self.server_id
         if changed and self.server_id:
-            log.warning("Tautulli at %s now reports Plex server %s", self.url, server_id)
+            log.warning(
+                "Tautulli at %s: the Plex server is now %s (was %s)",
+                self.url,
+                server_id,
+                self.server_id,
+                extra={"server_id": server_id, "previous_server_id": self.server_id},
+            )
         self.server_id = server_id
         self.health.server_id = server_id
         self.health.name = f"tautulli:{server_id}"
@@ -622,6 +685,42 @@ class TautulliSync:
                 self._informed = True
                 self._report_server_info(server_id, owner)
         return server_id
+
+    def _chosen_server_id(self, reported: str) -> str:
+        """The configured id if there is one (said once when Tautulli reports none or
+        another), else the one Tautulli reports; neither: a configuration error."""
+        configured = self.configured_server_id
+        if configured is None:
+            if reported:
+                return reported
+            self._api().trip()  # nothing to do until someone connects Tautulli or names it
+            raise TautulliConfigError(
+                f"Tautulli at {self.url} reports no Plex server (empty pms_identifier: it was "
+                "never connected to Plex): connect it to Plex (Settings > Plex Media Server), "
+                "or set TAUTULLI_SERVER_ID to the Plex server's id (its machineIdentifier, "
+                "the Plex webhook's Server.uuid)"
+            )
+        if reported != configured and self._said_server != reported:
+            self._said_server = reported
+            if reported:
+                log.warning(
+                    "Tautulli at %s reports Plex server %s, TAUTULLI_SERVER_ID says %s: "
+                    "keeping %s (event ids depend on it); unset TAUTULLI_SERVER_ID to follow "
+                    "Tautulli",
+                    self.url,
+                    reported,
+                    configured,
+                    configured,
+                    extra={"reported_server_id": reported, "server_id": configured},
+                )
+            else:
+                log.info(
+                    "Tautulli at %s reports no Plex server yet: using TAUTULLI_SERVER_ID %s",
+                    self.url,
+                    configured,
+                    extra={"server_id": configured},
+                )
+        return configured
 
     def _report_server_info(self, server_id: str, owner: str | None) -> None:
         if self.on_server_info is None:
@@ -666,6 +765,7 @@ class TautulliSync:
             data = await self._api().call(
                 "get_history",
                 grouping=0,
+                include_activity=0,  # Tautulli's default lists live sessions too
                 order_column="started",
                 order_dir="asc",
                 start=start,
@@ -754,9 +854,18 @@ class TautulliSync:
         """One ``get_activity`` poll: the transitions since the last one."""
         server_id = await self._server()
         data = await self._api().call("get_activity")
+        if isinstance(data, dict) and not data:
+            self._activity_unknown()
+            return PassResult()
         sessions = data.get("sessions") if isinstance(data, dict) else None
         if not isinstance(sessions, list):
             raise TautulliCommandError(f"Tautulli at {self.url}: get_activity has no sessions")
+        if self.health.set_state(None):
+            log.info(
+                "Tautulli at %s knows its live activity again",
+                self.url,
+                extra={"source": self.health.name},
+            )
         now = receipt_time()
         live: dict[str, dict[str, Any]] = {}
         for session in sessions:
@@ -815,6 +924,23 @@ class TautulliSync:
         await self._save()
         self.health.success(result.stored)
         return result
+
+    def _activity_unknown(self) -> None:
+        """``get_activity`` answered success with ``data: {}``: Tautulli cannot reach Plex
+        (``plexpy/webserve.py`` ``get_activity`` when ``get_current_activity`` got nothing).
+        Open sessions stay open: whether they went on is not known."""
+        detail = (
+            "Tautulli answers get_activity without sessions: its Plex server does not answer, "
+            "so live sessions are not followed (history still syncs)"
+        )
+        if self.health.set_state(NO_LIVE_ACTIVITY, detail):
+            log.warning(
+                "Tautulli at %s: %s",
+                self.url,
+                detail,
+                extra={"source": self.health.name, "state": NO_LIVE_ACTIVITY},
+            )
+        self.health.success(0)
 
     async def _starts(self, sessions: list[dict[str, Any]]) -> dict[str, int]:
         """Tautulli's ``started`` of new live sessions, from its in-progress history rows."""
@@ -983,6 +1109,7 @@ def _history_page(data: Any, url: str) -> tuple[list[Any], int | None]:
 
 __all__ = [
     "ACTIVITY_SOURCE",
+    "NO_LIVE_ACTIVITY",
     "HistoryCursor",
     "OnServerInfo",
     "OpenSession",

@@ -6,14 +6,31 @@ in each of ``session_history`` (26 columns), ``session_history_metadata`` (42) a
 values (movies have no parent/grandparent rating key); WAL journal mode; plus ``users``,
 ``library_sections`` (where the Plex server id lives) and ``version_info``.
 
-:class:`FakeTautulli` serves ``/api/v2`` on a loopback port from that file, computing rows as
-Tautulli's ``get_datatables_history`` does (its own code here, independent of the ingestor's
-importer): the ``{"response": {...}}`` envelope, ``get_history`` with grouping (default on),
-``include_activity``, filters, ordering and ``start``/``length`` paging, ``get_activity``,
-``get_server_info`` and ``get_users``. Knobs inject what real servers do: a wrong key (401),
-the API switched off (404), failing statuses, grouping ignored, in-progress rows leaking into
-history, ``rating_key`` as a string on some rows, rows inserted between page requests, a page
-held until released. Every request is recorded.
+:class:`FakeTautulli` serves ``/api/v2`` on a loopback port from that file, answering as
+Tautulli v2.17.2 does. Read from Tautulli/Tautulli at c7153deb6e3017b8dda46c8448fe548a61c5a47a
+(tag v2.17.2), in our own code; each method names the functions it follows:
+
+* ``plexpy/api2.py`` ``_api_validate`` / ``_api_run`` / ``_api_responds``: the envelope
+  ``{"response": {"result", "message", "data"}}``, ``data`` ``{}`` when empty. The status
+  says little: a wrong or missing key, the API switched off and an unknown command are all
+  **400** (``_api_validate`` sets 401 or 404, then ``_api_run`` turns every error but 500
+  into 400), told apart only by ``message`` (``Invalid apikey``, ``API not enabled``...); a
+  command that raised is 500 ``Check the logs for errors``; one that returned nothing is 400
+  without a message.
+* ``plexpy/webserve.py`` ``get_activity``: ``{}`` (a success) when Plex does not answer.
+* ``get_server_info`` (``plexpy/plextv.py`` ``get_server_resources``): Tautulli's stored
+  PMS settings, ``pms_identifier`` ``''`` until Tautulli was connected to Plex once.
+* ``get_history`` (``plexpy/webserve.py``, ``plexpy/datafactory.py``
+  ``get_datatables_history``, ``plexpy/datatables.py``): filters before grouping, inclusive
+  day filters in Tautulli's local time, grouping and in-progress rows on by default
+  (``GROUP_HISTORY_TABLES``, ``HISTORY_TABLE_ACTIVITY``), ``recordsTotal`` counting every
+  session row, ``order_column`` limited to the table's columns, human durations.
+* ``get_users`` (``plexpy/users.py`` ``get_users``): deleted users left out.
+
+:class:`Knobs` set Plex's state (connected, unreachable, never connected) and Tautulli's
+settings, and inject faults: failing statuses (a proxy's, or Tautulli's own 500), grouping
+ignored, in-progress rows leaking into history, ``rating_key`` as a string on some rows, rows
+inserted between page requests, a page held until released. Every request is recorded.
 """
 
 from __future__ import annotations
@@ -22,7 +39,8 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +49,7 @@ from aiohttp.test_utils import TestServer
 
 SERVER_ID = "8f2c1a9d4b7e6f3a0c5d2e1b9a8f7c6d5e4b3a21"
 OWNER_ID = 8312457
-API_KEY = "tautulli-test-key"
+API_KEY = "3234af6a723eabfeeeb0cf7c28d7d1c2"  # Tautulli keys are 32 hex digits
 
 SESSION_HISTORY = (
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),
@@ -488,7 +506,8 @@ class TautulliDb:
         cur = self.con.execute(
             "SELECT h.id, h.reference_id, h.started, h.stopped, h.paused_counter, "
             "h.view_offset, h.user_id, h.user, h.platform, h.product, h.player, h.ip_address, "
-            "h.machine_id, h.location, h.secure, h.relayed, h.media_type, m.rating_key, "
+            "h.machine_id, h.location, h.secure, h.relayed, h.media_type, h.section_id, "
+            "m.rating_key, "
             "m.parent_rating_key, m.grandparent_rating_key, m.full_title, m.title, "
             "m.parent_title, m.grandparent_title, m.original_title, m.year, m.media_index, "
             "m.parent_media_index, m.thumb, m.parent_thumb, m.grandparent_thumb, m.live, "
@@ -501,6 +520,11 @@ class TautulliDb:
         )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def count(self) -> int:
+        """``SELECT COUNT(id) FROM session_history``: get_history's ``recordsTotal``."""
+        (total,) = self.con.execute("SELECT COUNT(id) FROM session_history").fetchone()
+        return int(total)
 
     def close(self) -> None:
         self.con.close()
@@ -519,13 +543,20 @@ class LiveSession:
 
 @dataclass
 class Knobs:
-    """What the fake does wrong, and hooks into its paging."""
+    """Tautulli's settings and Plex's state, faults to inject, and hooks into paging."""
 
-    fail: dict[str, list[int]] = field(default_factory=dict)  # cmd or "*" -> statuses first
+    # Plex as Tautulli sees it: "connected"; "unreachable" (get_activity answers ``{}``);
+    # "never_connected" (also an empty ``pms_identifier``: Tautulli's config defaults)
+    plex: str = "connected"
+    api_disabled: bool = False  # Settings > Web Interface > API off
+    group_history_tables: bool = True  # GROUP_HISTORY_TABLES: get_history's default grouping
+    history_table_activity: bool = True  # HISTORY_TABLE_ACTIVITY: default include_activity
+    # faults: statuses answered first per cmd or "*"; 500 is Tautulli's own answer to a
+    # command that raised, any other status is what a proxy in front of it answers
+    fail: dict[str, list[int]] = field(default_factory=dict)
     always_status: int | None = None  # every request answers this (a dead Tautulli)
-    api_disabled: bool = False
     ignore_grouping: bool = False  # groups history whatever ``grouping`` says
-    leak_in_progress: bool = False  # in-progress rows in get_history without include_activity
+    leak_in_progress: bool = False  # in-progress rows even with include_activity=0
     str_rating_key_every: int = 3  # rows whose id is a multiple answer rating_key as a str
     after_page: Callable[[int], None] | None = None  # called with the page number served
     hold_page: int | None = None  # this history page waits for ``release``
@@ -533,18 +564,50 @@ class Knobs:
     no_owner: bool = False  # get_users lists no admin
 
 
+COMMANDS = ("get_activity", "get_history", "get_server_info", "get_users")
+_COMMAND_LIST = ", ".join(COMMANDS)
+# get_history's order_column names (webserve.py get_history: dt_columns); any other is
+# skipped, and with none left the rows come unordered (datatables.py build_order)
+_ORDERABLE = (
+    "date",
+    "friendly_name",
+    "ip_address",
+    "platform",
+    "product",
+    "player",
+    "full_title",
+    "started",
+    "paused_counter",
+    "stopped",
+    "duration",
+)
+_TRUE = ("1", "true", "t", "yes", "y", "on")
+WATCHED_PERCENT = 85  # MOVIE_/TV_/MUSIC_WATCHED_PERCENT defaults (config.py)
+
+
 class FakeTautulli:
-    """Tautulli's API v2 on a loopback port, answering from a :class:`TautulliDb`."""
+    """Tautulli's API v2 on a loopback port, answering from a :class:`TautulliDb`.
+
+    ``local_zone`` is the zone Tautulli runs in: its day filters (``after``, ``before``,
+    ``start_date``) compare dates in it.
+    """
 
     def __init__(
-        self, db: TautulliDb, *, api_key: str = API_KEY, server_id: str = SERVER_ID
+        self,
+        db: TautulliDb,
+        *,
+        api_key: str = API_KEY,
+        server_id: str = SERVER_ID,
+        local_zone: tzinfo = UTC,
     ) -> None:
         self.db = db
         self.api_key = api_key
         self.server_id = server_id
+        self.local_zone = local_zone
         self.knobs = Knobs()
         self.live: dict[int, LiveSession] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.statuses: list[int] = []  # the HTTP status of every answer, in order
         self.history_pages = 0
         self._server: TestServer | None = None
 
@@ -587,101 +650,160 @@ class FakeTautulli:
     # ------------------------------------------------------------------ the API
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        response = await self._respond(request)
+        self.statuses.append(response.status)
+        return response
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        """api2.py ``_api_run``: every answer that is not a success is HTTP 400, except 500
+        for a command that raised; the reason is only in the body's ``message``."""
         params = dict(request.query)
         cmd = params.get("cmd", "")
         self.requests.append((cmd, params))
         knobs = self.knobs
         if knobs.always_status is not None:
-            return _answer(knobs.always_status, "error", "Internal server error")
+            return _failure(knobs.always_status)
         for name in (cmd, "*"):
             queue = knobs.fail.get(name)
             if queue:
-                status = queue.pop(0)
-                headers = {"Retry-After": "0"} if status == 429 else None
-                return _answer(status, "error", f"failing with {status}", headers=headers)
-        if knobs.api_disabled:
-            return _answer(404, "error", "API not enabled")
-        if params.get("apikey") != self.api_key:
-            return _answer(401, "error", "Invalid apikey")
+                return _failure(queue.pop(0))
+        refusal = self._refusal(params)
+        if refusal is not None:
+            return _answer(400, "error", refusal)
+        try:
+            data = await self._command(cmd, params)
+        except ValueError:  # e.g. int("x") for start: the command raised
+            return _answer(500, "error", "Check the logs for errors")
+        if data is None:  # a command that returned nothing is an error without a message
+            return _answer(400, "error", None)
+        return _answer(200, "success", None, data)
+
+    def _refusal(self, params: dict[str, str]) -> str | None:
+        """api2.py ``_api_validate``, in its order: the API switch and Tautulli's own key come
+        before the caller's key, and an unknown command before a wrong key."""
+        cmd = params.get("cmd")
+        if self.knobs.api_disabled:
+            return "API not enabled"
+        if not self.api_key:
+            return "API key not generated"
+        if len(self.api_key) != 32:
+            return "API key not generated correctly"
+        if "apikey" not in params:
+            return "Parameter apikey is required"
+        if cmd is None:
+            return f"Parameter cmd is required. Possible commands are: {_COMMAND_LIST}"
+        if cmd not in COMMANDS:
+            return f"Unknown command: {cmd}. Possible commands are: {_COMMAND_LIST}"
+        if params["apikey"] != self.api_key:
+            return "Invalid apikey"
+        return None
+
+    async def _command(self, cmd: str, params: dict[str, str]) -> Any:
         if cmd == "get_server_info":
-            return _answer(200, "success", None, self._server_info())
+            return self._server_info()
         if cmd == "get_users":
-            return _answer(200, "success", None, self._users())
+            return self._users()
         if cmd == "get_activity":
-            return _answer(200, "success", None, self._activity())
-        if cmd == "get_history":
-            data = await self._history(params)
-            return _answer(200, "success", None, data)
-        return _answer(400, "error", f"Unknown command: {cmd}")
+            return self._activity(params)
+        return await self._history(params)
 
     def _server_info(self) -> dict[str, Any]:
+        """webserve.py ``get_server_info`` -> plextv.py ``get_server_resources(return_info=
+        True)``: Tautulli's stored PMS settings (``pms_is_cloud`` removed), so an empty
+        ``pms_identifier`` and config defaults until Tautulli was connected to Plex once."""
+        if self.knobs.plex == "never_connected":
+            return {
+                "pms_name": "",
+                "pms_version": "",
+                "pms_platform": "",
+                "pms_ip": "127.0.0.1",
+                "pms_port": 32400,
+                "pms_ssl": 0,
+                "pms_url": "",
+                "pms_url_manual": 0,
+                "pms_identifier": "",
+                "pms_plexpass": 0,
+            }
         return {
-            "pms_identifier": self.server_id,
-            "pms_ip": "192.168.1.10",
-            "pms_is_remote": 0,
             "pms_name": "Basement",
+            "pms_version": "1.41.3.9314-a0bfb8370",
             "pms_platform": "Linux",
-            "pms_plexpass": 1,
+            "pms_ip": "192.168.1.10",
             "pms_port": 32400,
             "pms_ssl": 0,
             "pms_url": "http://192.168.1.10:32400",
             "pms_url_manual": 0,
-            "pms_version": "1.41.3.9314-a0bfb8370",
+            "pms_identifier": self.server_id,
+            "pms_plexpass": 1,
         }
 
     def _users(self) -> list[dict[str, Any]]:
-        rows = self.db.con.execute(
-            "SELECT user_id, username, friendly_name, thumb, is_admin FROM users"
-        ).fetchall()
-        return [
-            {
-                "row_id": i + 1,
-                "user_id": user_id,
-                "username": username,
-                "friendly_name": friendly,
-                "thumb": thumb,
-                "is_admin": 0 if self.knobs.no_owner else is_admin,
-                "is_active": 1,
-            }
-            for i, (user_id, username, friendly, thumb, is_admin) in enumerate(rows)
-        ]
+        """users.py ``Users.get_users``: deleted users left out, the friendly name falling
+        back to the username."""
+        cur = self.db.con.execute(
+            "SELECT id AS row_id, user_id, username, friendly_name, thumb, custom_avatar_url, "
+            "email, is_active, is_admin, keep_history FROM users WHERE deleted_user = 0"
+        )
+        names = [d[0] for d in cur.description]
+        users = []
+        for values in cur.fetchall():
+            user = dict(zip(names, values, strict=True))
+            user["friendly_name"] = user["friendly_name"] or user["username"]
+            user["thumb"] = user.pop("custom_avatar_url") or user["thumb"]
+            if self.knobs.no_owner:
+                user["is_admin"] = 0
+            users.append(user)
+        return users
 
-    def _activity(self) -> dict[str, Any]:
+    def _activity(self, params: dict[str, str]) -> dict[str, Any]:
+        """webserve.py ``get_activity``: ``{}`` when pmsconnect.py ``get_current_activity``
+        gets nothing from Plex (unreachable, no token), a success all the same; the counts
+        by transcode decision (anything but transcode and copy is direct play) and
+        location; ``session_key``/``session_id`` pick one session (``{}`` if none)."""
+        if self.knobs.plex != "connected":
+            return {}
         sessions = [_activity_session(s) for s in sorted(self.live.values(), key=_by_key)]
-        return {
-            "stream_count": str(len(sessions)),
-            "sessions": sessions,
-            "stream_count_direct_play": sum(
-                1 for s in sessions if s["transcode_decision"] == "direct play"
+        for name in ("session_key", "session_id"):
+            if params.get(name):
+                return next((s for s in sessions if s[name] == params[name]), {})
+        counts = dict.fromkeys(
+            (
+                "stream_count_direct_play",
+                "stream_count_direct_stream",
+                "stream_count_transcode",
+                "total_bandwidth",
+                "lan_bandwidth",
+                "wan_bandwidth",
             ),
-            "stream_count_direct_stream": sum(
-                1 for s in sessions if s["transcode_decision"] == "copy"
-            ),
-            "stream_count_transcode": sum(
-                1 for s in sessions if s["transcode_decision"] == "transcode"
-            ),
-            "total_bandwidth": sum(int(s["bandwidth"]) for s in sessions),
-            "lan_bandwidth": 0,
-            "wan_bandwidth": 0,
-        }
+            0,
+        )
+        for s in sessions:
+            decision = s["transcode_decision"]
+            kind = {"transcode": "transcode", "copy": "direct_stream"}.get(decision, "direct_play")
+            counts[f"stream_count_{kind}"] += 1
+            counts["total_bandwidth"] += int(s["bandwidth"])
+            where = "lan" if s["location"] == "lan" else "wan"
+            counts[f"{where}_bandwidth"] += int(s["bandwidth"])
+        return {"stream_count": str(len(sessions)), "sessions": sessions, **counts}
 
     async def _history(self, params: dict[str, str]) -> dict[str, Any]:
+        """webserve.py ``get_history`` -> datafactory.py ``get_datatables_history`` ->
+        datatables.py ``ssp_query``: the filters select session rows *before* they are
+        grouped by ``reference_id`` (grouping on) or ``id``; in-progress sessions are a UNION
+        filtered alike; ``recordsFiltered`` counts the rows (groups) that result,
+        ``recordsTotal`` every session_history row; ``start``/``length`` cut the ordered
+        list; ``filter_duration`` is the returned page's play time, ``total_duration`` that
+        of every matching session."""
         knobs = self.knobs
-        grouping = params.get("grouping", "1") != "0" or knobs.ignore_grouping
-        rows = self._grouped_rows(grouping)
-        if params.get("include_activity") == "1" or knobs.leak_in_progress:
-            rows += [_in_progress_row(s) for s in self.live.values() if s.listed]
-        total = len(rows)
-        for name in ("user_id", "rating_key"):
-            if params.get(name):
-                rows = [r for r in rows if str(r[name]) == params[name]]
-        if params.get("after"):
-            rows = [r for r in rows if _day(r["started"]) >= params["after"]]
-        column = params.get("order_column", "date")
-        if column not in ("date", "started", "stopped"):
-            column = "date"
-        descending = params.get("order_dir", "desc") == "desc"
-        rows.sort(key=lambda r: (r[column] or 0, r["row_id"] or 0), reverse=descending)
+        grouping = _flag(params.get("grouping"), knobs.group_history_tables)
+        include_activity = _flag(params.get("include_activity"), knobs.history_table_activity)
+        wanted = self._where(params)
+        records = [r for r in self.db.records() if _matches(r, wanted, self.local_zone)]
+        rows = _grouped(records, grouping or knobs.ignore_grouping)
+        if include_activity or knobs.leak_in_progress:
+            live = [_in_progress_row(s) for s in self.live.values() if s.listed]
+            rows += [row for row in live if _matches(row, wanted, self.local_zone)]
+        rows = _ordered(rows, params.get("order_column", "date"), params.get("order_dir", "desc"))
         start = int(params.get("start", "0"))
         length = int(params.get("length", "25"))
         page = rows[start : start + length]
@@ -696,21 +818,41 @@ class FakeTautulli:
             await knobs.release.wait()
         if knobs.after_page is not None:
             knobs.after_page(number)
+        total = sum(_played(r) for r in records) if records else None
         return {
             "recordsFiltered": len(rows),
-            "recordsTotal": total,
+            "recordsTotal": self.db.count(),
             "draw": 1,
-            "filter_duration": "",
-            "total_duration": "",
+            "filter_duration": human_duration(sum(r["play_duration"] or 0 for r in page)),
+            "total_duration": human_duration(total),
             "data": page,
         }
 
-    def _grouped_rows(self, grouping: bool) -> list[dict[str, Any]]:
-        groups: dict[int, list[dict[str, Any]]] = {}
-        for record in self.db.records():
-            key = record["reference_id"] if grouping else record["id"]
-            groups.setdefault(key, []).append(record)
-        return [_history_row(members) for members in groups.values()]
+    def _where(self, params: dict[str, str]) -> list[tuple[str, str, list[str]]]:
+        """get_history's filters as (field, comparison, values); several comma-separated
+        values match any of them. ``user_id`` wins over ``user``; the day filters are
+        inclusive (datatables.py ``build_custom_where`` turns ``<``/``>`` into ``<=``/``>=``)
+        and compare the local date of ``started``."""
+        wanted: list[tuple[str, str, list[str]]] = []
+
+        def add(name: str, field_name: str, comparison: str = "=") -> bool:
+            values = _split(params.get(name, ""))
+            if values:
+                wanted.append((field_name, comparison, values))
+            return bool(values)
+
+        if not add("user_id", "user_id"):
+            add("user", "user")
+        for name in ("rating_key", "parent_rating_key", "grandparent_rating_key", "section_id"):
+            add(name, name)
+        add("start_date", "day")
+        add("before", "day", "<=")
+        add("after", "day", ">=")
+        if "all" not in _split(params.get("media_type", "")):
+            add("media_type", "media_type_live")
+        if "all" not in _split(params.get("transcode_decision", "")):
+            add("transcode_decision", "transcode_decision")
+        return wanted
 
 
 def _answer(
@@ -720,13 +862,104 @@ def _answer(
     data: Any = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    """api2.py ``_api_responds``: the envelope, ``data`` ``{}`` when there is none."""
     payload = {} if data is None else data
     body = {"response": {"result": result, "message": message, "data": payload}}
     return web.json_response(body, status=status, headers=headers)
 
 
-def _day(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d")
+def _failure(status: int) -> web.Response:
+    if status == 500:
+        return _answer(500, "error", "Check the logs for errors")
+    headers = {"Retry-After": "0"} if status == 429 else None
+    return web.Response(status=status, text=f"{status} from the proxy", headers=headers)
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    """helpers.py ``bool_true(..., return_none=True)``, None meaning Tautulli's setting."""
+    if value is None:
+        return default
+    return value.lower() in _TRUE
+
+
+def _split(value: str) -> list[str]:
+    """helpers.py ``split_strip``."""
+    return [part.strip() for part in str(value).split(",") if part.strip()]
+
+
+def _matches(row: dict[str, Any], wanted: list[tuple[str, str, list[str]]], zone: tzinfo) -> bool:
+    for name, comparison, values in wanted:
+        if name == "day":
+            have = datetime.fromtimestamp(row["started"], zone).strftime("%Y-%m-%d")
+        elif name == "media_type_live":
+            have = "live" if row.get("live") else str(row["media_type"])
+        else:
+            have = str(row.get(name))
+        if comparison == "=" and have not in values:
+            return False
+        if comparison == "<=" and not any(have <= v for v in values):
+            return False
+        if comparison == ">=" and not any(have >= v for v in values):
+            return False
+    return True
+
+
+def _grouped(records: list[dict[str, Any]], grouping: bool) -> list[dict[str, Any]]:
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        key = record["reference_id"] if grouping else record["id"]
+        groups.setdefault(key, []).append(record)
+    return [_history_row(members) for members in groups.values()]
+
+
+def _ordered(rows: list[dict[str, Any]], columns: str, directions: str) -> list[dict[str, Any]]:
+    """helpers.py ``build_datatables_json`` + datatables.py ``build_order``: each named
+    column in turn (COLLATE NOCASE, NULL first ascending), a direction other than asc or
+    desc meaning desc."""
+    order = list(zip_longest(_split(columns) or [""], [d.lower() for d in _split(directions)]))
+    out = list(rows)
+    for column, direction in reversed(order):
+        if column not in _ORDERABLE:
+            continue
+
+        def key(row: dict[str, Any], column: str = column) -> tuple[int, Any]:
+            value = row[column]
+            if value is None:
+                return (0, 0)
+            return (1, value.lower() if isinstance(value, str) else value)
+
+        out.sort(key=key, reverse=direction != "asc")
+    return out
+
+
+def _played(record: dict[str, Any]) -> int:
+    stopped, started = record["stopped"] or 0, record["started"] or 0
+    return (stopped - started if stopped > 0 else 0) - (record["paused_counter"] or 0)
+
+
+def human_duration(seconds: int | None) -> str:
+    """helpers.py ``human_duration(s, units="s")``: days, hours, minutes, and seconds too
+    when the total is under 300000 (a threshold meant in ms, compared with seconds).
+
+    >>> human_duration(3 * 3600 + 4 * 60 + 31)
+    '3 hrs 4 mins 31 secs'
+    >>> human_duration(400000)
+    '4 days 15 hrs 7 mins'
+    >>> human_duration(None)
+    '0'
+    """
+    if seconds is None or seconds <= 0:
+        return "0"
+    if seconds >= 300000:
+        seconds = round(seconds / 60) * 60
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = []
+    for value, unit in ((days, "day"), (hours, "hr"), (minutes, "min"), (secs, "sec")):
+        if value > 0:
+            parts.append(f"{value} {unit}{'s' if value > 1 else ''}")
+    return " ".join(parts)
 
 
 def _by_key(session: LiveSession) -> int:
@@ -791,12 +1024,25 @@ def _history_row(members: list[dict[str, Any]]) -> dict[str, Any]:
         "guid": last["guid"],
         "transcode_decision": last["transcode_decision"],
         "percent_complete": 100 if last["live"] else round(percent),
-        "watched_status": 1 if length and view_offset >= 0.85 * length else 0,
+        "watched_status": _watched_status(bool(last["live"]), view_offset, length, percent),
         "group_count": len(members),
         "group_ids": ",".join(str(r["id"]) for r in sorted(members, key=lambda r: r["id"])),
         "state": None,
         "session_key": None,
     }
+
+
+def _watched_status(live: bool, view_offset: int, length: int | None, percent: float) -> float:
+    """datafactory.py ``get_datatables_history``: 1 when watched (helpers.py
+    ``check_watched``: the offset reached 85 % of the length; no credits markers here), else
+    quarter buckets of that threshold."""
+    if live or (length and view_offset >= WATCHED_PERCENT / 100 * length):
+        return 1
+    quarter = WATCHED_PERCENT / 4
+    for share in (0.75, 0.5, 0.25):
+        if percent >= quarter * share * 4:
+            return share
+    return 0
 
 
 def _in_progress_row(session: LiveSession) -> dict[str, Any]:

@@ -200,3 +200,17 @@ def test_importing_a_tautulli_database_twice_adds_nothing(tmp_path: Path) -> Non
     assert status["playbacks"] == 3 and status["accepted"] == 3
     missing = ingestor(env, "import", "tautulli-db", str(tmp_path / "nope.db"))
     assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_a_bad_tautulli_server_id_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    env = make_env(
+        tmp_path / "data",
+        f"nats://127.0.0.1:{free_port()}",
+        TAUTULLI_URL="http://127.0.0.1:8181",
+        TAUTULLI_API_KEY="k",
+        TAUTULLI_SERVER_ID="not an id",
+    )
+    result = ingestor(env, "run", timeout=60)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("ingestor: TAUTULLI_SERVER_ID='not an id' is invalid: expected ")

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from ingestor.dedup import DedupIndex
@@ -20,7 +22,13 @@ from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
 from ingestor.sink import DirectSink
 from ingestor.sources.base import Backoff, CircuitBreaker
-from ingestor.sources.tautulli import ACTIVITY_SOURCE, TautulliSync
+from ingestor.sources.config import TautulliConfig
+from ingestor.sources.tautulli import (
+    ACTIVITY_SOURCE,
+    NO_LIVE_ACTIVITY,
+    TautulliConfigError,
+    TautulliSync,
+)
 from ingestor.sources.tautulli_import import TautulliImportError, import_tautulli_db
 from ingestor.sources.tautulli_rows import summary_event_id
 from tests.fakes.tautulli import (
@@ -36,6 +44,7 @@ from tests.fakes.tautulli import (
 pytestmark = pytest.mark.integration
 
 T0 = int(datetime(2026, 1, 5, 20, 0, tzinfo=UTC).timestamp())
+DAY = int(datetime(2026, 1, 6, tzinfo=UTC).timestamp())  # 00:00 UTC
 
 
 # ---------------------------------------------------------------------------------------
@@ -132,6 +141,16 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: s
 
 
 @contextlib.asynccontextmanager
+async def zoned(db: TautulliDb, hours: int) -> AsyncIterator[FakeTautulli]:
+    """A fake Tautulli running in the zone UTC+``hours`` (its day filters use local dates)."""
+    server = await FakeTautulli(db, local_zone=timezone(timedelta(hours=hours))).start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@contextlib.asynccontextmanager
 async def running(sync: TautulliSync) -> AsyncIterator[asyncio.Event]:
     """Run ``sync`` in a task; stop it (and check it stops) on exit."""
     stop = asyncio.Event()
@@ -156,7 +175,10 @@ async def test_history_is_paged_in_ascending_start_order_and_each_row_is_one_sum
     pages = asc_pages(fake)
     assert [p["start"] for p in pages] == ["0", "5", "10"]
     assert all(
-        p["grouping"] == "0" and p["order_column"] == "started" and p["length"] == "5"
+        p["grouping"] == "0"
+        and p["include_activity"] == "0"
+        and p["order_column"] == "started"
+        and p["length"] == "5"
         for p in pages
     )
     assert result.events == 12
@@ -283,6 +305,31 @@ async def test_the_lookback_bounds_the_first_sync_and_widening_it_backfills(
         await wider.sync_history()
     keys = sorted(r[0] for r in query(sink, "SELECT rating_key FROM playback_events"))
     assert keys == ["1", "2"] and counts(sink)["dropped_event_id"] == 0
+
+
+async def test_history_passes_leave_out_the_live_sessions_tautulli_lists_by_default(
+    fake: FakeTautulli, db: TautulliDb, sink: DirectSink, tmp_path: Path
+) -> None:
+    seed(db, 4)
+    fake.start_live(31, Play(T0 + 1800, 0, rating_key=4242), view_offset=600_000)
+    async with new_sync(fake.url, sink, tmp_path / "state.json") as sync:
+        result = await sync.sync_history()
+    assert (result.rows, result.skipped_in_progress, result.events) == (4, 0, 4)
+
+
+@pytest.mark.parametrize("hours", [-12, 14], ids=["UTC-12", "UTC+14"])
+async def test_a_row_written_late_is_read_whatever_zone_tautulli_dates_its_filter_in(
+    db: TautulliDb, sink: DirectSink, tmp_path: Path, hours: int
+) -> None:
+    """Tautulli compares ``after`` with the *local* date of ``started`` (inclusive)."""
+    db.add(Play(DAY + 23 * 3600, DAY + 25 * 3600, rating_key=1))
+    async with zoned(db, hours) as fake, new_sync(fake.url, sink, tmp_path / "s.json") as sync:
+        assert (await sync.sync_history()).events == 1
+        # a session begun 22 hours before the cursor ends now: in UTC-12 it began the
+        # day before the cursor's UTC date
+        db.add(Play(DAY + 3600, DAY + 26 * 3600, rating_key=2))
+        assert (await sync.sync_history()).events == 1
+    assert counts(sink)["playbacks"] == 2
 
 
 async def test_in_progress_history_rows_never_become_summaries(
@@ -420,28 +467,66 @@ async def test_a_live_session_is_held_back_until_tautulli_lists_its_start(
 
 
 async def test_a_rejected_api_key_is_a_clear_error_and_is_not_hammered(
-    fake: FakeTautulli, sink: DirectSink, tmp_path: Path
+    fake: FakeTautulli, sink: DirectSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     sync = new_sync(fake.url, sink, tmp_path / "state.json", api_key="wrong")
     started = time.monotonic()
-    async with running(sync):
-        await wait_for(lambda: sync.rounds >= 25, what="25 rounds")
-    assert sync.health.last_error == f"TAUTULLI_API_KEY rejected by {fake.url}: Invalid apikey"
-    assert len(fake.requests) == 1  # the circuit opened on the first 401
-    assert sync.breaker.state == "open"
+    with caplog.at_level(logging.ERROR, logger="ingestor.sources.tautulli"):
+        async with running(sync):
+            await wait_for(lambda: sync.rounds >= 25, what="25 rounds")
+    assert fake.statuses == [400]  # Tautulli says "Invalid apikey" with 400, never 401
+    message = f"TAUTULLI_API_KEY rejected by {fake.url}: Invalid apikey"
+    assert sync.health.last_error == message
+    assert sync.breaker.state == "open"  # the circuit opened on the first answer
+    assert [r.getMessage() for r in caplog.records] == [
+        f"history sync of {fake.url} failed: {message}"
+    ]
     assert time.monotonic() - started >= 24 * 0.01  # the loop waited between rounds
 
 
-async def test_a_disabled_api_is_a_clear_error(
-    fake: FakeTautulli, sink: DirectSink, tmp_path: Path
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        (
+            lambda fake: setattr(fake.knobs, "api_disabled", True),
+            "the API of Tautulli at {url} is not enabled: enable it in Settings > Web "
+            "Interface > API",
+        ),
+        (
+            lambda fake: setattr(fake, "api_key", "abc"),
+            "Tautulli at {url} has no usable API key of its own: API key not generated "
+            "correctly: generate one in Settings > Web Interface > API and set "
+            "TAUTULLI_API_KEY to it",
+        ),
+    ],
+    ids=["api-disabled", "no-own-key"],
+)
+async def test_tautulli_refusing_every_call_is_one_clear_error(
+    fake: FakeTautulli,
+    sink: DirectSink,
+    tmp_path: Path,
+    setup: Callable[[FakeTautulli], None],
+    expected: str,
 ) -> None:
-    fake.knobs.api_disabled = True
+    setup(fake)
     sync = new_sync(fake.url, sink, tmp_path / "state.json")
     async with running(sync):
         await wait_for(lambda: sync.rounds >= 10, what="10 rounds")
-    error = sync.health.last_error or ""
-    assert "answered 404" in error and "API not enabled" in error and "enabled" in error
-    assert len(fake.requests) == 1
+    assert sync.health.last_error == expected.format(url=fake.url)
+    assert fake.statuses == [400] and sync.breaker.state == "open"
+
+
+async def test_an_unknown_command_is_a_configuration_error_not_a_retry(
+    fake: FakeTautulli, sink: DirectSink, tmp_path: Path
+) -> None:
+    async with new_sync(fake.url, sink, tmp_path / "state.json") as sync:
+        with pytest.raises(TautulliConfigError) as info:
+            await sync._api().call("get_recently_watched")
+    assert str(info.value) == (
+        f"Tautulli at {fake.url} does not know the command get_recently_watched: is it "
+        "Tautulli 2.x?"
+    )
+    assert fake.statuses == [400] and sync.breaker.state == "open"
 
 
 async def test_server_errors_and_rate_limits_are_retried_until_the_answer_comes(
@@ -481,6 +566,151 @@ async def test_an_unreachable_tautulli_is_an_error_not_a_crash(
     assert sync.requests == 3 and sync.breaker.state == "open"
 
 
+# ---------------------------------------------------------------------------------------
+# Tautulli up, Plex not (or never connected)
+
+
+def tautulli_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "ingestor.sources.tautulli"]
+
+
+async def test_a_plex_that_does_not_answer_is_a_state_of_the_source_not_an_error(
+    fake: FakeTautulli, db: TautulliDb, sink: DirectSink, tmp_path: Path, caplog
+) -> None:
+    seed(db, 3)
+    fake.knobs.plex = "unreachable"  # get_activity: success, data {}
+    sync = new_sync(fake.url, sink, tmp_path / "state.json")
+    with caplog.at_level(logging.INFO, logger="ingestor.sources.tautulli"):
+        async with running(sync):
+            await wait_for(lambda: len(fake.calls("get_activity")) >= 5, what="5 polls")
+            during = sync.health.as_dict()
+            fake.knobs.plex = "connected"
+            await wait_for(lambda: sync.health.state is None, what="the state to end")
+            polls = len(fake.calls("get_activity"))
+            await wait_for(lambda: len(fake.calls("get_activity")) >= polls + 3, what="3 more")
+    assert counts(sink)["playbacks"] == 3  # history synced all along
+    assert during["state"] == NO_LIVE_ACTIVITY and during["state_since"]
+    assert "its Plex server does not answer" in during["state_detail"]
+    assert during["last_error"] is None and sync.health.last_error is None
+    records = tautulli_records(caplog)
+    assert not [r for r in records if r.levelno >= logging.ERROR]
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"Tautulli at {fake.url}: Tautulli answers get_activity without sessions: its Plex "
+        "server does not answer, so live sessions are not followed (history still syncs)"
+    ]
+    again = [r.getMessage() for r in records if "live activity again" in r.getMessage()]
+    assert again == [f"Tautulli at {fake.url} knows its live activity again"]
+    assert sync.health.as_dict()["state"] is None
+
+
+async def test_an_open_session_outlives_a_plex_outage_and_stops_at_its_history_row(
+    fake: FakeTautulli, sink: DirectSink, tmp_path: Path
+) -> None:
+    started = int(time.time()) - 600
+    fake.start_live(7, Play(started, 0, rating_key=5150), view_offset=120_000)
+    async with new_sync(fake.url, sink, tmp_path / "state.json") as sync:
+        assert (await sync.poll_activity()).events == 1  # play
+        fake.knobs.plex = "unreachable"
+        assert (await sync.poll_activity()).events == 0  # not a stop: nothing is known
+        fake.finish(7, started + 300)
+        assert (await sync.poll_activity()).events == 0
+        fake.knobs.plex = "connected"
+        assert (await sync.poll_activity()).events == 1  # now known gone: the stop
+    (row,) = query(sink, "SELECT state, stopped_at FROM playback_events")
+    assert row == ("stopped", datetime.fromtimestamp(started + 300, UTC))
+
+
+async def test_a_tautulli_never_connected_to_plex_asks_for_the_server_id_once(
+    fake: FakeTautulli, db: TautulliDb, sink: DirectSink, tmp_path: Path
+) -> None:
+    seed(db, 2)
+    fake.knobs.plex = "never_connected"  # pms_identifier "" and get_activity {}
+    sync = new_sync(fake.url, sink, tmp_path / "state.json")
+    async with running(sync):
+        await wait_for(lambda: sync.rounds >= 20, what="20 rounds")
+    assert sync.health.last_error == (
+        f"Tautulli at {fake.url} reports no Plex server (empty pms_identifier: it was never "
+        "connected to Plex): connect it to Plex (Settings > Plex Media Server), or set "
+        "TAUTULLI_SERVER_ID to the Plex server's id (its machineIdentifier, the Plex "
+        "webhook's Server.uuid)"
+    )
+    assert [cmd for cmd, _ in fake.requests] == ["get_server_info"]  # then the circuit
+    assert counts(sink)["accepted"] == 0
+
+
+async def test_tautulli_server_id_names_the_server_tautulli_cannot(
+    fake: FakeTautulli, db: TautulliDb, sink: DirectSink, tmp_path: Path, caplog
+) -> None:
+    seed(db, 3)
+    fake.knobs.plex = "never_connected"
+    named = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+    config = TautulliConfig("tautulli", fake.url, API_KEY, lookback=None, server_id=named)
+    sync = TautulliSync.from_config(config, data_dir=tmp_path, sink=sink)
+    with caplog.at_level(logging.INFO, logger="ingestor.sources.tautulli"):
+        async with sync:
+            assert (await sync.sync_history()).events == 3
+            await sync.poll_activity()
+            fake.knobs.plex = "connected"  # connected later: Tautulli's own id differs
+            assert (await sync.sync_history()).events == 0
+            await sync.sync_history()
+    servers = {r[0] for r in query(sink, "SELECT server_id FROM media_events")}
+    assert servers == {named}  # the events keep the named id: nothing doubles
+    assert sync.health.server_id == named and sync.health.last_error is None
+    assert sync.health.state == NO_LIVE_ACTIVITY  # the poll ran while Plex was away
+    said = [r.getMessage() for r in tautulli_records(caplog) if r.levelno >= logging.INFO]
+    assert (
+        said.count(
+            f"Tautulli at {fake.url} reports no Plex server yet: using TAUTULLI_SERVER_ID {named}"
+        )
+        == 1
+    )
+    assert (
+        said.count(
+            f"Tautulli at {fake.url} reports Plex server {SERVER_ID}, TAUTULLI_SERVER_ID says "
+            f"{named}: keeping {named} (event ids depend on it); unset TAUTULLI_SERVER_ID to "
+            "follow Tautulli"
+        )
+        == 1
+    )
+
+
+async def test_the_status_endpoint_shows_the_no_live_activity_state(
+    tmp_path: Path, settings
+) -> None:
+    from ingestor.app import run_service
+    from ingestor.sources.config import SourcesConfig
+
+    db = TautulliDb(tmp_path / "tautulli.db")
+    seed(db, 2)
+    fake = await FakeTautulli(db).start()
+    fake.knobs.plex = "unreachable"
+    config = SourcesConfig(
+        tautulli=[TautulliConfig("tautulli", fake.url, API_KEY, sync_interval=3600, lookback=None)]
+    )
+    stop, ready = asyncio.Event(), asyncio.Event()
+    service = asyncio.create_task(run_service(settings, config, ready=ready.set, stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        async with aiohttp.ClientSession() as http:
+
+            async def source() -> dict[str, Any]:
+                async with http.get(f"http://127.0.0.1:{settings.http_port}/status") as resp:
+                    return (await resp.json())["sources"][0]
+
+            deadline = time.monotonic() + 30
+            while (current := await source())["state"] is None:
+                assert time.monotonic() < deadline, current
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(service, 60)
+        await fake.close()
+        db.close()
+    assert current["state"] == NO_LIVE_ACTIVITY and current["last_error"] is None
+    assert current["events_published"] == 2 and current["name"] == f"tautulli:{SERVER_ID}"
+
+
 async def test_an_invalid_row_is_skipped_and_the_others_are_ingested(
     fake: FakeTautulli, db: TautulliDb, sink: DirectSink, tmp_path: Path
 ) -> None:
@@ -495,6 +725,99 @@ async def test_an_invalid_row_is_skipped_and_the_others_are_ingested(
     imported = direct_sink(tmp_path / "b.duckdb")
     outcome = await import_tautulli_db(db.path, imported, state_path=None)
     assert (outcome.invalid, outcome.stored) == (1, 4)
+
+
+# ---------------------------------------------------------------------------------------
+# the fake answers as Tautulli v2.17.2 does (tests/fakes/tautulli.py names the source)
+
+
+async def ask(fake: FakeTautulli, **params: Any) -> tuple[int, dict[str, Any]]:
+    query = {"apikey": API_KEY, **{k: str(v) for k, v in params.items()}}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{fake.url}/api/v2", params=query) as resp,
+    ):
+        return resp.status, (await resp.json())["response"]
+
+
+async def test_refusals_are_400_told_apart_by_the_message(fake: FakeTautulli) -> None:
+    assert await ask(fake, cmd="get_history", apikey="wrong") == (
+        400,
+        {"result": "error", "message": "Invalid apikey", "data": {}},
+    )
+    status, unknown = await ask(fake, cmd="get_nothing", apikey="wrong")
+    assert status == 400 and unknown["message"].startswith("Unknown command: get_nothing. ")
+    fake.knobs.api_disabled = True
+    assert (await ask(fake, cmd="get_history", apikey="wrong"))[1]["message"] == (
+        "API not enabled"  # the switch is checked before the key
+    )
+    fake.knobs.api_disabled = False
+    assert await ask(fake, cmd="get_history", start="x") == (
+        500,
+        {"result": "error", "message": "Check the logs for errors", "data": {}},
+    )
+
+
+async def test_without_plex_activity_is_an_empty_success_and_the_server_id_empty(
+    fake: FakeTautulli,
+) -> None:
+    assert (await ask(fake, cmd="get_activity"))[1]["data"]["sessions"] == []
+    fake.knobs.plex = "unreachable"
+    assert await ask(fake, cmd="get_activity") == (
+        200,
+        {"result": "success", "message": None, "data": {}},
+    )
+    assert (await ask(fake, cmd="get_server_info"))[1]["data"]["pms_identifier"]
+    fake.knobs.plex = "never_connected"
+    _, info = await ask(fake, cmd="get_server_info")
+    assert info["data"]["pms_identifier"] == "" and "pms_is_remote" not in info["data"]
+
+
+async def test_grouping_and_activity_change_the_filtered_count_not_the_total(
+    fake: FakeTautulli, db: TautulliDb
+) -> None:
+    first = db.add(Play(DAY, DAY + 1800, view_offset=1_700_000))
+    db.add(Play(DAY + 7200, DAY + 9000, view_offset=5_000_000, continues=first))
+    db.add(Play(DAY + 20000, DAY + 23000, rating_key=777))
+    fake.start_live(3, Play(DAY + 30000, 0, rating_key=888))
+    found = {}
+    for grouping, activity in ((None, None), (0, None), (1, 0), (0, 0)):
+        params = {"grouping": grouping, "include_activity": activity}
+        _, answer = await ask(
+            fake, cmd="get_history", **{k: v for k, v in params.items() if v is not None}
+        )
+        data = answer["data"]
+        found[(grouping, activity)] = (data["recordsFiltered"], data["recordsTotal"])
+    # Tautulli's defaults group history and list live sessions; the total is every row
+    assert found == {(None, None): (3, 3), (0, None): (4, 3), (1, 0): (2, 3), (0, 0): (3, 3)}
+
+
+async def test_day_filters_are_inclusive_local_dates_applied_before_grouping(
+    db: TautulliDb,
+) -> None:
+    # 03:00 UTC on the 6th is the 5th in Tautulli's zone (UTC-5)
+    first = db.add(Play(DAY + 3 * 3600, DAY + 4 * 3600, view_offset=100_000))
+    second = db.add(Play(DAY + 6 * 3600, DAY + 7 * 3600, view_offset=900_000, continues=first))
+    async with zoned(db, -5) as fake:
+        answers = [
+            (await ask(fake, cmd="get_history", **params))[1]["data"]
+            for params in (
+                {"after": "2026-01-06"},
+                {"before": "2026-01-05", "grouping": 0},
+                {"after": "2026-01-05", "before": "2026-01-06"},
+            )
+        ]
+    after, before, both = answers
+    (row,) = after["data"]
+    assert (row["group_count"], row["group_ids"], row["started"]) == (
+        1,
+        str(second),
+        DAY + 6 * 3600,
+    )
+    assert [r["row_id"] for r in before["data"]] == [first]
+    (group,) = both["data"]
+    assert group["group_count"] == 2 and group["play_duration"] == 7200
+    assert both["filter_duration"] == "2 hrs"
 
 
 # ---------------------------------------------------------------------------------------

@@ -68,3 +68,17 @@ def test_health_records_success_and_failure() -> None:
     assert snapshot["events_published"] == 3
     assert snapshot["last_error"] == "ConnectionRefusedError: refused"
     assert snapshot["last_success"] and snapshot["last_error_at"]
+
+
+def test_health_has_a_state_that_is_not_an_error() -> None:
+    health = SourceHealth("tautulli:abc", "tautulli", "abc")
+    assert health.set_state("no_live_activity", "Plex does not answer") is True
+    assert health.set_state("no_live_activity", "Plex does not answer") is False  # once
+    snapshot = health.as_dict()
+    assert (snapshot["state"], snapshot["state_detail"]) == (
+        "no_live_activity",
+        "Plex does not answer",
+    )
+    assert snapshot["state_since"] and snapshot["last_error"] is None
+    assert health.set_state(None) is True
+    assert (health.state, health.state_detail, health.state_since) == (None, None, None)

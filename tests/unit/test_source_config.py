@@ -69,12 +69,16 @@ enabled = true
 
 def test_every_problem_is_one_line_naming_where_it_came_from(tmp_path: Path) -> None:
     file = tmp_path / "sources.toml"
-    file.write_text('[[jellyfin]]\nurl = "jellyfin.lan"\napi_key = "x"\ncolour = "red"\n')
+    file.write_text(
+        '[[jellyfin]]\nurl = "jellyfin.lan"\napi_key = "x"\ncolour = "red"\n'
+        '[[tautulli]]\nurl = "http://t2:8181"\napi_key = "k2"\nserver_id = "a/b"\n'
+    )
     with pytest.raises(ConfigError) as info:
         SourcesConfig.from_env(
             {
                 "TAUTULLI_URL": "http://t1:8181",
                 "TAUTULLI_PAGE_SIZE": "lots",
+                "TAUTULLI_SERVER_ID": "my server",
                 "EMBY_URL_2": "http://emby",
                 "SOURCES_FILE": str(file),
             }
@@ -85,4 +89,28 @@ def test_every_problem_is_one_line_naming_where_it_came_from(tmp_path: Path) -> 
     assert "EMBY_API_KEY_2 is missing" in problems
     assert any("[jellyfin] #1 has unknown keys ['colour']" in p for p in problems)
     assert any("[jellyfin] #1 url='jellyfin.lan' is invalid" in p for p in problems)
-    assert len(problems) == 5
+    accepts = (
+        "expected the Plex server's id (its machineIdentifier, the Plex webhook's Server.uuid, "
+        "e.g. 40 hex digits): 1-128 letters, digits, '.', '_' or '-'"
+    )
+    assert f"TAUTULLI_SERVER_ID='my server' is invalid: {accepts}" in problems
+    assert f"{file} [tautulli] #1 server_id='a/b' is invalid: {accepts}" in problems
+    assert len(problems) == 7
+
+
+def test_tautulli_server_id_comes_from_the_environment_or_the_sources_file(
+    tmp_path: Path,
+) -> None:
+    plex_id = "8f2c1a9d4b7e6f3a0c5d2e1b9a8f7c6d5e4b3a21"
+    file = tmp_path / "sources.toml"
+    file.write_text(
+        f'[[tautulli]]\nurl = "http://t2:8181"\napi_key = "k2"\nserver_id = "{plex_id}"\n'
+    )
+    config = SourcesConfig.from_env(
+        {"TAUTULLI_URL": "http://t1:8181", "TAUTULLI_API_KEY": "k1", "SOURCES_FILE": str(file)}
+    )
+    assert [t.server_id for t in config.tautulli] == [None, plex_id]
+    named = SourcesConfig.from_env(
+        {"TAUTULLI_URL": "http://t1:8181", "TAUTULLI_API_KEY": "k1", "TAUTULLI_SERVER_ID": "x-1"}
+    )
+    assert named.tautulli[0].server_id == "x-1"
