@@ -114,8 +114,9 @@ async def test_a_verdict_without_nats_says_what_it_needs(settings: Settings) -> 
     archive = settings.archive_dir
     archive.mkdir(parents=True)
     async with open_data_dir(settings.data_dir) as wb:
-        with pytest.raises(WorkbenchError, match="published to the stream"):
+        with pytest.raises(WorkbenchError, match="needs the running ingestor") as caught:
             await wb.confirm("any")
+    assert "`.venv/bin/ingestor run`" in str(caught.value)  # and how to start it
 
 
 async def test_connect_to_nothing_is_a_clear_error() -> None:
