@@ -786,6 +786,9 @@ class AuditBrowser:
                     dropdown.options = [("all", None), *((v, v) for v in choices)]
                     dropdown.value = current
                     dropdown.disabled = False
+                    # new options re-render the front end's list; an index that did not
+                    # change is not sent again, which left the list showing no choice
+                    dropdown.send_state("index")
                 else:
                     self._filters[name] = None
                     dropdown.options = [("all", None)]
