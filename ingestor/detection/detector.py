@@ -142,6 +142,7 @@ class Detector:
         self._stopping = asyncio.Event()
         self._reconnects = 0
         self._lost: str | None = None
+        self._next_delivery = 1  # the consumer's next delivery sequence
         self._progress = asyncio.Condition()
 
     # ------------------------------------------------------------------ lifecycle
@@ -351,6 +352,7 @@ class Detector:
         self._high_water = start - 1
         self._request_open = False
         self._lost = None
+        self._next_delivery = 1
         self._reconnects = self.nc.stats["reconnects"]
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox, cb=self._on_message)
@@ -373,6 +375,15 @@ class Detector:
             self._request_done.set()
             self._wake.set()
             return
+        delivery = _delivery_seq(msg.reply)
+        if delivery > self._next_delivery:
+            # a filtered consumer's stream sequences jump by design, its delivery sequences
+            # never: one is missing (ingestor/nats/continuity.py), so never ack past it
+            self._lost = f"deliveries {self._next_delivery}-{delivery - 1} did not arrive"
+            self._request_done.set()
+            self._wake.set()
+            return
+        self._next_delivery = delivery + 1
         self._outstanding -= 1
         if self._outstanding <= 0:
             self._request_done.set()
@@ -464,6 +475,14 @@ class Detector:
             await self.nc.publish(subject, b"+ACK")
         except Exception as exc:  # a lost ack means a redelivery: the same alerts again
             log.warning("detector: ack %s not sent: %s", subject, exc)
+
+
+def _delivery_seq(reply: str) -> int:
+    """The consumer's delivery sequence in a JetStream ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<delivery seq>...``, or the
+    form with a domain and an account hash before the stream)."""
+    tokens = reply.split(".")
+    return int(tokens[6] if len(tokens) == 9 else tokens[8])
 
 
 async def _wait_any(*events: asyncio.Event, timeout: float | None) -> None:
