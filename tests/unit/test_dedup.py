@@ -3,7 +3,7 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ingestor.dedup import Action, DedupIndex, Tier
@@ -202,6 +202,10 @@ def _keys(events: list, first_seq: int):
 
 
 @settings(max_examples=80, deadline=None)
+# a step re-reported in a later batch, and twice within one batch of a known session
+@example(picks=[0, 5], cuts=[1], hot_window=None, failed=set())
+@example(picks=[1, 0, 5], cuts=[1], hot_window=None, failed=set())
+@example(picks=[1, 0, 5, 0], cuts=[1], hot_window=None, failed={1})
 @given(
     st.lists(st.sampled_from(range(len(_POOL))), min_size=1, max_size=60),
     st.lists(st.integers(min_value=1, max_value=59), max_size=8, unique=True),
