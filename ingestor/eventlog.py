@@ -373,6 +373,8 @@ def _polars_type(annotation: Any) -> pl.DataType:
         return pl.Boolean()
     if annotation is int:
         return pl.Int64()
+    if annotation is float:
+        return pl.Float64()
     if annotation is datetime:
         return pl.Datetime("us", "UTC")
     return pl.String()  # str and StrEnum

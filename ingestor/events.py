@@ -95,7 +95,9 @@ class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     position_ms: int | None = None
-    percent_complete: int | None = None
+    # the exact share of the media reached, 0-100, never rounded (events recorded before
+    # 2026-12-07 carry whole numbers: JSON's 85 reads as 85.0)
+    percent_complete: float | None = None
     play_duration: int | None = None
     paused_counter: int | None = None
     # where and how
@@ -182,6 +184,18 @@ StepKey = tuple[SessionKey, str, int]
 """One step of one source session: (session, event_type, step). Tier (b) keys on it."""
 CrossKey = tuple[str, str, str, str]
 """What two sources' reports of one playback share: (server_id, user_id, item, machine_id)."""
+
+
+def percent_of(position_ms: float | None, duration_ms: float | None) -> float | None:
+    """The exact share of the media a position reached, 0-100 (never rounded: a play
+    stopped at 84.79 % is not watched at 85 %).
+
+    >>> percent_of(84_790, 100_000), percent_of(9_000, 0), percent_of(None, 10)
+    (84.79, None, None)
+    """
+    if position_ms is None or not duration_ms or duration_ms <= 0:
+        return None
+    return max(0.0, min(100.0, position_ms * 100 / duration_ms))
 
 
 def session_key(event: MediaEvent) -> SessionKey:

@@ -7,7 +7,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -152,12 +152,12 @@ else:
                         "then": row["state_at"],
                         "now": row["state"] or "-",
                         "stopped": when(row["stopped_at"]),
-                        "complete %": row["percent_complete"],
+                        "complete %": row["percent_complete"],  # exact: shown to 0.1
                     }
                     for row in fate.iter_rows(named=True)
                 ],
-                schema_overrides={"complete %": pl.Int64},
-            )
+                schema_overrides={"complete %": pl.Float64},
+            ).with_columns(pl.col("complete %").round(1))
         )
 
 # %% [markdown]

@@ -35,7 +35,8 @@ play
     * that one was not watched: its ``percent_complete`` is under ``watched_percent``
       (a finished item followed by a rewatch is two plays), and
     * the progress did not go back: its ``percent_complete`` is at least that one's
-      (Tautulli compares ``view_offset``; ``playback_events`` keeps only the percentage).
+      (Tautulli compares ``view_offset``; ``playback_events`` keeps the exact share, which
+      orders plays of one item the same way).
 
     A missing ``user_id``, ``rating_key`` or ``percent_complete`` on either side starts a new
     play. There is no time window, as in Tautulli. Functions without a ``watched_percent``
@@ -46,7 +47,8 @@ play
     highest of its playbacks'.
 watched
     A play whose ``percent_complete`` reaches ``watched_percent`` (default 85, Tautulli's
-    ``MOVIE_WATCHED_PERCENT``/``TV_WATCHED_PERCENT``).
+    ``MOVIE_WATCHED_PERCENT``/``TV_WATCHED_PERCENT``), compared unrounded as Tautulli does
+    (``view_offset >= 0.85 * duration``): a play stopped at 84.79 % is not watched.
 
 Buckets in local time
 ---------------------
@@ -425,11 +427,11 @@ def _check_tz(tz: str) -> None:
         raise ValueError(f"tz must be an IANA time zone name, got {tz!r}") from exc
 
 
-def _rules(grouping: bool, min_seconds: int, watched_percent: int) -> dict[str, object]:
+def _rules(grouping: bool, min_seconds: int, watched_percent: float) -> dict[str, object]:
     return {
         "grouping": bool(grouping),
         "min_seconds": int(min_seconds),
-        "watched_percent": int(watched_percent),
+        "watched_percent": float(watched_percent),
     }
 
 
@@ -484,7 +486,7 @@ def plays(
     tz: str = "UTC",
     grouping: bool = True,
     min_seconds: int = DEFAULT_MIN_SECONDS,
-    watched_percent: int = DEFAULT_WATCHED_PERCENT,
+    watched_percent: float = DEFAULT_WATCHED_PERCENT,
 ) -> pl.DataFrame:
     """One row per play (see the module's "play"), in start order, times as clocks in ``tz``.
 
@@ -994,7 +996,7 @@ def completion(
     db: Database,
     *,
     metric: Metric = "plays",
-    watched_percent: int = DEFAULT_WATCHED_PERCENT,
+    watched_percent: float = DEFAULT_WATCHED_PERCENT,
     grouping: bool = True,
     min_seconds: int = DEFAULT_MIN_SECONDS,
 ) -> pl.DataFrame:

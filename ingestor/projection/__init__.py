@@ -7,6 +7,15 @@ from ingestor.projection.store import (
     BatchResult,
     DecisionOutcome,
     Projection,
+    ProjectionError,
 )
 
-__all__ = ["PROJECTOR", "AlertRow", "Applied", "BatchResult", "DecisionOutcome", "Projection"]
+__all__ = [
+    "PROJECTOR",
+    "AlertRow",
+    "Applied",
+    "BatchResult",
+    "DecisionOutcome",
+    "Projection",
+    "ProjectionError",
+]

@@ -311,16 +311,24 @@ def playback_rows(state: pl.DataFrame) -> pl.DataFrame:
                 )
             ),
         ),
+        # the summary's, unless it is a whole number the lifecycle's exact reading rounds to
+        # (Tautulli's API rounds: its 85 of a play stopped at 84.79 % is the same reading,
+        # less precise, and would count the play as watched)
         percent_complete=pl.coalesce(
-            pl.col("s_percent"),
+            pl.when(
+                (pl.col("s_percent") == pl.col("s_percent").round(0))
+                & (pl.col("l_percent").round(0) == pl.col("s_percent"))
+            )
+            .then(pl.col("l_percent"))
+            .otherwise(pl.col("s_percent")),
             pl.col("l_percent"),
             pl.when(pl.col("media_duration") > 0).then(
                 pl.min_horizontal(
-                    (pl.col("l_position_ms") / (pl.col("media_duration") * 10.0)).round(0),
+                    pl.col("l_position_ms") / (pl.col("media_duration") * 10.0),
                     pl.lit(100.0),
                 )
             ),
-        ).cast(pl.Int32),
+        ).cast(pl.Float64),
         event_count=pl.col("event_count").cast(pl.Int32),
     )
     return shaped.select(_PLAYBACK_ORDER)

@@ -33,7 +33,7 @@ EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("started_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
     ("stopped_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
     ("position_ms", "BIGINT", pa.int64()),
-    ("percent_complete", "INTEGER", pa.int32()),
+    ("percent_complete", "DOUBLE", pa.float64()),
     ("play_duration", "INTEGER", pa.int32()),
     ("paused_counter", "INTEGER", pa.int32()),
     ("platform", "VARCHAR", pa.string()),
@@ -62,6 +62,7 @@ EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
 
 _DUCK_TO_POLARS: dict[str, pl.DataType] = {
     "VARCHAR": pl.String(),
+    "DOUBLE": pl.Float64(),
     "INTEGER": pl.Int32(),
     "BIGINT": pl.Int64(),
     "BOOLEAN": pl.Boolean(),
@@ -206,7 +207,7 @@ PLAYBACK_COLUMNS: list[tuple[str, str]] = [
     ("state", "VARCHAR"),  # playing | paused | stopped
     ("paused_seconds", "BIGINT"),
     ("played_seconds", "BIGINT"),
-    ("percent_complete", "INTEGER"),
+    ("percent_complete", "DOUBLE"),
     ("source", "VARCHAR"),  # the source whose report opened the playback
     ("sources", "VARCHAR[]"),
     ("key_started_at", "TIMESTAMPTZ"),  # the opening report's start (links match on it)

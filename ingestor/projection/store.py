@@ -33,7 +33,7 @@ from ingestor.dedup import (
     PlaybackRef,
     Tier,
 )
-from ingestor.errors import TransientError
+from ingestor.errors import IngestorError, TransientError
 from ingestor.events import (
     CorrelationKey,
     MediaEvent,
@@ -56,6 +56,7 @@ from ingestor.projection.schema import (
     CHECKPOINT_TABLE,
     DDL,
     EVENT_COLUMNS,
+    EVENT_DTYPES,
     MEDIA_EVENT_COLUMNS,
 )
 from ingestor.records import Alert, AuditDecision
@@ -68,7 +69,13 @@ PROJECTOR = "projector"
 DUCKDB_MEMORY_LIMIT = "128MB"
 DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
 FOLD_STATES_LIMIT = 50_000  # playbacks whose fold state stays in memory
-PROJECTION_SCHEMA_VERSION = 1  # of the tables; a file written by a later version is refused
+PROJECTION_SCHEMA_VERSION = 2  # of the tables; a file written by a later version is refused
+# what brings a file of the version before up to each version (the DDL makes new files whole)
+MIGRATIONS: dict[int, list[str]] = {
+    # percent_complete is the exact share, no longer a rounded whole number
+    2: ["ALTER TABLE playback_events ALTER percent_complete TYPE DOUBLE"],
+}
+SELECT_SCHEMA_VERSION = "SELECT value FROM projection_meta WHERE name = 'schema_version'"
 
 # DuckDB failures that a later attempt can get past: I/O (disk full, file unavailable),
 # memory pressure, and write-write conflicts.
@@ -77,6 +84,10 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     duckdb.OutOfMemoryException,
     duckdb.TransactionException,
 )
+
+
+class ProjectionError(IngestorError):
+    """The projection file cannot be used by this version (the message says what to do)."""
 
 
 @dataclass(slots=True)
@@ -363,12 +374,42 @@ class Projection:
         # transaction before the writes, it may raise (the database is unavailable) or stall.
         self.fault = fault
         if not read_only:
-            for statement in DDL:
-                self.con.execute(statement)
-            self.con.execute(
-                "INSERT OR IGNORE INTO projection_meta VALUES ('schema_version', ?)",
-                [str(PROJECTION_SCHEMA_VERSION)],
+            try:
+                self._create_or_migrate()
+            except BaseException:
+                self.con.close()
+                raise
+
+    def _create_or_migrate(self) -> None:
+        """Create the tables of a new file, or bring an older file's up to this version.
+
+        Raises :class:`ProjectionError` for a file written by a later version.
+        """
+        con = self.con
+        fresh = not con.execute(
+            "SELECT 1 FROM duckdb_tables() WHERE table_name = 'playback_events'"
+        ).fetchall()
+        for statement in DDL:
+            con.execute(statement)
+        rows = con.execute(SELECT_SCHEMA_VERSION).fetchall()
+        # a file without a version is older than versions: the first
+        version = PROJECTION_SCHEMA_VERSION if fresh else int(rows[0][0]) if rows else 1
+        if version > PROJECTION_SCHEMA_VERSION:
+            raise ProjectionError(
+                f"{self.path} was written by a later version of the ingestor (tables version "
+                f"{version}, this one knows up to {PROJECTION_SCHEMA_VERSION}): upgrade it, or "
+                "rebuild the projection with `ingestor replay --output NEW_FILE`"
             )
+        con.begin()
+        for step in range(version + 1, PROJECTION_SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[step]:
+                con.execute(statement)
+            log.info("projection %s migrated to tables version %d", self.path, step)
+        con.execute(
+            "INSERT OR REPLACE INTO projection_meta VALUES ('schema_version', ?)",
+            [str(PROJECTION_SCHEMA_VERSION)],
+        )
+        con.commit()
 
     @classmethod
     def over(cls, con: duckdb.DuckDBPyConnection) -> Projection:
@@ -808,19 +849,12 @@ class Projection:
 # ---------------------------------------------------------------------- Arrow builders
 
 
-_POLARS_TYPES = {
-    "VARCHAR": pl.String,
-    "INTEGER": pl.Int32,
-    "BIGINT": pl.Int64,
-    "BOOLEAN": pl.Boolean,
-    "TIMESTAMPTZ": pl.Datetime("us", "UTC"),
-}
 _EVENT_TYPES = {name: duck for name, duck, _ in EVENT_COLUMNS}
 _FOLD_FIELDS = [c for c in FOLD_INPUT_COLUMNS if c in _EVENT_TYPES]
 _TIMES = [name for name in _FOLD_FIELDS if _EVENT_TYPES[name] == "TIMESTAMPTZ"]
 # timestamps are read as text and parsed in one vectorised pass (faster than the JSON reader's)
 _JSON_SCHEMA = {
-    name: pl.String if _EVENT_TYPES[name] == "TIMESTAMPTZ" else _POLARS_TYPES[_EVENT_TYPES[name]]
+    name: pl.String() if _EVENT_TYPES[name] == "TIMESTAMPTZ" else EVENT_DTYPES[name]
     for name in _FOLD_FIELDS
 }
 _MEDIA_EVENTS_ORDER = [name for name, _, _ in MEDIA_EVENT_COLUMNS]
@@ -934,6 +968,7 @@ __all__ = [
     "DecisionOutcome",
     "FoldStates",
     "Projection",
+    "ProjectionError",
     "alert_table",
     "audit_rows",
     "media_events_frame",

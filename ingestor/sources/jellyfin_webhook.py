@@ -47,7 +47,6 @@ from ingestor.sources.session_machine import (
     resolution,
     strip_port,
     ticks_to_ms,
-    ticks_to_seconds,
 )
 
 log = logging.getLogger(__name__)
@@ -175,7 +174,7 @@ def observe_notification(payload: dict[str, Any], body: bytes) -> tuple[str, Obs
         raise MalformedNotification(f"IsPaused must be true or false, got {paused!r}")
     try:
         position = ticks_to_ms(payload.get("PlaybackPositionTicks"))
-        duration = ticks_to_seconds(payload.get("RunTimeTicks"))
+        duration_ms = ticks_to_ms(payload.get("RunTimeTicks"))
     except UnreadableSession as exc:
         raise MalformedNotification(str(exc)) from None
     item_type = _text(payload, "ItemType")
@@ -189,7 +188,8 @@ def observe_notification(payload: dict[str, Any], body: bytes) -> tuple[str, Obs
         **_hierarchy(payload, item_type),
         rating_key=item_id,
         year=_number(payload.get("Year")),
-        media_duration=duration,
+        media_duration=None if duration_ms is None else duration_ms // 1000,
+        media_duration_ms=duration_ms,
         platform=client,
         player=_text(payload, "DeviceName"),
         product=client,

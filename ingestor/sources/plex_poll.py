@@ -52,7 +52,14 @@ import aiohttp
 import msgspec
 
 from ingestor.errors import InvalidEvent
-from ingestor.events import EventType, MediaEvent, decode_event, encode_event, make_event_id
+from ingestor.events import (
+    EventType,
+    MediaEvent,
+    decode_event,
+    encode_event,
+    make_event_id,
+    percent_of,
+)
 from ingestor.sink import Sink
 from ingestor.sources.base import (
     Backoff,
@@ -610,6 +617,7 @@ class PlexSessionsPoller:
             started_at=tracked.started_at,
             stopped_at=now if change.event_type is EventType.STOP else None,
             position_ms=_int(session.view_offset),
+            percent_complete=percent_of(_int(session.view_offset), duration),
             platform=player.platform,
             platform_version=player.platform_version,
             player=player.title,

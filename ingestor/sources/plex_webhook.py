@@ -63,7 +63,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ingestor.errors import InvalidEvent
-from ingestor.events import EventType, MediaEvent, make_event_id
+from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
 from ingestor.sink import Sink
 from ingestor.sources.base import SourceHealth, StateFile, receipt_time
 from ingestor.sources.plex_owner import OwnerMap
@@ -512,6 +512,7 @@ class PlexWebhook:
             started_at=playback.started_at,
             stopped_at=now if step.event_type is EventType.STOP else None,
             position_ms=position,
+            percent_complete=percent_of(position, meta.duration),
             player=player.title,
             machine_id=player.uuid,
             ip_address=player.public_address,

@@ -42,7 +42,7 @@ from typing import Any
 
 import msgspec
 
-from ingestor.events import EventType, MediaEvent, make_event_id
+from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
 
 TICKS_PER_MS = 10_000
 TICKS_PER_SECOND = 10_000_000
@@ -92,6 +92,8 @@ class PlaybackDetails(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=T
     rating_key: str = ""
     year: int | None = None
     media_duration: int | None = None
+    # the exact length (media_duration is whole seconds): completion is position / this
+    media_duration_ms: int | None = None
     platform: str = ""
     player: str = ""
     product: str = ""
@@ -409,7 +411,10 @@ class SessionMachine:
             identity: tuple[object, ...] = (kind.value, playback.session_key)
         else:
             identity = (kind.value, playback.session_key, position_ms, _epoch_ms(now))
-        details = playback.details
+        details = msgspec.structs.asdict(playback.details)
+        duration_ms = details.pop("media_duration_ms")
+        if duration_ms is None and details["media_duration"]:
+            duration_ms = details["media_duration"] * 1000
         return MediaEvent(
             event_id=make_event_id(self.source, server_id, *identity),
             event_type=kind,
@@ -420,9 +425,9 @@ class SessionMachine:
             started_at=playback.started_at,
             stopped_at=now if kind is EventType.STOP else None,
             position_ms=position_ms,
-            percent_complete=_percent(position_ms, details.media_duration),
+            percent_complete=percent_of(position_ms, duration_ms),
             raw_payload=raw,
-            **msgspec.structs.asdict(details),
+            **details,
         )
 
 
@@ -448,12 +453,6 @@ def _epoch_ms(value: datetime) -> int:
     return round(value.timestamp() * 1000)
 
 
-def _percent(position_ms: int | None, duration_s: int | None) -> int | None:
-    if position_ms is None or not duration_s:
-        return None
-    return max(0, min(100, round(position_ms / (duration_s * 10))))
-
-
 # ---------------------------------------------------------------------------------------
 # reading Jellyfin/Emby ``Sessions`` entries (SessionInfoDto)
 
@@ -469,11 +468,6 @@ def ticks_to_ms(ticks: object) -> int | None:
     if isinstance(ticks, bool) or not isinstance(ticks, int | float):
         raise UnreadableSession(f"ticks must be a number, got {ticks!r}")
     return max(0, int(ticks) // TICKS_PER_MS)
-
-
-def ticks_to_seconds(ticks: object) -> int | None:
-    ms = ticks_to_ms(ticks)
-    return None if ms is None else ms // 1000
 
 
 def media_type(item_type: str) -> str:
@@ -541,7 +535,7 @@ def observe_session(entry: object) -> Observation | None:
         raise UnreadableSession(f"session {session_id}: PlayState is not an object")
     try:
         position = ticks_to_ms(state.get("PositionTicks"))
-        duration = ticks_to_seconds(item.get("RunTimeTicks"))
+        duration_ms = ticks_to_ms(item.get("RunTimeTicks"))
     except UnreadableSession as exc:
         raise UnreadableSession(f"session {session_id}: {exc}") from None
     video, audio = _streams(item.get("MediaStreams"))
@@ -557,7 +551,8 @@ def observe_session(entry: object) -> Observation | None:
         **_hierarchy(item, item_type),
         rating_key=item_id,
         year=_int(item.get("ProductionYear")),
-        media_duration=duration,
+        media_duration=None if duration_ms is None else duration_ms // 1000,
+        media_duration_ms=duration_ms,
         platform=_str(entry.get("Client")),
         player=_str(entry.get("DeviceName")),
         product=_str(entry.get("Client")),

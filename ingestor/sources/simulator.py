@@ -41,7 +41,14 @@ from typing import Any
 
 import msgspec
 
-from ingestor.events import EventType, MediaEvent, encode_event, make_event_id, utc
+from ingestor.events import (
+    EventType,
+    MediaEvent,
+    encode_event,
+    make_event_id,
+    percent_of,
+    utc,
+)
 
 DEFAULT_BASE_DATE = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
 
@@ -290,8 +297,13 @@ class _Playback:
         paused = sum(d for p, d in self.pauses if p < position_ms)
         return self.t0_ms + (position_ms - self.offset_ms) + paused
 
-    def percent(self, position_ms: int) -> int:
-        return (position_ms * 100 + self.duration_ms // 2) // self.duration_ms
+    def percent(self, position_ms: int) -> float | None:
+        """The exact share reached, as Plex and Jellyfin positions give it."""
+        return percent_of(position_ms, self.duration_ms)
+
+    def rounded_percent(self, position_ms: int) -> float:
+        """Tautulli's history value: the share rounded to a whole number."""
+        return float((position_ms * 100 + self.duration_ms // 2) // self.duration_ms)
 
 
 # ---------------------------------------------------------------------------------------
@@ -869,7 +881,7 @@ class _Emitter:
             **self._media(pb),
             started_at=_dt(started_s * 1000),
             stopped_at=_dt(stopped_s * 1000),
-            percent_complete=pb.percent(pb.final_ms),
+            percent_complete=pb.rounded_percent(pb.final_ms),
             play_duration=stopped_s - started_s - paused_s,
             paused_counter=paused_s,
             platform=device.platform,

@@ -86,7 +86,7 @@ import aiohttp
 import msgspec
 
 from ingestor.errors import IngestorError, InvalidEvent
-from ingestor.events import EventType, MediaEvent, make_event_id
+from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
 from ingestor.sink import Sink
 from ingestor.sources.base import (
     Backoff,
@@ -100,6 +100,7 @@ from ingestor.sources.config import TautulliConfig
 from ingestor.sources.tautulli_rows import (
     InvalidHistoryRow,
     as_bool,
+    as_float,
     as_id,
     as_int,
     as_text,
@@ -423,7 +424,7 @@ class OpenSession(msgspec.Struct):
     last_seen: float  # epoch seconds
     fields: dict[str, Any]  # the MediaEvent fields every transition of it carries
     view_offset: int | None = None
-    percent: int | None = None
+    percent: float | None = None
 
 
 @dataclass
@@ -905,7 +906,7 @@ class TautulliSync:
             session = msgspec.structs.replace(
                 previous,
                 view_offset=as_int(raw.get("view_offset")),
-                percent=as_int(raw.get("progress_percent")),
+                percent=_live_percent(raw),
                 last_seen=now.timestamp(),
             )
             state = as_text(raw.get("state"))
@@ -1064,8 +1065,14 @@ def _open_session(key: str, raw: Mapping[str, Any], started: int, now: datetime)
         last_seen=now.timestamp(),
         fields={k: v for k, v in fields.items() if v not in (None, "")},
         view_offset=as_int(raw.get("view_offset")),
-        percent=as_int(raw.get("progress_percent")),
+        percent=_live_percent(raw),
     )
+
+
+def _live_percent(raw: Mapping[str, Any]) -> float | None:
+    """The exact share reached (``progress_percent`` is rounded to a whole number)."""
+    exact = percent_of(as_int(raw.get("view_offset")), as_int(raw.get("duration")))
+    return exact if exact is not None else as_float(raw.get("progress_percent"))
 
 
 def _transition(

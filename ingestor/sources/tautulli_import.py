@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ingestor.errors import IngestorError
-from ingestor.events import MediaEvent
+from ingestor.events import MediaEvent, percent_of
 from ingestor.sink import Sink
 from ingestor.sources.base import StateFile
 from ingestor.sources.tautulli_rows import InvalidHistoryRow, as_int, summary_from_history_row
@@ -249,12 +249,8 @@ def api_row(record: Mapping[str, Any]) -> dict[str, Any]:
     view_offset = as_int(record.get("view_offset"))
     length_ms = as_int(record.get("media_duration_ms"))
     live = as_int(record.get("live")) or 0
-    if live:
-        percent: int | None = 100
-    elif length_ms:
-        percent = round((view_offset or 0) / length_ms * 100)
-    else:
-        percent = None
+    # exact, not Tautulli's rounded display value: 84.79 % is not watched at 85 %
+    percent = 100.0 if live else percent_of(view_offset or 0, length_ms)
     friendly = record.get("users_friendly_name")
     if friendly is None or not str(friendly).strip():
         friendly = record.get("username")

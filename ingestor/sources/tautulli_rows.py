@@ -40,6 +40,7 @@ imported event can be richer; its identity, times and durations are the same.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -97,6 +98,21 @@ def as_int(value: Any) -> int | None:
             return round(float(text))
         except ValueError:
             return None
+
+
+def as_float(value: Any) -> float | None:
+    """A float from a number or a numeric string; ``None`` for ``None``/``""``/junk.
+
+    >>> as_float(84.79), as_float("85"), as_float(""), as_float(None), as_float("nan")
+    (84.79, 85.0, None, None, None)
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value if isinstance(value, int | float) else str(value).strip())
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def as_id(value: Any) -> str:
@@ -261,7 +277,9 @@ def summary_from_history_row(
         started_at=started,
         stopped_at=stopped,
         position_ms=as_int(row.get("view_offset")),
-        percent_complete=as_int(row.get("percent_complete")),
+        # the API's is Tautulli's whole-number display value; an imported database row's
+        # is exact (tautulli_import computes it from view_offset and the length)
+        percent_complete=as_float(row.get("percent_complete")),
         play_duration=played,
         paused_counter=paused,
         platform=as_text(row.get("platform")),

@@ -105,6 +105,10 @@ async def test_the_archive_alone_serves_the_log_offline(handle: NatsHandle, arch
     assert events["seq"].to_list() == media["seq"].to_list()
     assert events["event_id"].to_list() == [decode_event(d).event_id for d in media["data"]]
     assert events.schema["occurred_at"] == pl.Datetime("us", "UTC")
+    # every field as the event holds it (completion is an exact share, not a whole number)
+    shares = [decode_event(d).percent_complete for d in media["data"]]
+    assert events["percent_complete"].to_list() == shares
+    assert any(share is not None and not share.is_integer() for share in shares)
 
 
 async def test_the_stream_alone_serves_the_log(

@@ -40,6 +40,7 @@ from tests.fakes.tautulli import (
     TautulliDb,
     episode,
 )
+from workbench import stats
 
 pytestmark = pytest.mark.integration
 
@@ -827,7 +828,7 @@ _SAME_FIELDS = (
     "event_id, event_type, occurred_at, source, server_id, session_key, user_id, username, "
     "friendly_name, user_thumb, media_type, title, parent_title, grandparent_title, "
     "rating_key, year, "
-    "started_at, stopped_at, percent_complete, play_duration, paused_counter, platform, "
+    "started_at, stopped_at, play_duration, paused_counter, platform, "
     "player, product, machine_id, ip_address, location_type, transcode_decision, secure, "
     "local, relayed"
 )
@@ -844,6 +845,10 @@ async def test_the_import_makes_the_same_events_as_the_api_sync(
     assert (result.server_id, result.stored, result.rows_read) == (SERVER_ID, 9, 9)
     order = f"SELECT {_SAME_FIELDS} FROM media_events_detail ORDER BY event_id"
     assert query(sink, order) == query(imported, order)
+    # the API gives the completion rounded to a whole number, the database its exact share
+    percent = "SELECT percent_complete FROM media_events_detail ORDER BY event_id"
+    rounded = [(float(round(exact)),) for (exact,) in query(imported, percent)]
+    assert query(sink, percent) == rounded != query(imported, percent)
     # the database knows more than the API row: stream details and the playhead
     details = query(
         imported, "SELECT video_resolution, position_ms FROM media_events_detail LIMIT 1"
@@ -877,6 +882,35 @@ async def test_importing_the_same_file_twice_adds_nothing(
     forgotten = await import_tautulli_db(db.path, sink, state_path=tmp_path / "other.json")
     assert (forgotten.rows_read, forgotten.stored, forgotten.duplicate) == (7, 0, 7)
     assert counts(sink)["accepted"] == 7 and counts(sink)["playbacks"] == 7
+
+
+async def test_a_play_is_watched_on_its_exact_share_not_a_rounded_one(
+    db: TautulliDb, sink: DirectSink
+) -> None:
+    """Tautulli compares the position with 85 % of the length: a movie stopped at 84.79 %
+    is not watched, though its history shows 85 (the defect: the import stored the rounded
+    share, and "watched" then tested it)."""
+    length = 10_000_000  # ms
+    shares = [84.79, 84.99, 85.0, 85.01]
+    for i, share in enumerate(shares):
+        began = T0 + i * 4 * 3600
+        db.add(
+            Play(
+                began,
+                began + 9000,
+                view_offset=round(share * length / 100),
+                duration_ms=length,
+                rating_key=60001 + i,
+            )
+        )
+    await import_tautulli_db(db.path, sink, state_path=None)
+    con = sink.pipeline.projection.con
+    stored = "SELECT percent_complete FROM playback_events ORDER BY started_at"
+    assert [row[0] for row in query(sink, stored)] == pytest.approx(shares, abs=1e-9)
+    watched = stats.plays(con, min_seconds=0).sort("started_at")["watched"].to_list()
+    assert watched == [False, False, True, True]
+    rate = stats.completion(con, min_seconds=0).row(0, named=True)
+    assert (rate["plays"], rate["watched"]) == (4, 2)
 
 
 class _Interrupted(Exception):

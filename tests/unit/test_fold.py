@@ -33,7 +33,11 @@ def reports(draw) -> list[tuple[str, MediaEvent]]:
         if draw(st.booleans()):
             fields["position_ms"] = draw(st.integers(min_value=0, max_value=10_000_000))
         if draw(st.booleans()):
-            fields["percent_complete"] = draw(st.integers(min_value=0, max_value=100))
+            # whole numbers (Tautulli's) and exact shares, equal after rounding or not
+            fields["percent_complete"] = draw(
+                st.integers(min_value=0, max_value=100).map(float)
+                | st.integers(min_value=0, max_value=10_000).map(lambda n: n / 100)
+            )
         if draw(st.booleans()):
             fields["transcode_decision"] = draw(st.sampled_from(["", "direct play", "copy"]))
         if draw(st.booleans()):
@@ -112,3 +116,23 @@ def test_an_event_before_the_last_known_one_of_its_session_asks_for_a_full_fold(
     events = frame_of(items)
     _, unmergeable = merge_states(fold_state(events[:2]), fold_state(events[2:]))
     assert unmergeable == ["k1"]
+
+
+def _completion(*items: tuple[str, MediaEvent]) -> float:
+    (percent,) = fold_playbacks(frame_of(list(items)))["percent_complete"].to_list()
+    return percent
+
+
+def test_a_summary_s_whole_number_gives_way_to_the_exact_reading_it_rounds() -> None:
+    """Tautulli's history says 85 for a play the lifecycle saw stop at 84.79 %: the same
+    reading, rounded. The exact one is kept (or the play would count as watched); a summary
+    that is not that reading rounded stays authoritative."""
+    stop = T0 + timedelta(minutes=90)
+    lifecycle = ("k1", event("plex", "stop", stop, "s", percent_complete=84.79))
+    summary = event("tautulli", "summary", stop, "t", started_at=T0, percent_complete=85.0)
+    assert _completion(lifecycle, ("k1", summary)) == 84.79
+    assert _completion(("k1", summary), lifecycle) == 84.79
+    other = event("tautulli", "summary", stop, "t", started_at=T0, percent_complete=91.0)
+    assert _completion(lifecycle, ("k1", other)) == 91.0
+    exact = event("tautulli", "summary", stop, "t", started_at=T0, percent_complete=84.5)
+    assert _completion(lifecycle, ("k1", exact)) == 84.5

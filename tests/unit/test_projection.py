@@ -14,7 +14,7 @@ from ingestor.app import TRUTH_SQL
 from ingestor.dedup import DedupIndex
 from ingestor.errors import TransientError
 from ingestor.pipeline import Pipeline
-from ingestor.projection import Projection
+from ingestor.projection import Projection, ProjectionError
 from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
 from tests.factory import T0, event, messages, plex_playback, tautulli_summary
 
@@ -178,3 +178,35 @@ def test_an_unrelated_event_type_from_a_new_source_opens_a_playback(tmp_path: Pa
     p = pipeline_at(tmp_path / "a.duckdb")
     p.process(messages([event("emby", "progress", T0, "e1", started_at=T0, position_ms=5000)]))
     assert one_playback(p)["state"] == "playing"
+
+
+def test_a_file_of_the_first_tables_version_keeps_exact_completion_after_opening(
+    tmp_path: Path,
+) -> None:
+    """Files written before completion became exact store it as INTEGER: opening one
+    migrates the column, so a new 84.79 % is not stored as 85 (and counted watched)."""
+    path = tmp_path / "old.duckdb"
+    projection = Projection(path)
+    projection.con.execute("ALTER TABLE playback_events ALTER percent_complete TYPE INTEGER")
+    projection.con.execute("UPDATE projection_meta SET value = '1' WHERE name = 'schema_version'")
+    projection.close()
+    projection = Projection(path)
+    stop = event("plex", "stop", T0, "s", started_at=T0, percent_complete=84.79)
+    Pipeline(projection, DedupIndex()).process(messages([stop]))
+    rows = projection.con.execute(
+        "SELECT percent_complete, (SELECT value FROM projection_meta) FROM playback_events"
+    ).fetchall()
+    assert rows == [(84.79, "2")]
+    projection.close()
+
+
+def test_a_file_written_by_a_later_version_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "new.duckdb"
+    projection = Projection(path)
+    projection.con.execute("UPDATE projection_meta SET value = '99' WHERE name = 'schema_version'")
+    projection.close()
+    with pytest.raises(ProjectionError, match=r"later version.*ingestor replay"):
+        Projection(path)
+    assert duckdb.connect(str(path)).execute("SELECT value FROM projection_meta").fetchall() == [
+        ("99",)
+    ]

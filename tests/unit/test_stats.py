@@ -50,7 +50,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "state": pl.String(),
     "paused_seconds": pl.Int64(),
     "played_seconds": pl.Int64(),
-    "percent_complete": pl.Int32(),
+    "percent_complete": pl.Float64(),
     "last_event_at": TS,
 }
 
@@ -98,7 +98,7 @@ def record(
     stop: datetime | None,
     *,
     paused: int | None = 0,
-    percent: int | None = 100,
+    percent: float | None = 100,
     user: str | None = "1",
     item: str = "10",
     **fields: Any,
@@ -146,6 +146,14 @@ def projection_of(rows: list[dict[str, Any]]) -> Projection:
     return db
 
 
+# completion as playback_events stores it: exact shares, whole numbers, the threshold's edges
+SHARES = st.one_of(
+    st.integers(0, 100).map(float),
+    st.integers(0, 10_000).map(lambda n: n / 100),
+    st.sampled_from([84.79, 84.99, 85.0, 85.01]),
+)
+
+
 @st.composite
 def playback_rows(draw: st.DrawFn) -> list[dict[str, Any]]:
     """0-30 playbacks within two days, a third of them resuming the one before."""
@@ -160,9 +168,8 @@ def playback_rows(draw: st.DrawFn) -> list[dict[str, Any]]:
             start = previous["stopped_at"] + timedelta(microseconds=gap)
             before = previous["percent_complete"]
             near = [] if before is None else [max(before - 1, 0), before, min(before + 1, 100)]
-            percent = draw(
-                st.one_of(st.none(), st.integers(0, 100), st.sampled_from(near or [None]))
-            )
+            near += [] if before is None else [max(before - 0.01, 0), min(before + 0.01, 100)]
+            percent = draw(st.one_of(st.none(), SHARES, st.sampled_from(near or [None])))
         else:
             server = draw(st.sampled_from(["plex-a", "jelly-b"]))
             user = draw(st.sampled_from(USERS))[0]
@@ -172,7 +179,7 @@ def playback_rows(draw: st.DrawFn) -> list[dict[str, Any]]:
                 seconds=draw(st.sampled_from([0, 30])),
                 microseconds=draw(st.sampled_from([0, 250_000, 500_000])),
             )
-            percent = draw(st.one_of(st.none(), st.integers(0, 100)))
+            percent = draw(st.one_of(st.none(), SHARES))
         length = draw(
             st.one_of(
                 st.sampled_from([0, 60, 119, 120, 121, 1800, 3600]).map(lambda s: s * 1_000_000),
@@ -238,7 +245,7 @@ def expected_plays(
     *,
     grouping: bool = True,
     min_seconds: int = 120,
-    watched_percent: int = 85,
+    watched_percent: float = 85,
 ) -> pl.DataFrame:
     """One row per play, grouped the Tautulli way when ``grouping``."""
     item = ["server_id", "user_id", "rating_key"]
@@ -694,7 +701,7 @@ def test_a_play_is_watched_from_85_percent_and_the_threshold_can_be_set() -> Non
     hour = timedelta(hours=1)
     rows = [
         record(str(i), t + i * 2 * hour, t + i * 2 * hour + hour, percent=p, item=item)
-        for i, (p, item) in enumerate([(84, "10"), (85, "11"), (100, "12"), (None, "15")])
+        for i, (p, item) in enumerate([(84.99, "10"), (85, "11"), (100, "12"), (None, "15")])
     ]
     db = projection_of(rows)
     assert dict(zip(*stats.plays(db)[["play_key", "watched"]], strict=True)) == {
@@ -713,7 +720,8 @@ def test_a_play_is_watched_from_85_percent_and_the_threshold_can_be_set() -> Non
 def test_a_watched_playback_ends_its_play() -> None:
     t = at("2026-01-05 10:00")
     hour = timedelta(hours=1)
-    for before, plays in [(84, 1), (85, 2)]:
+    # compared unrounded, as Tautulli compares the position with 85 % of the length
+    for before, plays in [(84.79, 1), (84.99, 1), (85.0, 2), (85.01, 2)]:
         db = projection_of(
             [
                 record("a", t, t + hour, percent=before),
