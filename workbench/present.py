@@ -226,13 +226,14 @@ class Tiles:
             if tile.change is not None and round(tile.change * 100) != 0:
                 colour = UP if tile.change > 0 else DOWN
             cards.append(
-                '<div class="wb-tile" style="flex: 1 1 160px; padding: 12px 16px; '
+                '<div class="wb-tile" style="flex: 1 1 190px; padding: 12px 16px; '
                 "border-radius: 8px; border: 1px solid var(--jp-border-color2, #ddd); "
                 'background: var(--jp-layout-color1, #fff);">'
                 '<div class="wb-tile-label" style="font-size: 13px; text-transform: uppercase; '
                 f'letter-spacing: .04em; color: var(--jp-ui-font-color2, #555);">'
                 f"{html.escape(tile.label)}</div>"
-                '<div class="wb-tile-value" style="font-size: 28px; font-weight: 600; '
+                '<div class="wb-tile-value" style="font-size: 26px; font-weight: 600; '
+                "white-space: nowrap; "
                 f'margin: 2px 0; color: var(--jp-ui-font-color0, #111);">'
                 f"{html.escape(tile.value)}</div>"
                 f'<div class="wb-tile-note" style="font-size: 13px; color: {colour};">'
@@ -448,6 +449,7 @@ def table(
             table_font_names=FONT.removeprefix("var(--jp-ui-font-family, ").removesuffix(")"),
             table_font_size="15px",
             heading_align="left",
+            table_margin_left="0px",
             heading_title_font_size="18px",
             column_labels_font_weight="bold",
             table_border_top_style="none",
