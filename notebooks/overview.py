@@ -58,7 +58,8 @@ charts.use_offline_renderer()
 wb = open_data_dir(data_dir, http_url=http_url, nats_url=nats_url)
 source = await wb.snapshot() if as_of is None else await wb.as_of(as_of)
 seq, recorded = query(source, "SELECT max(seq), max(recorded_at) FROM media_events").row(0)
-on_servers = scope(source, servers=servers)  # every day: the period before is compared too
+# every day on these servers: the period before is compared too (no copy for all servers)
+on_servers = source if servers is None else scope(source, servers=servers)
 local_days = on_servers.sql(
     "SELECT CAST(min(timezone($tz, started_at)) AS DATE), "
     "CAST(max(timezone($tz, started_at)) AS DATE) FROM playback_events",
@@ -72,8 +73,9 @@ if empty:
 days = (last_day - first_day).days + 1
 since, before = stats.local_period(first_day, last_day, tz)
 db = scope(on_servers, since=since, before=before)
-plays = stats.plays(db, tz=tz)
 comparison = stats.compare_periods(on_servers, start=first_day, end=last_day, tz=tz)
+current = dict(comparison.select("measure", "current").iter_rows())
+played = current["plays"]  # plays in the period (the tiles' figure)
 server_rows = db.sql(
     """
     SELECT server_id, list_sort(list_distinct(flatten(list(sources)))) AS sources,
@@ -98,16 +100,16 @@ present.period_tiles(comparison, days=days)
 print(f"Period: {first_day:%a %Y-%m-%d} to {last_day:%a %Y-%m-%d} ({tz}), {days} days")
 print(f"Servers: {where}")
 print(present.period_tiles(comparison, days=days))
-if not plays.is_empty():
+if played:
     peak = stats.max_concurrent_streams(db, tz=tz).row(0, named=True)
     print(f"Peak at: {peak['at']:%a %Y-%m-%d %H:%M %Z}")
     print(f"Top 3 titles: {'; '.join(stats.top_titles(db, limit=3)['title'].to_list())}")
 
 # %% tags=["hide-input"]
-charts.by_day(stats.by_day(db, metric="watch_time", tz=tz)) if plays.height else None
+charts.by_day(stats.by_day(db, metric="watch_time", tz=tz)) if played else None
 
 # %% tags=["hide-input"]
-charts.by_hour_of_day(stats.by_hour_of_day(db, tz=tz)) if plays.height else None
+charts.by_hour_of_day(stats.by_hour_of_day(db, tz=tz)) if played else None
 
 # %% [markdown]
 # ## Titles
@@ -117,9 +119,9 @@ charts.by_hour_of_day(stats.by_hour_of_day(db, tz=tz)) if plays.height else None
 
 # %% tags=["hide-input"]
 everything = 1_000_000
+every_title = stats.popular_titles(db, limit=everything)
 titles = (
-    stats.popular_titles(db, limit=everything)
-    .join(
+    every_title.join(
         stats.popular_titles(db, limit=everything, metric="watch_time").drop("users"),
         on=["media_type", "title"],
     )
@@ -127,7 +129,7 @@ titles = (
     .head(top)
     .with_columns(
         pl.col("media_type").map_elements(present.media_words, return_dtype=pl.String),
-        (pl.col("plays") / max(plays.height, 1)).alias("share"),
+        (pl.col("plays") / max(played, 1)).alias("share"),
     )
     .select("title", "media_type", "plays", "share", "watch_time", "users")
 )
@@ -135,7 +137,7 @@ titles_table = present.table(
     titles,
     id="top-titles",
     title=f"Top {top} titles",
-    subtitle=f"of {plays['title_key'].n_unique():,} played",
+    subtitle=f"of {every_title.height:,} played",
     labels={
         "title": "Title",
         "plays": "Plays",
@@ -155,7 +157,7 @@ titles_table
 print(titles_table)
 
 # %% tags=["hide-input"]
-charts.top_titles(stats.top_titles(db, limit=top, metric="watch_time")) if plays.height else None
+charts.top_titles(stats.top_titles(db, limit=top, metric="watch_time")) if played else None
 
 # %% [markdown]
 # ## Users
@@ -170,9 +172,7 @@ by_user = (
         how="left",
     )
     .sort(["watch_time", "username", "server_id"], descending=[True, False, False])
-    .with_columns(
-        (pl.col("watch_time") / max(int(plays["watch_time"].sum() or 0), 1)).alias("share")
-    )
+    .with_columns((pl.col("watch_time") / max(current["watch_time"], 1)).alias("share"))
     .select("username", "server", "plays", "watch_time", "share")
 )
 users_table = present.table(
@@ -209,7 +209,7 @@ def split(frame: pl.DataFrame, column: str, words: str, table_id: str, title: st
     """A category's plays and watch time with its share of the plays."""
     joined = (
         frame.join(stats_of[column](db, metric="watch_time"), on=column)
-        .with_columns((pl.col("plays") / max(plays.height, 1)).alias("share"))
+        .with_columns((pl.col("plays") / max(played, 1)).alias("share"))
         .sort(["plays", column], descending=[True, False])
     )
     return present.table(
@@ -237,7 +237,7 @@ print()
 print(streams_table)
 
 # %% tags=["hide-input"]
-charts.by_stream_type(stats.by_stream_type(db, metric="watch_time")) if plays.height else None
+charts.by_stream_type(stats.by_stream_type(db, metric="watch_time")) if played else None
 
 # %% [markdown]
 # ## Concurrent streams
@@ -288,5 +288,6 @@ present.details(
 
 # %% tags=["remove-cell"]
 db.close()
-on_servers.close()
+if on_servers is not source:
+    on_servers.close()
 await wb.close()
