@@ -1,4 +1,6 @@
-"""A rendered report opened in a real browser with the network off: its charts draw.
+"""A rendered report opened in a real browser with the network off: its charts draw, and the
+overview notebook shows its headline tiles (with the changes against the period before),
+its styled tables and no internals.
 
 Debian's ``chromium`` (``.ci/run`` installs it) is driven by Playwright's Python package,
 which needs no browser download of its own. Without chromium this test fails rather than
