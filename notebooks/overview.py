@@ -85,6 +85,7 @@ server_rows = db.sql(
 ).pl()
 names = [present.server_name(s, src, server_names) for s, src, _ in server_rows.rows()]
 where = present.join_words(names) if names else "no server"
+print(f"projection read in {wb.mode} mode")  # in the notebook, not on the page
 
 # %% tags=["hide-input"]
 present.header(

@@ -71,6 +71,7 @@ names = [present.server_name(s, src, server_names) for s, src in server_rows]
 name_of = dict(zip([s for s, _ in server_rows], names, strict=True))
 where = present.join_words(names) if names else f"server {server}" if server else "no server"
 who = (plays["username"].drop_nulls().tail(1).to_list() or [user])[0] if user else None
+print(f"projection read in {wb.mode} mode")  # in the notebook, not on the page
 
 
 def when(moment) -> str:
@@ -149,7 +150,7 @@ if figures.first_play and figures.last_play:
 
 # %% tags=["remove-cell"]
 # NBVAL_CHECK_OUTPUT
-print(f"{year} in review: {who or 'everyone'} on {where} (days in {tz})")
+print(f"{year} in review: {f'user {user}' if user else 'everyone'} on {where} (days in {tz})")
 if plays.is_empty():
     print(f"No finished play in {year} for {who or 'everyone'} on {where}.")
 else:
