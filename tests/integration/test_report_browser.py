@@ -279,3 +279,58 @@ def test_the_overview_shows_tiles_with_changes_and_styled_tables_offline(
     assert "How this report was made" in text
     assert "log sequence" not in text  # collapsed: not shown until opened
     assert "log sequence" in rendered.html.read_text(encoding="utf-8")
+
+
+def test_one_users_year_in_review_is_their_own_wrapped_page(
+    chromium: str, simulated_data: Path, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    import duckdb
+
+    from workbench import present, wrapped
+    from workbench.db import scope
+
+    with duckdb.connect(str(simulated_data / "analytics.duckdb"), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        (name,) = con.execute(
+            "SELECT username FROM playback_events GROUP BY username ORDER BY count(*) DESC, 1"
+        ).fetchall()[0]
+        mine = scope(
+            con,
+            since=datetime(2026, 1, 1, tzinfo=UTC),
+            before=datetime(2027, 1, 1, tzinfo=UTC),
+            user=name,
+        )
+        expected = wrapped.year(mine)
+        everyone = wrapped.year(con)
+    assert 0 < expected.plays < everyone.plays
+    rendered = report.render(
+        ROOT / "notebooks" / "year_in_review.ipynb",
+        tmp_path / "out",
+        {"data_dir": str(simulated_data), "http_url": None, "nats_url": None, "user": name},
+    )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            page = browser.new_context(offline=True).new_page()
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(rendered.html.resolve().as_uri(), wait_until="load")
+            (heading,) = page.eval_on_selector_all("h1", "els => els.map(e => e.innerText)")
+            tiles = {
+                t["label"].lower(): t for t in page.eval_on_selector_all(".wb-tile", TILE_TEXTS)
+            }
+            headings = [t["heading"] for t in page.eval_on_selector_all("table.gt_table", TABLES)]
+            months = page.eval_on_selector_all(".wb-months > div", "els => els.length")
+        finally:
+            browser.close()
+    assert [u for u in requested if not u.startswith(("file:", "data:"))] == []
+    assert heading == f"{name}'s 2026, wrapped"
+    assert tiles["plays"]["value"] == present.count(expected.plays)
+    assert tiles["watch time"]["value"] == present.duration(expected.watch_time)
+    assert "users" not in tiles  # one user's page
+    assert expected.busiest_day is not None
+    assert tiles["busiest day"]["value"] == f"{expected.busiest_day:%a %d %b}"
+    assert "Everyone's year" not in headings and "Top shows" in headings
+    assert months == 12
