@@ -7,24 +7,26 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=["remove-cell"]
 # # Overview
 #
 # **What was watched, by whom, how and when**, over a period, on one or more servers, in a
-# time zone: plays and watch time, the top and the most popular titles, users, platforms,
-# stream types (direct play, direct stream, transcode) and the peak of concurrent streams.
+# time zone: headline tiles (plays, watch time, users, peak concurrent streams, each against
+# the period of the same length before), the top titles, users, platforms, stream types
+# (direct play, direct stream, transcode) and concurrent streams.
 #
 # Every figure comes from `workbench.stats` over the projection's `playback_events`; the
 # module's docstring defines the words (a *play* groups resumed playbacks Tautulli's way and
 # leaves out playbacks under 120 s; *watch time* is stop minus start minus paused time).
-# The headline figures are printed as plain text, the charts drawn offline as SVG.
+# The page shows styled tables (`workbench.present`); the cells marked for nbval print the
+# same figures as plain text, and are left out of the page.
 
 # %% tags=["parameters"]
 import os
@@ -37,142 +39,206 @@ nats_url = os.environ.get("WORKBENCH_NATS_URL") or None
 start = None  # first local day of the period, "YYYY-MM-DD" (None: from the first play)
 end = None  # last local day, included (None: up to the last play)
 servers = None  # server ids (or their first characters) to keep; None: every server
+server_names = {}  # what to call the servers: {"id or its first characters": "name"}
 tz = "UTC"  # the IANA time zone days and hours are counted in
 top = 10  # rows of the title and user tables
+as_of = None  # read the projection as the log had it at this instant (ISO 8601); None: now
 
-# %% tags=["hide-input"]
-from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+# %% tags=["remove-cell"]
+from datetime import date
 
 import polars as pl
+from IPython.display import display
 
-from workbench import charts, open_data_dir, stats
-from workbench.db import scope, show
+from workbench import charts, open_data_dir, present, stats
+from workbench.db import query, scope
 
 charts.use_offline_renderer()
-zone = ZoneInfo(tz)
-
-
-def hours(column: str) -> pl.Expr:
-    """Seconds as hours with one decimal."""
-    return (pl.col(column) / 3600).round(1)
-
-
-def local_day(text: str | None, days: int = 0) -> datetime | None:
-    """Midnight of a local day in ``tz`` (plus ``days``), as an instant in UTC (the zone of
-    the projection's times, which polars compares with)."""
-    if text is None:
-        return None
-    midnight = datetime.combine(date.fromisoformat(str(text)) + timedelta(days=days), time(), zone)
-    return midnight.astimezone(UTC)
-
 
 wb = open_data_dir(data_dir, http_url=http_url, nats_url=nats_url)
-snapshot = await wb.snapshot()
-db = scope(snapshot, since=local_day(start), before=local_day(end, days=1), servers=servers)
-print(f"projection read in {wb.mode} mode")
-
-# %% [markdown]
-# ## Headline figures
-
-# %% tags=["hide-input"]
-# NBVAL_CHECK_OUTPUT
-playbacks = db.sql("SELECT count(*) FROM playback_events").fetchall()[0][0]
-plays = stats.plays(db, tz=tz)
+source = await wb.snapshot() if as_of is None else await wb.as_of(as_of)
+seq, recorded = query(source, "SELECT max(seq), max(recorded_at) FROM media_events").row(0)
+# every day on these servers: the period before is compared too (no copy for all servers)
+on_servers = source if servers is None else scope(source, servers=servers)
+local_days = on_servers.sql(
+    "SELECT CAST(min(timezone($tz, started_at)) AS DATE), "
+    "CAST(max(timezone($tz, started_at)) AS DATE) FROM playback_events",
+    params={"tz": tz},
+).fetchall()[0]
+first_day = date.fromisoformat(str(start)) if start is not None else local_days[0]
+last_day = date.fromisoformat(str(end)) if end is not None else local_days[1]
+empty = first_day is None or last_day is None or last_day < first_day
+if empty:
+    first_day = last_day = first_day or last_day or date.today()
+days = (last_day - first_day).days + 1
+since, before = stats.local_period(first_day, last_day, tz)
+db = scope(on_servers, since=since, before=before)
+comparison = stats.compare_periods(on_servers, start=first_day, end=last_day, tz=tz)
+current = dict(comparison.select("measure", "current").iter_rows())
+played = current["plays"]  # plays in the period (the tiles' figure)
 server_rows = db.sql(
     """
-    SELECT server_id,
-           list_sort(list_distinct(flatten(list(sources)))) AS sources,
+    SELECT server_id, list_sort(list_distinct(flatten(list(sources)))) AS sources,
            count(*) AS playbacks
     FROM playback_events GROUP BY server_id ORDER BY server_id
     """
 ).pl()
-if plays.is_empty():
-    print("No finished play in this period and on these servers.")
-else:
-    first_day = plays["started_at"].min().date()
-    last_day = plays["started_at"].max().date()
-    span = (last_day - first_day).days + 1
-    print(f"Period: {first_day:%a %Y-%m-%d} to {last_day:%a %Y-%m-%d} ({tz}), {span} days")
-    print(f"Servers: {server_rows.height}")
-    for server_id, sources, count in server_rows.rows():
-        print(f"  {server_id[:12]}  {', '.join(sources):<16} {count:>6,} playbacks")
-    users = stats.by_user(db)
+names = [present.server_name(s, src, server_names) for s, src, _ in server_rows.rows()]
+where = present.join_words(names) if names else "no server"
+print(f"projection read in {wb.mode} mode")  # in the notebook, not on the page
+
+# %% tags=["hide-input"]
+present.header(
+    "What was watched",
+    f"{present.period_words(first_day, last_day)} on {where}, in {tz} time.",
+)
+
+# %% tags=["hide-input"]
+present.period_tiles(comparison, days=days)
+
+# %% tags=["remove-cell"]
+# NBVAL_CHECK_OUTPUT
+print(f"Period: {first_day:%a %Y-%m-%d} to {last_day:%a %Y-%m-%d} ({tz}), {days} days")
+print(f"Servers: {where}")
+print(present.period_tiles(comparison, days=days))
+if played:
     peak = stats.max_concurrent_streams(db, tz=tz).row(0, named=True)
-    print(f"Plays: {plays.height:,} (from {playbacks:,} playbacks)")
-    print(f"Watch time: {plays['watch_time'].sum() / 3600:,.1f} hours")
-    names = users["username"].n_unique()
-    print(f"Users: {users.height:,} accounts with a play ({names:,} distinct names)")
-    titles = stats.top_titles(db, limit=3)["title"].to_list()
-    print(f"Top 3 titles: {'; '.join(titles)}")
-    print(f"Max concurrent streams: {peak['streams']} at {peak['at']:%a %Y-%m-%d %H:%M %Z}")
+    print(f"Peak at: {peak['at']:%a %Y-%m-%d %H:%M %Z}")
+    print(f"Top 3 titles: {'; '.join(stats.top_titles(db, limit=3)['title'].to_list())}")
 
 # %% tags=["hide-input"]
-charts.by_day(stats.by_day(db, metric="watch_time", tz=tz), tz=tz)
+charts.by_day(stats.by_day(db, metric="watch_time", tz=tz)) if played else None
 
 # %% tags=["hide-input"]
-charts.by_hour_of_day(stats.by_hour_of_day(db, tz=tz), tz=tz)
+charts.by_hour_of_day(stats.by_hour_of_day(db, tz=tz)) if played else None
 
 # %% [markdown]
 # ## Titles
 #
-# *Top* titles are the most played; *popular* ones were watched by the most distinct
-# users. Episodes count for their show.
+# The most played titles; episodes count for their show. *Users* is how many people
+# watched it.
 
 # %% tags=["hide-input"]
+everything = 1_000_000
+every_title = stats.popular_titles(db, limit=everything)
+titles = (
+    every_title.join(
+        stats.popular_titles(db, limit=everything, metric="watch_time").drop("users"),
+        on=["media_type", "title"],
+    )
+    .sort(["plays", "watch_time", "title"], descending=[True, True, False])
+    .head(top)
+    .with_columns(
+        pl.col("media_type").map_elements(present.media_words, return_dtype=pl.String),
+        (pl.col("plays") / max(played, 1)).alias("share"),
+    )
+    .select("title", "media_type", "plays", "share", "watch_time", "users")
+)
+titles_table = present.table(
+    titles,
+    id="top-titles",
+    title=f"Top {top} titles",
+    subtitle=f"of {every_title.height:,} played",
+    labels={
+        "title": "Title",
+        "plays": "Plays",
+        "share": "Share of plays",
+        "watch_time": "Watch time",
+        "users": "Users",
+    },
+    counts=["plays", "users"],
+    durations=["watch_time"],
+    shares=["share"],
+    titles={"title": "media_type"},
+)
+titles_table
+
+# %% tags=["remove-cell"]
 # NBVAL_CHECK_OUTPUT
-print("Top titles (plays):")
-show(stats.top_titles(db, limit=top))
-print()
-print("Popular titles (distinct users):")
-show(stats.popular_titles(db, limit=top))
+print(titles_table)
 
 # %% tags=["hide-input"]
-charts.top_titles(stats.top_titles(db, limit=top, metric="watch_time"))
+charts.top_titles(stats.top_titles(db, limit=top, metric="watch_time")) if played else None
 
 # %% [markdown]
 # ## Users
 
 # %% tags=["hide-input"]
-# NBVAL_CHECK_OUTPUT
 by_user = (
     stats.by_user(db, metric="watch_time")
     .join(stats.by_user(db), on=["server_id", "user_id", "username"])
-    .select(
-        pl.col("username"),
-        pl.col("server_id").str.slice(0, 12).alias("server"),
-        pl.col("plays"),
-        hours("watch_time").alias("hours"),
-        pl.col("watch_time"),
+    .join(
+        server_rows.select("server_id", pl.Series("server", names, dtype=pl.String)),
+        on="server_id",
+        how="left",
     )
-    .sort(["watch_time", "username", "server"], descending=[True, False, False])
-    .drop("watch_time")
+    .sort(["watch_time", "username", "server_id"], descending=[True, False, False])
+    .with_columns((pl.col("watch_time") / max(current["watch_time"], 1)).alias("share"))
+    .select("username", "server", "plays", "watch_time", "share")
 )
-print(f"Most watched users (top {top} of {by_user.height}):")
-show(by_user.head(top))
+users_table = present.table(
+    by_user.head(top),
+    id="users",
+    title="Who watched most",
+    subtitle=f"top {min(top, by_user.height)} of {by_user.height} accounts",
+    labels={
+        "username": "User",
+        "server": "Server",
+        "plays": "Plays",
+        "watch_time": "Watch time",
+        "share": "Share of watch time",
+    },
+    counts=["plays"],
+    durations=["watch_time"],
+    shares=["share"],
+    hidden=[] if server_rows.height > 1 else ["server"],
+)
+users_table
 
-# %% tags=["hide-input"]
-charts.by_user(stats.by_user(db, metric="watch_time").head(top))
+# %% tags=["remove-cell"]
+# NBVAL_CHECK_OUTPUT
+print(users_table)
 
 # %% [markdown]
 # ## Platforms and stream types
+#
+# *Direct play* sends the file as it is; *direct stream* repackages it; a *transcode*
+# re-encodes it on the server, which costs the server's CPU.
 
 # %% tags=["hide-input"]
+def split(frame: pl.DataFrame, column: str, words: str, table_id: str, title: str) -> present.Table:
+    """A category's plays and watch time with its share of the plays."""
+    joined = (
+        frame.join(stats_of[column](db, metric="watch_time"), on=column)
+        .with_columns((pl.col("plays") / max(played, 1)).alias("share"))
+        .sort(["plays", column], descending=[True, False])
+    )
+    return present.table(
+        joined.select(column, "plays", "share", "watch_time"),
+        id=table_id,
+        title=title,
+        labels={column: words, "plays": "Plays", "share": "Share", "watch_time": "Watch time"},
+        counts=["plays"],
+        durations=["watch_time"],
+        shares=["share"],
+    )
+
+
+stats_of = {"platform": stats.by_platform, "stream_type": stats.by_stream_type}
+platforms_table = split(stats.by_platform(db), "platform", "Platform", "platforms", "Platforms")
+streams_table = split(
+    stats.by_stream_type(db), "stream_type", "Stream type", "stream-types", "Stream types"
+)
+display(platforms_table, streams_table)
+
+# %% tags=["remove-cell"]
 # NBVAL_CHECK_OUTPUT
-for name, frame in (
-    ("Platforms", stats.by_platform(db)),
-    ("Stream types", stats.by_stream_type(db)),
-):
-    total = frame["plays"].sum()
-    print(f"{name}:")
-    show(frame.with_columns((pl.col("plays") * 100 / total).round(1).alias("share %")))
-    print()
+print(platforms_table)
+print()
+print(streams_table)
 
 # %% tags=["hide-input"]
-charts.by_platform(stats.by_platform(db))
-
-# %% tags=["hide-input"]
-charts.by_stream_type(stats.by_stream_type(db, metric="watch_time"))
+charts.by_stream_type(stats.by_stream_type(db, metric="watch_time")) if played else None
 
 # %% [markdown]
 # ## Concurrent streams
@@ -181,7 +247,6 @@ charts.by_stream_type(stats.by_stream_type(db, metric="watch_time"))
 # at the same instant are not concurrent.
 
 # %% tags=["hide-input"]
-# NBVAL_CHECK_OUTPUT
 streams = stats.concurrent_streams(db, tz=tz)
 busiest = (
     streams.group_by(pl.col("at").dt.date().alias("day"))
@@ -189,13 +254,41 @@ busiest = (
     .filter(pl.col("max streams") > 0)
     .sort("day")
 )
+
+# %% tags=["remove-cell"]
+# NBVAL_CHECK_OUTPUT
 print("Most concurrent streams per day:")
-show(busiest)
+print(present.plain(busiest))
 
 # %% tags=["hide-input"]
 # (the title repeated on the layered chart names it in plain-text output too)
-charts.concurrent_streams(streams, tz=tz).properties(title="Concurrent streams")
+chart = charts.concurrent_streams(streams, name_zone=False).properties(title="Concurrent streams")
+chart if streams.height else None
 
 # %% tags=["hide-input"]
+present.details(
+    "How this report was made",
+    {
+        "notebook": "overview",
+        "start": start,
+        "end": end,
+        "servers": servers,
+        "tz": tz,
+        "top": top,
+        "as_of": as_of,
+    },
+    note=(
+        f"The projection was read at log sequence {seq or 0:,}"
+        + (f" (recorded up to {recorded:%Y-%m-%d %H:%M:%S %Z})" if recorded else "")
+        + ". The log only grows, so the as-of point makes the report reproducible: run it again "
+        + "with -p as_of "
+        + (f"{recorded:%Y-%m-%dT%H:%M:%S.%f}Z" if recorded else "TIME")
+        + " and it shows these figures whatever was recorded since."
+    ),
+)
+
+# %% tags=["remove-cell"]
 db.close()
+if on_servers is not source:
+    on_servers.close()
 await wb.close()

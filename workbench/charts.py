@@ -67,7 +67,55 @@ TIME_LABEL = "%a %Y-%m-%d %H:%M %Z"
 DAY_LABEL = "%a %Y-%m-%d"
 MONTH_LABEL = "%B %Y"
 
-_PEAK_COLOR = "#d62728"
+_PEAK_COLOR = "#e45756"
+
+# One colour per media type and per stream type, the same in every chart (a movie is blue
+# in the top titles and in the media-type split). Mid-tones of Vega's Tableau palette: they
+# keep their contrast on a white chart and on a dark page around it, and stay apart for the
+# common colour-vision deficiencies (blue/orange, green/red never carry a meaning alone).
+MEDIA_TYPE_COLORS: dict[str, str] = {
+    "movie": "#4c78a8",
+    "episode": "#f58518",
+    "track": "#54a24b",
+    "clip": "#b279a2",
+    "unknown": "#9d9d9d",
+}
+STREAM_TYPE_COLORS: dict[str, str] = {
+    "direct play": "#54a24b",
+    "direct stream": "#4c78a8",
+    "transcode": "#e45756",
+    "unknown": "#9d9d9d",
+}
+_MORE_COLORS = ["#72b7b2", "#eeca3b", "#ff9da6", "#9d755d", "#bab0ac"]
+
+
+def category_colors(fixed: Mapping[str, str], values: list[str]) -> tuple[list[str], list[str]]:
+    """The domain and range of a colour scale: the ``fixed`` colours for the values they
+    name, the next of a few more for the others (in order of appearance).
+
+    >>> category_colors(STREAM_TYPE_COLORS, ["transcode", "remux"])
+    (['transcode', 'remux'], ['#e45756', '#72b7b2'])
+    """
+    domain = list(dict.fromkeys(values))
+    extra = iter(_MORE_COLORS * (len(domain) // len(_MORE_COLORS) + 1))
+    return domain, [fixed[v] if v in fixed else next(extra) for v in domain]
+
+
+_COLORED = {"media_type": MEDIA_TYPE_COLORS, "stream_type": STREAM_TYPE_COLORS}
+
+
+def _category_color(
+    frame: pl.DataFrame, field: str, title: str, fixed: Mapping[str, str], *, legend: bool
+) -> alt.Color:
+    """``field`` coloured with the ``fixed`` colours (a legend only where the bars are not
+    labelled by the same words already)."""
+    values = frame[field].cast(pl.String).fill_null("unknown").to_list()
+    domain, colors = category_colors(fixed, values)
+    scale = alt.Scale(domain=domain, range=colors)
+    if legend:
+        return alt.Color(f"{field}:N", title=title, scale=scale)
+    return alt.Color(f"{field}:N", title=title, scale=scale, legend=None)
+
 
 # --------------------------------------------------------------------------- frame -> data
 
@@ -175,6 +223,23 @@ def _clock_format(frame: pl.DataFrame, column: str) -> str:
     return "%b %Y"
 
 
+def _clock_axis(frame: pl.DataFrame, column: str) -> alt.Axis:
+    """A time axis whose labels never repeat: over more than three days, one tick per day
+    (or per a few days, about a dozen in all) with the day's label; over more than 90
+    days, one per month. Within three days, clock times (their own labels differ)."""
+    fmt = _clock_format(frame, column)
+    if fmt == "%a %H:%M" or frame.height < 2:
+        return alt.Axis(format=fmt, labelAngle=0)
+    span = frame[column].max() - frame[column].min()  # type: ignore[operator]
+    days = max(1, int(span.total_seconds() // 86400) + 1)  # type: ignore[union-attr]
+    if fmt == "%b %Y":
+        months = max(1, days // 30)
+        step = max(1, -(-months // 12))
+        return alt.Axis(format=fmt, labelAngle=0, tickCount={"interval": "month", "step": step})
+    step = max(1, -(-days // 12))
+    return alt.Axis(format="%a %b %d", labelAngle=0, tickCount={"interval": "day", "step": step})
+
+
 def _value_tooltip(metric: Metric) -> alt.Tooltip:
     fmt = ",.1f" if metric == "watch_time" else ",d"
     return alt.Tooltip(f"{_value_field(metric)}:Q", title=METRIC_TITLES[metric], format=fmt)
@@ -206,15 +271,23 @@ def _horizontal_bars(
     tooltip: list[alt.Tooltip],
     color: str | None = None,
     color_title: str | None = None,
+    palette: Mapping[str, str] | None = None,
 ) -> alt.Chart:
-    """One bar per row, longest first, labelled by the frame's ``label`` column."""
+    """One bar per row, longest first, labelled by the frame's ``label`` column; coloured
+    by ``color`` (media and stream types in their fixed colours, or ``palette``'s)."""
     encoding: dict[str, Any] = {
         "y": alt.Y("label:N", title=label_title, sort="-x", axis=alt.Axis(labelLimit=240)),
         "x": _value_axis(metric),
         "tooltip": tooltip,
     }
     if color is not None:
-        encoding["color"] = alt.Color(f"{color}:N", title=color_title)
+        fixed = palette if palette is not None else _COLORED.get(color)
+        if fixed is not None:
+            encoding["color"] = _category_color(
+                frame, color, color_title or color, fixed, legend=color != "label"
+            )
+        else:
+            encoding["color"] = alt.Color(f"{color}:N", title=color_title)
     return (
         _base(frame, title)
         .mark_bar()
@@ -335,6 +408,9 @@ def _by_column(frame: pl.DataFrame, column: str, words: str, title: str | None) 
         label_title=words,
         title=title or f"{METRIC_WORDS[metric]} by {words.lower()}",
         tooltip=[alt.Tooltip("label:N", title=words), _value_tooltip(metric)],
+        color="label" if column in _COLORED else None,
+        color_title=words,
+        palette=_COLORED.get(column),
     )
 
 
@@ -435,7 +511,7 @@ def popular_titles(frame: pl.DataFrame, *, title: str | None = None) -> alt.Char
         .encode(
             y=alt.Y("label:N", title="Title", sort="-x", axis=alt.Axis(labelLimit=240)),
             x=alt.X("users:Q", title="Users", axis=alt.Axis(format=",d", tickMinStep=1)),
-            color=alt.Color("media_type:N", title="Media type"),
+            color=_category_color(data, "media_type", "Media type", MEDIA_TYPE_COLORS, legend=True),
             tooltip=[
                 alt.Tooltip("title:N", title="Title"),
                 alt.Tooltip("media_type:N", title="Media type"),
@@ -524,7 +600,11 @@ def completion(frame: pl.DataFrame, *, title: str | None = None) -> alt.Chart:
 
 
 def concurrent_streams(
-    frame: pl.DataFrame, *, tz: str | None = None, title: str | None = None
+    frame: pl.DataFrame,
+    *,
+    tz: str | None = None,
+    title: str | None = None,
+    name_zone: bool = True,
 ) -> alt.Chart:
     """Concurrent streams over time, from :func:`workbench.stats.concurrent_streams`: a step
     line (the count holds until the next change), its peak marked with a dot and a label
@@ -535,7 +615,11 @@ def concurrent_streams(
     (and slow to render: 200k points took a minute in vl-convert). Above
     :data:`MAX_STREAM_POINTS` the line shows each interval's maximum instead (intervals of a
     minute to a day, whatever keeps the points under the limit), drawn at the moment it was
-    reached, so the peak and its time stay exact."""
+    reached, so the peak and its time stay exact.
+
+    Over more than three days the axis has one label per day (or per few days), never one
+    day's name twice. ``name_zone=False`` leaves the zone out of the axis title, for a page
+    that names it once for all its charts."""
     for name in ("at", "streams"):
         if name not in frame.columns:
             raise ValueError(
@@ -543,13 +627,13 @@ def concurrent_streams(
                 f"'streams'); got the columns {frame.columns}"
             )
     frame = _stream_envelope(frame)
-    zone = tz or _zone_of(frame, "at")
+    zone = (tz or _zone_of(frame, "at")) if name_zone else None
     base = _base(frame, title or "Concurrent streams")
     x = alt.X(
         "at:T",
         title=_in_zone("Time", zone),
         scale=alt.Scale(type="utc"),
-        axis=alt.Axis(format=_clock_format(frame, "at"), labelAngle=0),
+        axis=_clock_axis(frame, "at"),
     )
     peak_streams = int(frame["streams"].max() or 0)  # type: ignore[arg-type]
     y = alt.Y(
@@ -754,8 +838,10 @@ def use_offline_renderer() -> Any:
 
 __all__ = [
     "CHARTS",
+    "MEDIA_TYPE_COLORS",
     "METRIC_TITLES",
     "RENDERER_NAME",
+    "STREAM_TYPE_COLORS",
     "ChartLike",
     "by_day",
     "by_day_of_week",
@@ -768,6 +854,7 @@ __all__ = [
     "by_server",
     "by_stream_type",
     "by_user",
+    "category_colors",
     "chart",
     "completion",
     "concurrent_streams",

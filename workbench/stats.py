@@ -75,7 +75,7 @@ when present, else ``title``), like Tautulli's "most watched TV shows".
 from __future__ import annotations
 
 import zoneinfo
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal, Protocol, TypeAlias, get_args
 
 import duckdb
@@ -402,6 +402,28 @@ SELECT
     CAST(coalesce(peak.streams, 0) AS BIGINT) AS streams,
     (SELECT min(moment) FROM swept WHERE running = peak.streams) AS "at"
 FROM peak
+"""
+)
+
+# The same plays and streams over the playbacks that started in [$since, $before) only: a
+# period is cut before grouping, as ``workbench.db.scope`` cuts it for a report.
+_FINISHED_WHERE = "WHERE started_at IS NOT NULL AND stopped_at IS NOT NULL"
+_SPANS_WHERE = "WHERE started_at IS NOT NULL\n"
+_IN_PERIOD = " AND started_at >= $since AND started_at < $before"
+assert PLAYS_CTE.count(_FINISHED_WHERE) == 1 and CONCURRENCY_CHANGES.count(_SPANS_WHERE) == 1
+
+PERIOD_TOTALS = (
+    PLAYS_CTE.replace(_FINISHED_WHERE, _FINISHED_WHERE + _IN_PERIOD)
+    + f"""
+SELECT {_TOTALS}, count(DISTINCT (server_id, user_id)) AS users
+FROM plays
+"""
+)
+
+PERIOD_PEAK_STREAMS = (
+    CONCURRENCY_CHANGES.replace(_SPANS_WHERE, _SPANS_WHERE.rstrip() + _IN_PERIOD + "\n")
+    + """
+SELECT CAST(coalesce(max(running), 0) AS BIGINT) AS peak_streams FROM swept
 """
 )
 
@@ -1124,6 +1146,161 @@ def max_concurrent_streams(
     return _local(frame, ["at"], tz)
 
 
+# ---------------------------------------------------------------------------------------
+# periods
+
+
+PERIOD_MEASURES = ("plays", "watch_time", "users", "peak_streams")
+"""The figures of :func:`period_totals`, in the order :func:`compare_periods` lists them."""
+
+
+def local_period(start: date, end: date, tz: str = "UTC") -> tuple[datetime, datetime]:
+    """The local days ``start`` to ``end`` (both included) in ``tz`` as the instants
+    ``[since, before)`` in UTC: midnight of ``start`` and midnight after ``end`` as clocks
+    there showed them (a week over a daylight-saving change is 167 or 169 hours).
+
+    Examples
+    --------
+    >>> from datetime import date
+    >>> since, before = local_period(date(2026, 3, 23), date(2026, 3, 29), "Europe/Berlin")
+    >>> since.isoformat(), before.isoformat(), (before - since).total_seconds() / 3600
+    ('2026-03-22T23:00:00+00:00', '2026-03-29T22:00:00+00:00', 167.0)
+    """
+    _check_tz(tz)
+    if end < start:
+        raise ValueError(f"the period ends ({end}) before it starts ({start})")
+    zone = zoneinfo.ZoneInfo(tz)
+    since = datetime.combine(start, time(), zone).astimezone(UTC)
+    before = datetime.combine(end + timedelta(days=1), time(), zone).astimezone(UTC)
+    return since, before
+
+
+def previous_period(start: date, end: date) -> tuple[date, date]:
+    """The period of the same number of days that ends the day before ``start``.
+
+    Examples
+    --------
+    >>> from datetime import date
+    >>> previous_period(date(2026, 1, 12), date(2026, 1, 18))
+    (datetime.date(2026, 1, 5), datetime.date(2026, 1, 11))
+    """
+    days = (end - start).days + 1
+    if days < 1:
+        raise ValueError(f"the period ends ({end}) before it starts ({start})")
+    return start - timedelta(days=days), start - timedelta(days=1)
+
+
+def period_totals(
+    db: Database,
+    *,
+    since: datetime,
+    before: datetime,
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """The headline figures of the playbacks that started in ``[since, before)``, one row:
+    ``plays``, ``watch_time`` (s), ``users`` (accounts, ``(server_id, user_id)``, with a
+    play) and ``peak_streams`` (the most playbacks running at once, counted as
+    :func:`max_concurrent_streams` counts them, over the playbacks that started in the
+    period, open ones until their last event). The period is cut before plays are grouped,
+    as :func:`workbench.db.scope` cuts it.
+
+    Examples
+    --------
+    >>> from datetime import UTC, datetime
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 's', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', 's', 'u2', '2026-01-05 20:30Z', '2026-01-05 21:30Z'),"
+    ...     "('c', 's', 'u1', '2026-01-06 20:00Z', '2026-01-06 20:30Z')"
+    ...     ") t(correlation_key, server_id, user_id, started_at, stopped_at)"
+    ... )
+    >>> period_totals(
+    ...     db, since=datetime(2026, 1, 5, tzinfo=UTC), before=datetime(2026, 1, 6, tzinfo=UTC)
+    ... ).to_dicts()
+    [{'plays': 2, 'watch_time': 7200, 'users': 2, 'peak_streams': 2}]
+    """
+    for name, value in (("since", since), ("before", before)):
+        if value.tzinfo is None:
+            raise ValueError(f"{name} must be a timezone-aware datetime")
+    params = {
+        **_rules(grouping, min_seconds, DEFAULT_WATCHED_PERCENT),
+        "since": since,
+        "before": before,
+    }
+    totals = _query(db, PERIOD_TOTALS, params)
+    peak = _query(db, PERIOD_PEAK_STREAMS, {"since": since, "before": before, "until": None})
+    return pl.concat([totals, peak], how="horizontal").select(
+        pl.col(name).cast(pl.Int64) for name in PERIOD_MEASURES
+    )
+
+
+def compare_periods(
+    db: Database,
+    *,
+    start: date,
+    end: date,
+    tz: str = "UTC",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """The figures of :func:`period_totals` for the local days ``start`` to ``end`` in
+    ``tz`` (both included) next to those of the period of the same number of days just
+    before it (:func:`previous_period`): one row per ``measure`` (``plays``,
+    ``watch_time``, ``users``, ``peak_streams``) with ``current``, ``previous`` and
+    ``change`` (``current / previous - 1``; null when ``previous`` is 0: no percentage
+    says how much more than nothing).
+
+    ``db`` must hold both periods (the projection, or a snapshot of it; not a scope of the
+    current period alone).
+
+    Examples
+    --------
+    >>> from datetime import date
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 's', 'u1', '2026-01-04 20:00Z', '2026-01-04 21:00Z'),"
+    ...     "('b', 's', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('c', 's', 'u2', '2026-01-05 20:30Z', '2026-01-05 21:00Z')"
+    ...     ") t(correlation_key, server_id, user_id, started_at, stopped_at)"
+    ... )
+    >>> for row in compare_periods(db, start=date(2026, 1, 5), end=date(2026, 1, 5)).rows():
+    ...     print(row)
+    ('plays', 2, 1, 1.0)
+    ('watch_time', 5400, 3600, 0.5)
+    ('users', 2, 1, 1.0)
+    ('peak_streams', 2, 1, 1.0)
+    """
+    first, last = previous_period(start, end)
+    figures = []
+    for days in ((start, end), (first, last)):
+        since, before = local_period(*days, tz)
+        figures.append(
+            period_totals(
+                db, since=since, before=before, grouping=grouping, min_seconds=min_seconds
+            ).row(0, named=True)
+        )
+    current, previous = figures
+    return pl.DataFrame(
+        {
+            "measure": list(PERIOD_MEASURES),
+            "current": [current[m] for m in PERIOD_MEASURES],
+            "previous": [previous[m] for m in PERIOD_MEASURES],
+        },
+        schema={"measure": pl.String, "current": pl.Int64, "previous": pl.Int64},
+    ).with_columns(
+        pl.when(pl.col("previous") > 0)
+        .then(pl.col("current") / pl.col("previous") - 1)
+        .otherwise(None)
+        .cast(pl.Float64)
+        .alias("change")
+    )
+
+
 __all__ = [
     "Database",
     "HasConnection",
@@ -1139,11 +1316,15 @@ __all__ = [
     "by_server",
     "by_stream_type",
     "by_user",
+    "compare_periods",
     "completion",
     "concurrent_streams",
+    "local_period",
     "max_concurrent_streams",
+    "period_totals",
     "plays",
     "popular_titles",
+    "previous_period",
     "top_titles",
     "who_watched",
 ]

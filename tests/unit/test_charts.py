@@ -506,3 +506,69 @@ def test_a_long_concurrency_series_is_drawn_as_interval_maxima_with_the_exact_pe
     first_peak = frame.filter(pl.col("streams") == 22)["at"][0]
     peak_rows = [r for r in rows if r["streams"] == 22]
     assert datetime.fromisoformat(peak_rows[0]["at"]).astimezone(UTC) == first_peak
+
+
+# --------------------------------------------------------------------------- at a glance
+
+
+def axis_tick_labels(svg: str, axis: str) -> list[str]:
+    """The tick labels of the X or Y axis, as drawn."""
+    root = ET.fromstring(svg)
+    for group in root.iter(f"{SVG}g"):
+        if group.get("aria-label", "").startswith(f"{axis}-axis"):
+            return [
+                "".join(node.itertext())
+                for inner in group.iter(f"{SVG}g")
+                if "role-axis-label" in inner.get("class", "").split()
+                for node in inner
+                if node.tag == f"{SVG}text"
+            ]
+    raise AssertionError(f"no {axis} axis")
+
+
+@pytest.mark.parametrize("days", [2, 7, 30, 200])
+def test_the_concurrent_streams_axis_never_repeats_a_label(days: int) -> None:
+    start = datetime(2026, 1, 5, 18, 0, tzinfo=UTC)
+    moments = [start + timedelta(hours=7 * i) for i in range(days * 24 // 7 + 1)]
+    frame = pl.DataFrame(
+        {"at": moments, "streams": [i % 4 for i in range(len(moments))]}
+    ).with_columns(pl.col("at").dt.convert_time_zone(BERLIN))
+
+    ticks = axis_tick_labels(charts.to_svg(charts.concurrent_streams(frame)), "X")
+
+    assert len(ticks) >= 2
+    assert len(ticks) == len(set(ticks)), ticks
+
+
+def test_media_and_stream_types_keep_one_colour_in_every_chart(replayed: Replay) -> None:
+    def fills(chart: alt.TopLevelMixin) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for mark in marks(charts.to_svg(chart), "rect"):
+            label = mark.get("aria-label", "")
+            kind = next(
+                (value_of(label, key) for key in ("Media type", "Stream type") if key in label),
+                None,
+            )
+            if kind is not None:
+                found.setdefault(kind, set()).add(mark.get("fill", ""))
+        return found
+
+    movie, episode = charts.MEDIA_TYPE_COLORS["movie"], charts.MEDIA_TYPE_COLORS["episode"]
+    for chart in (
+        charts.top_titles(stats.top_titles(replayed.con)),
+        charts.popular_titles(stats.popular_titles(replayed.con)),
+        charts.by_media_type(stats.by_media_type(replayed.con)),
+        # one type alone still gets its own colour, not the first of a palette
+        charts.by_media_type(
+            stats.by_media_type(replayed.con).filter(pl.col("media_type") != "movie")
+        ),
+    ):
+        seen = fills(chart)
+        assert seen, "no bar names its media type"
+        assert seen.get("movie", {movie}) == {movie} and seen.get("episode", {episode}) == {episode}
+    streams = fills(charts.by_stream_type(stats.by_stream_type(replayed.con)))
+    assert streams and all(
+        colors == {charts.STREAM_TYPE_COLORS.get(kind, colors and next(iter(colors)))}
+        for kind, colors in streams.items()
+    )
+    assert set(streams) & set(charts.STREAM_TYPE_COLORS)
