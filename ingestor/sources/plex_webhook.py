@@ -526,6 +526,9 @@ class _SinkFailed(Exception):
     pass
 
 
+_TOO_DEEP = "payload is nested too deeply to be a Plex webhook"
+
+
 def _decode_kind(payload: bytes) -> str:
     try:
         return _envelope_decoder.decode(payload).event
@@ -533,6 +536,8 @@ def _decode_kind(payload: bytes) -> str:
         raise BadRequest(f"invalid payload: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"payload is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec gives up on deep nesting, even in fields it skips
+        raise BadRequest(_TOO_DEEP) from None
 
 
 def _decode_payload(payload: bytes) -> PlexWebhookPayload:
@@ -540,6 +545,8 @@ def _decode_payload(payload: bytes) -> PlexWebhookPayload:
         parsed = _payload_decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid payload: {exc}") from None
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
     for name, value in (
         ("Server.uuid", parsed.server.uuid),
         ("Player.uuid", parsed.player.uuid),
