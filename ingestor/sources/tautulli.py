@@ -305,7 +305,7 @@ class TautulliClient:
 def _envelope(body: bytes) -> dict[str, Any] | None:
     try:
         payload = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # msgspec's answer to deep nesting
         return None
     if isinstance(payload, dict) and isinstance(payload.get("response"), dict):
         return payload["response"]
