@@ -459,7 +459,10 @@ class MediaServerSocket:
     ) -> None:
         try:
             message = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except RecursionError:
+            self._failed(f"{self.url} sent a frame nested too deeply to read; skipped")
+            return
+        except ValueError as exc:  # JSONDecodeError, or an integer past 4,300 digits
             self._failed(f"{self.url} sent a frame that is not JSON ({exc}); skipped")
             return
         if not isinstance(message, dict):

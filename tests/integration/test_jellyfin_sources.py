@@ -662,3 +662,47 @@ async def test_webhook_and_socket_of_one_server_make_one_playback(
     assert rows(projection, "SELECT count(*), max(paused_seconds) FROM playback_events") == [
         (1, 300)
     ]
+
+
+# found by tests/fuzz: json.loads raises RecursionError on deep nesting and a plain ValueError
+# for an integer past Python's 4,300-digit limit, neither a JSONDecodeError
+UNREADABLE_JSON = {
+    "deeply_nested": '{"a":' + "[" * 100_000 + "]" * 100_000 + "}",
+    "integer_past_4300_digits": '{"a":' + "7" * 5000 + "}",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_JSON))
+async def test_webhook_refuses_json_python_cannot_read_with_a_400(
+    case: str, tmp_path: Path, sink: RecordingSink
+) -> None:
+    tracker = PlaybackTracker("jellyfin", tmp_path / "jellyfin.json", sink)
+    webhook = JellyfinWebhook(tracker, clock=ManualClock())
+    ids = {"server_id": uuid.uuid4().hex, "session_id": SESSION, "user_id": USER}
+    async with webhook_server(webhook) as url, aiohttp.ClientSession() as http:
+        status, answer = await post(http, url, UNREADABLE_JSON[case])
+        assert status == 400 and answer["error"].startswith("body is")
+        start = notification("PlaybackStart", item_id=uuid.uuid4().hex, **ids)
+        assert await post(http, url, start) == (200, {"events": 1})
+    assert sink.kinds == ["play"]
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_JSON))
+async def test_a_frame_python_cannot_read_is_skipped_without_dropping_the_socket(
+    case: str, tmp_path: Path, sink: RecordingSink
+) -> None:
+    clock = ManualClock()
+    async with FakeMediaServer("jellyfin") as server:
+        playing = session(
+            server_id=server.server_id, session_id=SESSION, user_id=USER, item=movie()
+        )
+        socket = MediaServerSocket(
+            "jellyfin", server.url, server.api_key, tmp_path / "state.json", sink, clock=clock
+        )
+        async with running(socket):
+            await subscribed(server, socket)
+            await server.send(UNREADABLE_JSON[case], subscribed=True)
+            await eventually(lambda: "skipped" in (socket.health.last_error or ""))
+            await push(server, socket, [playing])
+            assert socket.connections == 1  # the same socket read on
+    assert sink.kinds == ["play"]
