@@ -706,3 +706,23 @@ async def test_a_frame_python_cannot_read_is_skipped_without_dropping_the_socket
             await push(server, socket, [playing])
             assert socket.connections == 1  # the same socket read on
     assert sink.kinds == ["play"]
+
+
+# found by tests/fuzz: NaN and Infinity are JSON to Python's json module, and int() of them
+# raised ValueError/OverflowError, which the webhook answered 500
+@pytest.mark.parametrize("ticks", ["NaN", "Infinity", "-Infinity", "1e300", "9" * 30])
+async def test_webhook_refuses_ticks_that_are_no_64_bit_integer_with_a_400(
+    ticks: str, tmp_path: Path, sink: RecordingSink
+) -> None:
+    tracker = PlaybackTracker("jellyfin", tmp_path / "jellyfin.json", sink)
+    webhook = JellyfinWebhook(tracker, clock=ManualClock())
+    ids = {"server_id": uuid.uuid4().hex, "session_id": SESSION, "user_id": USER}
+    start = notification("PlaybackStart", item_id=uuid.uuid4().hex, **ids)
+    body = json.dumps({**start, "PlaybackPositionTicks": 0}).replace(
+        '"PlaybackPositionTicks": 0', f'"PlaybackPositionTicks": {ticks}'
+    )
+    async with webhook_server(webhook) as url, aiohttp.ClientSession() as http:
+        status, answer = await post(http, url, body)
+        assert status == 400 and "ticks" in answer["error"], answer
+        assert await post(http, url, start) == (200, {"events": 1})
+    assert sink.kinds == ["play"]
