@@ -53,6 +53,7 @@ from ingestor.sources.base import (
     CircuitOpen,
     SourceHealth,
     StateFile,
+    check_event_size,
     receipt_time,
 )
 from ingestor.sources.session_machine import (
@@ -193,7 +194,7 @@ def _readable(item: str) -> bool:
 def _valid(event: MediaEvent) -> bool:
     """Keep an invalid event out of the outbox, where it would block every later one."""
     try:
-        event.validate()
+        check_event_size(event.validate())
     except InvalidEvent as exc:
         log.error("%s: dropped an event the session machine built: %s", event.source, exc)
         return False

@@ -65,7 +65,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ingestor.errors import InvalidEvent
 from ingestor.events import EventType, MediaEvent, make_event_id
 from ingestor.sink import Sink
-from ingestor.sources.base import SourceHealth, StateFile, receipt_time
+from ingestor.sources.base import SourceHealth, StateFile, check_event_size, receipt_time
 from ingestor.sources.plex_owner import OwnerMap
 
 log = logging.getLogger(__name__)
@@ -519,7 +519,7 @@ class PlexWebhook:
             location_type="" if local is None else ("lan" if local else "wan"),
             raw_payload=payload.decode("utf-8", errors="replace"),
         )
-        return event.validate()
+        return check_event_size(event.validate())
 
 
 class _SinkFailed(Exception):

@@ -726,3 +726,33 @@ async def test_webhook_refuses_ticks_that_are_no_64_bit_integer_with_a_400(
         assert status == 400 and "ticks" in answer["error"], answer
         assert await post(http, url, start) == (200, {"events": 1})
     assert sink.kinds == ["play"]
+
+
+async def test_an_event_too_large_to_store_is_dropped_not_kept_blocking_the_outbox(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    # found by tests/fuzz: a session with a ~1 MiB field made an event NATS refuses (over its
+    # max_payload); kept in the outbox for a retry, it blocked every later event for good
+    clock = ManualClock()
+    async with FakeMediaServer("jellyfin") as server:
+        huge = session(
+            server_id=server.server_id,
+            session_id=uuid.uuid4().hex,
+            user_id=USER,
+            item=movie(name="x" * 700_000),
+        )
+        playing = session(
+            server_id=server.server_id, session_id=SESSION, user_id=USER, item=movie()
+        )
+        socket = MediaServerSocket(
+            "jellyfin", server.url, server.api_key, tmp_path / "state.json", sink, clock=clock
+        )
+        async with running(socket):
+            await subscribed(server, socket)
+            await push(server, socket, [huge])
+            assert socket.tracker.pending == 0
+            await push(server, socket, [playing])
+    assert [(e.event_type.value, e.session_key == huge["Id"]) for e in sink.events][-1:] == [
+        ("play", False)
+    ]
+    assert all(len(e.title) < 1000 for e in sink.events)

@@ -297,7 +297,19 @@ MALFORMED: dict[str, tuple[Callable[[], tuple[bytes, str]], str]] = {
         ),
         "nested too deeply",
     ),
+    # found by tests/fuzz: the event (the field and the raw payload holding it) was over
+    # NATS's 1 MiB max_payload, so the sink failed and the answer was 503
+    "event_too_large": (
+        lambda: multipart_body(_with_title("x" * 700_000)),
+        "over the limit",
+    ),
 }
+
+
+def _with_title(title: str) -> dict[str, Any]:
+    payload = webhook_payload("media.play")
+    payload["Metadata"]["title"] = title
+    return payload
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
