@@ -48,7 +48,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from ingestor.batch import Decoded, decode_table
-from ingestor.errors import PermanentError, TransientError
+from ingestor.errors import InvalidEvent, PermanentError, TransientError
 from ingestor.nats.continuity import NATS_FAILURES, Continuity
 from ingestor.nats.dlq import DeadLetters
 from ingestor.nats.reader import message_of, pull_status
@@ -396,7 +396,7 @@ class Router:
             self._committed.notify_all()
 
     async def _poison_queue(self, deliveries: list[Delivery]) -> BatchResult:
-        decoded = await asyncio.to_thread(_decode, deliveries)
+        decoded = await asyncio.to_thread(_decode_isolating, deliveries)
         for reject in decoded.rejected:
             await self._retry(lambda r=reject: self._dead_letter(r))
         last_seq = deliveries[-1].seq
@@ -404,8 +404,10 @@ class Router:
             return await self._retry(lambda: self._project(decoded, last_seq))
         except _Unknown as exc:
             log.warning("batch ending at seq %d failed (%s); isolating the message", last_seq, exc)
-        # one message at a time, so only the one that fails is dead-lettered
-        items, _ = decode_messages([message_of(d.msg) for d in deliveries])
+        # one message at a time, so only the one that fails is dead-lettered (those rejected
+        # above are dead letters already, and may not even decode without raising)
+        rejected = {r.message.seq for r in decoded.rejected}
+        items, _ = decode_messages([message_of(d.msg) for d in deliveries if d.seq not in rejected])
         result = BatchResult(last_seq=last_seq)
         for message, event in items:
             try:
@@ -505,6 +507,30 @@ def _decode(deliveries: list[Delivery]) -> Decoded:
         }
     ).with_columns(pl.col("recorded_at").cast(pl.Datetime("us", "UTC")))
     return decode_table(frame, message=lambda row: message_of(msgs[row]))
+
+
+def _decode_isolating(deliveries: list[Delivery]) -> Decoded:
+    """:func:`_decode`; if decoding the batch raises (a payload a decoder chokes on, such as
+    JSON nested past msgspec's recursion limit, which raises RecursionError rather than a
+    decode error), each message is decoded alone and those that raise are rejected as
+    undecodable, so one message can never hold up the stream."""
+    try:
+        return _decode(deliveries)
+    except Exception as exc:
+        log.warning("decoding a batch raised %r; decoding its messages one by one", exc)
+    good: list[Delivery] = []
+    bad: list[Rejected] = []
+    for delivery in deliveries:
+        try:
+            _decode([delivery])
+        except Exception as exc:
+            message = message_of(delivery.msg)
+            bad.append(Rejected(message, f"undecodable payload: {exc!r}", InvalidEvent.category))
+        else:
+            good.append(delivery)
+    decoded = _decode(good)
+    decoded.rejected = sorted([*decoded.rejected, *bad], key=lambda r: r.message.seq)
+    return decoded
 
 
 def _recorded_micros(nanos: pa.Array) -> pa.Array:

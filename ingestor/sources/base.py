@@ -22,6 +22,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from ingestor.errors import InvalidEvent
+from ingestor.events import MediaEvent, encode_event
+
 
 def receipt_time() -> datetime:
     """Now, as an aware UTC datetime: the one clock adapters read for receipt times."""
@@ -194,3 +197,21 @@ class StateFile:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)
+
+
+MAX_EVENT_BYTES = 512 * 1024
+"""The largest event (encoded) a source hands its sink. NATS refuses a message over its
+``max_payload`` (1 MiB by default) whatever the retries, so an event that large can never be
+stored: a webhook would answer 503 for it, and an adapter keeping it for a retry (the
+Jellyfin outbox, a Tautulli history page) would be stuck behind it for good."""
+
+
+def check_event_size(event: MediaEvent) -> MediaEvent:
+    """``event``, or :class:`InvalidEvent` when it is over :data:`MAX_EVENT_BYTES` encoded."""
+    size = len(encode_event(event))
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEvent(
+            f"invalid event {event.event_id!r}: {size:,} bytes encoded, over the limit of "
+            f"{MAX_EVENT_BYTES:,} (an upstream field is that large)"
+        )
+    return event

@@ -53,6 +53,7 @@ from ingestor.sources.base import (
     CircuitOpen,
     SourceHealth,
     StateFile,
+    check_event_size,
     receipt_time,
 )
 from ingestor.sources.session_machine import (
@@ -193,7 +194,7 @@ def _readable(item: str) -> bool:
 def _valid(event: MediaEvent) -> bool:
     """Keep an invalid event out of the outbox, where it would block every later one."""
     try:
-        event.validate()
+        check_event_size(event.validate())
     except InvalidEvent as exc:
         log.error("%s: dropped an event the session machine built: %s", event.source, exc)
         return False
@@ -459,7 +460,10 @@ class MediaServerSocket:
     ) -> None:
         try:
             message = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except RecursionError:
+            self._failed(f"{self.url} sent a frame nested too deeply to read; skipped")
+            return
+        except ValueError as exc:  # JSONDecodeError, or an integer past 4,300 digits
             self._failed(f"{self.url} sent a frame that is not JSON ({exc}); skipped")
             return
         if not isinstance(message, dict):

@@ -152,7 +152,9 @@ def _decode(body: bytes) -> dict[str, Any]:
         raise MalformedNotification("body is not UTF-8 text") from None
     try:
         payload = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise MalformedNotification("body is JSON nested too deeply to be a notification") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer past Python's 4,300 digits
         raise MalformedNotification(
             f"body is not JSON ({exc}); enable 'Send All Properties' in the plugin"
         ) from None

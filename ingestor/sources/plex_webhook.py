@@ -65,7 +65,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ingestor.errors import InvalidEvent
 from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
 from ingestor.sink import Sink
-from ingestor.sources.base import SourceHealth, StateFile, receipt_time
+from ingestor.sources.base import SourceHealth, StateFile, check_event_size, receipt_time
 from ingestor.sources.plex_owner import OwnerMap
 
 log = logging.getLogger(__name__)
@@ -520,11 +520,14 @@ class PlexWebhook:
             location_type="" if local is None else ("lan" if local else "wan"),
             raw_payload=payload.decode("utf-8", errors="replace"),
         )
-        return event.validate()
+        return check_event_size(event.validate())
 
 
 class _SinkFailed(Exception):
     pass
+
+
+_TOO_DEEP = "payload is nested too deeply to be a Plex webhook"
 
 
 def _decode_kind(payload: bytes) -> str:
@@ -534,6 +537,8 @@ def _decode_kind(payload: bytes) -> str:
         raise BadRequest(f"invalid payload: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"payload is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec gives up on deep nesting, even in fields it skips
+        raise BadRequest(_TOO_DEEP) from None
 
 
 def _decode_payload(payload: bytes) -> PlexWebhookPayload:
@@ -541,6 +546,8 @@ def _decode_payload(payload: bytes) -> PlexWebhookPayload:
         parsed = _payload_decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid payload: {exc}") from None
+    except RecursionError:
+        raise BadRequest(_TOO_DEEP) from None
     for name, value in (
         ("Server.uuid", parsed.server.uuid),
         ("Player.uuid", parsed.player.uuid),

@@ -467,6 +467,8 @@ def ticks_to_ms(ticks: object) -> int | None:
         return None
     if isinstance(ticks, bool) or not isinstance(ticks, int | float):
         raise UnreadableSession(f"ticks must be a number, got {ticks!r}")
+    if not -(2**63) <= ticks < 2**63:  # .NET ticks are an Int64; this also refuses NaN, inf
+        raise UnreadableSession(f"ticks must be a 64-bit integer, got {ticks!r}")
     return max(0, int(ticks) // TICKS_PER_MS)
 
 

@@ -94,11 +94,11 @@ from ingestor.sources.base import (
     CircuitOpen,
     SourceHealth,
     StateFile,
+    check_event_size,
     receipt_time,
 )
 from ingestor.sources.config import TautulliConfig
 from ingestor.sources.tautulli_rows import (
-    InvalidHistoryRow,
     as_bool,
     as_float,
     as_id,
@@ -306,7 +306,7 @@ class TautulliClient:
 def _envelope(body: bytes) -> dict[str, Any] | None:
     try:
         payload = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # msgspec's answer to deep nesting
         return None
     if isinstance(payload, dict) and isinstance(payload.get("response"), dict):
         return payload["response"]
@@ -842,8 +842,8 @@ class TautulliSync:
             if cursor.floor is not None and started is not None and started < cursor.floor:
                 continue
             try:
-                events.append(summary_from_history_row(row, server_id))
-            except InvalidHistoryRow as exc:
+                events.append(check_event_size(summary_from_history_row(row, server_id)))
+            except InvalidEvent as exc:  # an InvalidHistoryRow, or an event too large
                 result.invalid += 1
                 log.error("skipped: %s", exc)
                 self.health.failure(str(exc))

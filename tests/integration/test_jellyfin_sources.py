@@ -662,3 +662,97 @@ async def test_webhook_and_socket_of_one_server_make_one_playback(
     assert rows(projection, "SELECT count(*), max(paused_seconds) FROM playback_events") == [
         (1, 300)
     ]
+
+
+# found by tests/fuzz: json.loads raises RecursionError on deep nesting and a plain ValueError
+# for an integer past Python's 4,300-digit limit, neither a JSONDecodeError
+UNREADABLE_JSON = {
+    "deeply_nested": '{"a":' + "[" * 100_000 + "]" * 100_000 + "}",
+    "integer_past_4300_digits": '{"a":' + "7" * 5000 + "}",
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_JSON))
+async def test_webhook_refuses_json_python_cannot_read_with_a_400(
+    case: str, tmp_path: Path, sink: RecordingSink
+) -> None:
+    tracker = PlaybackTracker("jellyfin", tmp_path / "jellyfin.json", sink)
+    webhook = JellyfinWebhook(tracker, clock=ManualClock())
+    ids = {"server_id": uuid.uuid4().hex, "session_id": SESSION, "user_id": USER}
+    async with webhook_server(webhook) as url, aiohttp.ClientSession() as http:
+        status, answer = await post(http, url, UNREADABLE_JSON[case])
+        assert status == 400 and answer["error"].startswith("body is")
+        start = notification("PlaybackStart", item_id=uuid.uuid4().hex, **ids)
+        assert await post(http, url, start) == (200, {"events": 1})
+    assert sink.kinds == ["play"]
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_JSON))
+async def test_a_frame_python_cannot_read_is_skipped_without_dropping_the_socket(
+    case: str, tmp_path: Path, sink: RecordingSink
+) -> None:
+    clock = ManualClock()
+    async with FakeMediaServer("jellyfin") as server:
+        playing = session(
+            server_id=server.server_id, session_id=SESSION, user_id=USER, item=movie()
+        )
+        socket = MediaServerSocket(
+            "jellyfin", server.url, server.api_key, tmp_path / "state.json", sink, clock=clock
+        )
+        async with running(socket):
+            await subscribed(server, socket)
+            await server.send(UNREADABLE_JSON[case], subscribed=True)
+            await eventually(lambda: "skipped" in (socket.health.last_error or ""))
+            await push(server, socket, [playing])
+            assert socket.connections == 1  # the same socket read on
+    assert sink.kinds == ["play"]
+
+
+# found by tests/fuzz: NaN and Infinity are JSON to Python's json module, and int() of them
+# raised ValueError/OverflowError, which the webhook answered 500
+@pytest.mark.parametrize("ticks", ["NaN", "Infinity", "-Infinity", "1e300", "9" * 30])
+async def test_webhook_refuses_ticks_that_are_no_64_bit_integer_with_a_400(
+    ticks: str, tmp_path: Path, sink: RecordingSink
+) -> None:
+    tracker = PlaybackTracker("jellyfin", tmp_path / "jellyfin.json", sink)
+    webhook = JellyfinWebhook(tracker, clock=ManualClock())
+    ids = {"server_id": uuid.uuid4().hex, "session_id": SESSION, "user_id": USER}
+    start = notification("PlaybackStart", item_id=uuid.uuid4().hex, **ids)
+    body = json.dumps({**start, "PlaybackPositionTicks": 0}).replace(
+        '"PlaybackPositionTicks": 0', f'"PlaybackPositionTicks": {ticks}'
+    )
+    async with webhook_server(webhook) as url, aiohttp.ClientSession() as http:
+        status, answer = await post(http, url, body)
+        assert status == 400 and "ticks" in answer["error"], answer
+        assert await post(http, url, start) == (200, {"events": 1})
+    assert sink.kinds == ["play"]
+
+
+async def test_an_event_too_large_to_store_is_dropped_not_kept_blocking_the_outbox(
+    tmp_path: Path, sink: RecordingSink
+) -> None:
+    # found by tests/fuzz: a session with a ~1 MiB field made an event NATS refuses (over its
+    # max_payload); kept in the outbox for a retry, it blocked every later event for good
+    clock = ManualClock()
+    async with FakeMediaServer("jellyfin") as server:
+        huge = session(
+            server_id=server.server_id,
+            session_id=uuid.uuid4().hex,
+            user_id=USER,
+            item=movie(name="x" * 700_000),
+        )
+        playing = session(
+            server_id=server.server_id, session_id=SESSION, user_id=USER, item=movie()
+        )
+        socket = MediaServerSocket(
+            "jellyfin", server.url, server.api_key, tmp_path / "state.json", sink, clock=clock
+        )
+        async with running(socket):
+            await subscribed(server, socket)
+            await push(server, socket, [huge])
+            assert socket.tracker.pending == 0
+            await push(server, socket, [playing])
+    assert [(e.event_type.value, e.session_key == huge["Id"]) for e in sink.events][-1:] == [
+        ("play", False)
+    ]
+    assert all(len(e.title) < 1000 for e in sink.events)

@@ -289,7 +289,27 @@ MALFORMED: dict[str, tuple[Callable[[], tuple[bytes, str]], str]] = {
         lambda: (multipart_body(webhook_payload("media.play"))[0], "multipart/form-data"),
         "truncated or malformed multipart body",
     ),
+    # found by tests/fuzz: msgspec raises RecursionError (not a DecodeError) past ~1,000
+    # levels, even inside a field it skips; it was answered 500 by aiohttp
+    "deeply_nested": (
+        lambda: multipart_body(
+            b'{"event":"media.play","Guid":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        ),
+        "nested too deeply",
+    ),
+    # found by tests/fuzz: the event (the field and the raw payload holding it) was over
+    # NATS's 1 MiB max_payload, so the sink failed and the answer was 503
+    "event_too_large": (
+        lambda: multipart_body(_with_title("x" * 700_000)),
+        "over the limit",
+    ),
 }
+
+
+def _with_title(title: str) -> dict[str, Any]:
+    payload = webhook_payload("media.play")
+    payload["Metadata"]["title"] = title
+    return payload
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))

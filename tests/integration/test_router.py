@@ -285,3 +285,34 @@ async def test_batches_grow_while_a_backlog_is_pending_unless_someone_listens(
     if not listening:
         assert max(sizes) > 100 and stats.batches < len(sim.events) / 100
     projection.close()
+
+
+async def test_messages_nested_too_deeply_to_decode_are_dead_lettered_and_the_rest_projected(
+    settings: Settings,
+) -> None:
+    # found by tests/fuzz: msgspec raises RecursionError (not a decode error) on JSON nested
+    # past ~1,000 levels; raised from the batch decode, it paused the router and the same
+    # batch failed again after every pause: the stream stopped for good
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    events = plex_playback()
+    handle = await open_nats(settings)
+    try:
+        await publish(handle, events[:2])
+        await handle.js.publish("audit.decision", deep)
+        await handle.js.publish("playback.plex.movie", deep)
+        await handle.js.publish("alert.fuzz", deep)
+        await publish(handle, events[2:])
+        projection, stats = await project(settings, handle)
+        letters = [letter async for letter in DeadLetters(handle.js).entries()]
+    finally:
+        await handle.close()
+    assert [(d.sequence, d.category, d.data == deep) for d in letters] == [
+        (3, "invalid_event", True),
+        (4, "invalid_event", True),
+        (5, "invalid_event", True),
+    ]
+    assert all("RecursionError" in d.error or "undecodable" in d.error for d in letters)
+    assert stats.dead_lettered == 3
+    assert table(projection, "SELECT count(*), max(event_count) FROM playback_events") == [(1, 5)]
+    assert projection.checkpoint() == 8
+    projection.close()

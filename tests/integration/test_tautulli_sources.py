@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from ingestor.dedup import DedupIndex
 from ingestor.pipeline import Pipeline
@@ -26,8 +28,11 @@ from ingestor.sources.config import TautulliConfig
 from ingestor.sources.tautulli import (
     ACTIVITY_SOURCE,
     NO_LIVE_ACTIVITY,
+    TautulliClient,
     TautulliConfigError,
+    TautulliError,
     TautulliSync,
+    TautulliUnavailable,
 )
 from ingestor.sources.tautulli_import import TautulliImportError, import_tautulli_db
 from ingestor.sources.tautulli_rows import summary_event_id
@@ -989,3 +994,24 @@ async def test_the_server_id_comes_from_the_argument_or_the_database_or_a_clear_
         await import_tautulli_db(not_tautulli, sink, state_path=None)
     for database in (anonymous, moved):
         database.close()
+
+
+@pytest.mark.parametrize("status", [200, 429])
+async def test_a_deeply_nested_answer_is_a_tautulli_error_not_a_recursion_error(
+    status: int,
+) -> None:
+    # found by tests/fuzz: msgspec raises RecursionError on JSON nested past ~1,000 levels,
+    # which escaped the client as an unexpected exception instead of a TautulliError
+    body = b'{"response":{"result":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+
+    async def answer(_: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/v2", answer)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
+        url = str(server.make_url("")).rstrip("/")
+        client = TautulliClient(url, "key", http, breaker=CircuitBreaker(), attempts=1)
+        with pytest.raises(TautulliError) as info:
+            await client.call("get_history")
+    assert type(info.value) is (TautulliConfigError if status == 200 else TautulliUnavailable)
