@@ -89,12 +89,14 @@ class Cursor:
         self.state.save(self._saved)
 
 
-def open_sqlite_readonly(path: Path, what: str) -> sqlite3.Connection:
+def open_sqlite_readonly(
+    path: Path, what: str, error: type[HistoryImportError] = HistoryImportError
+) -> sqlite3.Connection:
     """Open ``path`` read-only (a WAL database in a read-only directory is opened immutable);
     :class:`HistoryImportError` if it is missing or not SQLite. ``what`` names the expected
     file in the message (e.g. "a Playback Reporting database")."""
     if not path.is_file():
-        raise HistoryImportError(f"{path}: no such file")
+        raise error(f"{path}: no such file")
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     first: sqlite3.DatabaseError | None = None
     for suffix in ("", "&immutable=1"):
@@ -109,25 +111,12 @@ def open_sqlite_readonly(path: Path, what: str) -> sqlite3.Connection:
                 "%s opened immutable (%s): copy it first if it is being written", path, first
             )
         return con
-    raise HistoryImportError(f"{path} is not {what} (not a readable SQLite file: {first})")
+    raise error(f"{path} is not {what} (not a readable SQLite file: {first})")
 
 
 def sqlite_tables(con: sqlite3.Connection) -> set[str]:
     rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     return {row[0] for row in rows}
-
-
-def percent_of(position_ms: float | None, duration_ms: float | None) -> float | None:
-    """The exact share of the item reached, 0-100, never rounded; ``None`` when unknown.
-
-    Written inline until ``ingestor.events.percent_of`` (same formula) is on this branch.
-
-    >>> percent_of(84_790, 100_000), percent_of(9_000, 0), percent_of(None, 10)
-    (84.79, None, None)
-    """
-    if position_ms is None or not duration_ms:
-        return None
-    return max(0.0, min(100.0, position_ms * 100 / duration_ms))
 
 
 async def emit_rows(
@@ -166,6 +155,5 @@ __all__ = [
     "Progress",
     "emit_rows",
     "open_sqlite_readonly",
-    "percent_of",
     "sqlite_tables",
 ]

@@ -187,7 +187,9 @@ def event_from_row(row: dict[str, Any], server_id: str, tz: tzinfo) -> MediaEven
 
 class _Reader:
     def __init__(self, path: Path) -> None:
-        self.con = open_sqlite_readonly(path, "a Playback Reporting database")
+        self.con = open_sqlite_readonly(
+            path, "a Playback Reporting database", PlaybackReportingImportError
+        )
         self.con.row_factory = sqlite3.Row
         try:
             if TABLE not in sqlite_tables(self.con):

@@ -157,7 +157,7 @@ class PlexHistoryClient:
         if since is not None:
             params["viewedAt>"] = str(since)  # sent as viewedAt>=N, as plexapi does
         if until is not None:
-            params["viewedAt<"] = str(until)
+            params["viewedAt<"] = str(until)  # viewedAt<=N; the caller drops N itself
         headers = {"X-Plex-Container-Start": str(start), "X-Plex-Container-Size": str(size)}
         container = await self._get(HISTORY_PATH, params, headers)
         entries = container.get("Metadata") or []
@@ -214,6 +214,7 @@ async def import_plex_history(
                 e
                 for e in entries
                 if not (_epoch(e.get("viewedAt")) == since and history_id(e) in seen_at_since)
+                and (limit is None or (_epoch(e.get("viewedAt")) or 0) < limit)
             ]
             await emit_rows(fresh, lambda e: event_from_entry(e, server_id, owner), sink, result)
             done += len(entries)
