@@ -72,9 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="stream, checkpoint, lag, DLQ, playbacks")
     status.add_argument("--json", action="store_true", help="print JSON")
     imports = sub.add_parser("import", help="import history from before install")
-    imports.add_argument("kind", choices=("tautulli-db",), help="what to import")
-    imports.add_argument("path", type=Path, help="the Tautulli database (tautulli.db)")
-    imports.add_argument("--server-id", help="the Plex server id, if the file does not say")
+    imports.add_argument(
+        "kind",
+        choices=("tautulli-db", "plex-history", "playback-reporting", "jellystat"),
+        help="what to import",
+    )
+    imports.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        help="the file: tautulli.db, playback_reporting.db, a Jellystat backup .json",
+    )
+    imports.add_argument("--server-id", help="the server id, if the file does not say")
+    imports.add_argument("--url", help="plex-history: the Plex server (default PLEX_URL)")
+    imports.add_argument("--token", help="plex-history: X-Plex-Token (default PLEX_TOKEN)")
+    imports.add_argument("--owner-id", help="plex-history: the owner's plex.tv id (PLEX_OWNER_ID)")
+    imports.add_argument(
+        "--until", type=_iso_instant, help="plex-history: only entries viewed before this"
+    )
+    imports.add_argument(
+        "--tz", help="playback-reporting: the Jellyfin server's time zone, e.g. Europe/Paris (UTC)"
+    )
     dlq = sub.add_parser("dlq", help="dead letters: list, retry, purge")
     dlq.add_argument("action", choices=("list", "retry", "purge"))
     dlq.add_argument("--seq", type=int, help="only this dead letter (its DLQ sequence)")
@@ -129,7 +147,11 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         status = await app.status_command(settings)
         print(json.dumps(status, indent=2) if args.json else app.format_status(status))
         return 0
+    if command == "import" and args.kind != "tautulli-db":
+        return await app.import_history_command(settings, args)
     if command == "import":
+        if args.path is None:
+            raise IngestorError("import tautulli-db needs the database's path")
         return await app.import_tautulli_command(settings, args.path, server_id=args.server_id)
     if command == "dlq":
         return await app.dlq_command(settings, args.action, args.seq)
