@@ -51,7 +51,7 @@ from typing import Any
 
 import msgspec
 
-from ingestor.events import EventType, MediaEvent, make_event_id
+from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
 from ingestor.sink import Sink
 from ingestor.sources.history_import import (
     Cursor,
@@ -68,11 +68,6 @@ from ingestor.sources.session_machine import (
     media_type,
     strip_port,
 )
-
-try:  # the exact share as a float; lands on main with MediaEvent.percent_complete: float
-    from ingestor.events import percent_of  # type: ignore[attr-defined]
-except ImportError:  # until then the field is an int: leave it to position and length
-    percent_of = None
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +248,7 @@ def event_from_row(row: Mapping[str, Any], default_server: str, library: Library
         started_at=started,
         stopped_at=stopped,
         position_ms=position,
-        percent_complete=percent_of(position, length) if percent_of else None,
+        percent_complete=percent_of(position, length),
         play_duration=played,
         platform=_text(row.get("Client")),
         product=_text(row.get("Client")),

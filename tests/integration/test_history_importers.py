@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ingestor import events
 from ingestor.dedup import DedupIndex
 from ingestor.events import decode_event
 from ingestor.pipeline import Pipeline
@@ -265,8 +264,7 @@ async def test_jellystat_maps_an_episode_row(sink: DirectSink, tmp_path: Path) -
         "192.168.1.20",
         2_400_000,
         48 * 60,
-        # the exact share, never rounded, once MediaEvent.percent_complete is a float
-        2400 * 100 / (48 * 60) if hasattr(events, "percent_of") else None,
+        2400 * 100 / (48 * 60),  # the exact share, never rounded
     )
 
 
