@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -671,17 +671,7 @@ async def import_tautulli_command(
 
     if not path.exists():
         raise IngestorError(f"{path}: no such file")
-    handle = await open_nats(settings) if settings.nats_enabled else None
-    projection = None
-    try:
-        if settings.event_sourcing:
-            assert handle is not None
-            sink: Sink = StreamSink(Publisher(handle.nc))
-        else:
-            projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
-            pipeline = await asyncio.to_thread(new_pipeline, settings, projection)
-            publisher = Publisher(handle.nc) if handle is not None else None
-            sink = DirectSink(pipeline, publisher, batch_size=settings.nats_batch_size)
+    async with _import_sink(settings) as sink:
         bar = Progress(f"importing {path.name}")
 
         def progress(done: int, total: int) -> None:
@@ -696,11 +686,6 @@ async def import_tautulli_command(
             state_path=settings.data_dir / "sources" / "tautulli-import.json",
         )
         bar.close()
-    finally:
-        if projection is not None:
-            projection.close()
-        if handle is not None:
-            await handle.close()
     resumed = f", resumed after row {result.resumed_after:,}" if result.resumed_after else ""
     out(
         f"imported {path} (server {result.server_id}): {result.rows_read:,} of "
@@ -723,17 +708,7 @@ async def import_history_command(
 
     kind: str = args.kind
     run = await _history_importer(settings, args, sources or SourcesConfig.from_env())
-    handle = await open_nats(settings) if settings.nats_enabled else None
-    projection = None
-    try:
-        if settings.event_sourcing:
-            assert handle is not None
-            sink: Sink = StreamSink(Publisher(handle.nc))
-        else:
-            projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
-            pipeline = await asyncio.to_thread(new_pipeline, settings, projection)
-            publisher = Publisher(handle.nc) if handle is not None else None
-            sink = DirectSink(pipeline, publisher, batch_size=settings.nats_batch_size)
+    async with _import_sink(settings) as sink:
         bar = Progress(f"importing {kind}")
 
         def progress(done: int, total: int) -> None:
@@ -743,11 +718,6 @@ async def import_history_command(
         state = settings.data_dir / "sources" / f"{kind}-import.json"
         result: history_import.ImportResult = await run(sink, progress, state)
         bar.close()
-    finally:
-        if projection is not None:
-            projection.close()
-        if handle is not None:
-            await handle.close()
     resumed = ", resumed where the last run stopped" if result.resumed else ""
     out(
         f"imported {result.origin} (server {result.server_id}): {result.rows_read:,} of "
@@ -757,6 +727,28 @@ async def import_history_command(
     if settings.event_sourcing:
         out("the events are in the stream; `ingestor run` projects them")
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _import_sink(settings: Settings) -> AsyncIterator[Sink]:
+    """Where an importer's events go in the configured mode: the stream (event sourcing),
+    or the projection directly (legacy: notified on NATS too; NATS off)."""
+    handle = await open_nats(settings) if settings.nats_enabled else None
+    projection = None
+    try:
+        if settings.event_sourcing:
+            assert handle is not None
+            yield StreamSink(Publisher(handle.nc))
+        else:
+            projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
+            pipeline = await asyncio.to_thread(new_pipeline, settings, projection)
+            publisher = Publisher(handle.nc) if handle is not None else None
+            yield DirectSink(pipeline, publisher, batch_size=settings.nats_batch_size)
+    finally:
+        if projection is not None:
+            projection.close()
+        if handle is not None:
+            await handle.close()
 
 
 async def _history_importer(settings: Settings, args: Any, sources: SourcesConfig) -> Any:
