@@ -202,6 +202,40 @@ def test_importing_a_tautulli_database_twice_adds_nothing(tmp_path: Path) -> Non
     assert missing.returncode == 1 and "no such file" in missing.stderr
 
 
+def test_importing_a_jellystat_backup_twice_adds_nothing_and_bad_input_is_one_line(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.fakes.history_sources import jellystat_activity, jellystat_backup
+
+    ended = datetime(2026, 1, 5, 21, 0, tzinfo=UTC)
+    rows = [
+        jellystat_activity(
+            f"0a1b2c3d-0000-4000-8000-{i:012d}",
+            ended=ended + timedelta(hours=i),
+            seconds=1800,
+            item_id=f"{i:032x}",
+        )
+        for i in range(3)
+    ]
+    backup = jellystat_backup(tmp_path / "backup.json", rows)
+    env = make_env(tmp_path / "data", f"nats://127.0.0.1:{free_port()}", NATS_ENABLED="false")
+    first = ingestor(env, "import", "jellystat", str(backup))
+    assert first.returncode == 0, first.stderr
+    assert "3 new events" in first.stdout
+    again = ingestor(env, "import", "jellystat", str(backup))
+    assert again.returncode == 0 and "0 new events" in again.stdout, again.stdout
+    status = json.loads(ingestor(env, "status", "--json").stdout)
+    assert status["playbacks"] == 3 and status["accepted"] == 3
+    (tmp_path / "broken.json").write_text("{not json")
+    for bad in ("broken.json", "nope.json"):
+        result = ingestor(env, "import", "jellystat", str(tmp_path / bad))
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        said = [line for line in result.stderr.splitlines() if line.startswith("ingestor:")]
+        assert len(said) == 1 and bad in said[0], result.stderr
+
+
 def test_a_bad_tautulli_server_id_stops_the_start_with_one_line(tmp_path: Path) -> None:
     env = make_env(
         tmp_path / "data",
