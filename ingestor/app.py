@@ -109,7 +109,9 @@ async def run_service(
     stopped = stop or asyncio.Event()
     install_stop_signals(stopped.set)
     tune_gc()
-    projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
+    projection = await asyncio.to_thread(
+        open_projection, settings.duckdb_path, stale_after=settings.stale_after
+    )
     handle: NatsHandle | None = None
     runner = None
     try:
@@ -400,7 +402,9 @@ async def run_demo(
         f"simulated {len(sim.events):,} events for {config.users} users over {config.days} days "
         f"(seed {config.seed}); ground truth: {len(sim.truth):,} playbacks -> {truth_path}"
     )
-    projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
+    projection = await asyncio.to_thread(
+        open_projection, settings.duckdb_path, stale_after=settings.stale_after
+    )
     handle: NatsHandle | None = None
     try:
         before = await asyncio.to_thread(projection.counts)
@@ -604,7 +608,7 @@ async def replay_command(
     occurred = clock == "occurred" and until is not None
     # the occurred clock reads the whole log's projection, then writes the slice of it
     target = output.with_name(output.name + ".whole") if occurred else output
-    projection = await asyncio.to_thread(open_projection, target)
+    projection = await asyncio.to_thread(open_projection, target, stale_after=settings.stale_after)
     try:
         # the archive first: the stream's retention may have aged the oldest messages out
         archive = settings.archive_dir if settings.archive_dir.is_dir() else None
@@ -636,7 +640,9 @@ async def replay_command(
             await asyncio.to_thread(projection.close)
             for leftover in (target, target.with_name(target.name + ".wal")):
                 leftover.unlink(missing_ok=True)
-            projection = await asyncio.to_thread(open_projection, output)
+            projection = await asyncio.to_thread(
+                open_projection, output, stale_after=settings.stale_after
+            )
         counts = await asyncio.to_thread(projection.counts)
     finally:
         projection.close()
@@ -740,7 +746,9 @@ async def _import_sink(settings: Settings) -> AsyncIterator[Sink]:
             assert handle is not None
             yield StreamSink(Publisher(handle.nc))
         else:
-            projection = await asyncio.to_thread(open_projection, settings.duckdb_path)
+            projection = await asyncio.to_thread(
+                open_projection, settings.duckdb_path, stale_after=settings.stale_after
+            )
             pipeline = await asyncio.to_thread(new_pipeline, settings, projection)
             publisher = Publisher(handle.nc) if handle is not None else None
             yield DirectSink(pipeline, publisher, batch_size=settings.nats_batch_size)

@@ -69,6 +69,7 @@ class Settings:
     ready_max_lag: int = 10_000
     broadcast_token: str | None = None
     nats_replicas: int = 1
+    stale_after: float = 1800.0
 
     @property
     def nats_servers(self) -> list[str]:
@@ -142,6 +143,12 @@ class Settings:
                 "a whole number of messages, 0-1000000000",
             ),
             "broadcast_token": (env.get("BROADCAST_TOKEN") or "").strip() or None,
+            "stale_after": reader.get(
+                "STALE_AFTER",
+                "30m",
+                _duration_between(60, 7 * 86400),
+                "a duration from 1m to 7d, like 30m",
+            ),
             "nats_replicas": reader.get(
                 "NATS_REPLICAS", "1", _int_in(REPLICA_COUNTS), "1, 3 or 5 (JetStream replicas)"
             ),

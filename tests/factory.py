@@ -24,6 +24,7 @@ def event(
     rating_key: str = "54321",
     machine_id: str = "roku-livingroom",
     server_id: str = SERVER,
+    media_duration: int | None = 170 * 60,
     **fields: Any,
 ) -> MediaEvent:
     return MediaEvent(
@@ -40,7 +41,7 @@ def event(
         rating_key=rating_key,
         machine_id=machine_id,
         started_at=started_at,
-        media_duration=170 * 60,
+        media_duration=media_duration,
         **fields,
     )
 

@@ -112,6 +112,7 @@ SNAPSHOT_TABLES = {
     "detection_alerts": "seq <= {seq}",
     "playback_moves": "seq <= {seq}",
     "audit_decisions": "seq <= {seq}",
+    "projection_meta": "true",  # the settings its rows were folded with (STALE_AFTER)
 }
 
 

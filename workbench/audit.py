@@ -389,6 +389,34 @@ async def _decide(
     return await publish_decision(stream, decision)
 
 
+SELECT_STALE = """
+SELECT correlation_key, server_id, user_id, username, media_type, title, grandparent_title,
+       source, sources, started_at, stopped_at AS last_report_at, stale_at, played_seconds,
+       percent_complete, event_count
+FROM playback_events WHERE state = 'stale' ORDER BY started_at, correlation_key
+"""
+
+
+def stale(db: Source) -> pl.DataFrame:
+    """The playbacks whose stop never came, counted as stopped at their last report (the
+    stale rule: ``ingestor.projection.fold``, ``STALE_AFTER``): ``correlation_key``, who and
+    what, ``source``/``sources``, ``started_at``, ``last_report_at`` (where their watch time
+    ends), ``stale_at`` (when the projection's newest event time passed the limit),
+    ``played_seconds``, ``percent_complete``, ``event_count``. A later report of one of them
+    folds it again: a stop stops it where it says.
+
+    >>> import asyncio, tempfile
+    >>> from pathlib import Path
+    >>> from workbench.replay import replay, simulated_log
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> r = asyncio.run(replay(simulated_log(Path(tmp.name)), progress=False))
+    >>> stale(r).columns[:4]
+    ['correlation_key', 'server_id', 'user_id', 'username']
+    >>> r.close(); tmp.cleanup()
+    """
+    return _query(db, SELECT_STALE, {})
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -415,5 +443,6 @@ __all__ = [
     "publish_decision",
     "restore",
     "side_by_side",
+    "stale",
     "summary",
 ]

@@ -20,7 +20,9 @@ of XTDB's bitemporal queries). A point has two coordinates:
   that link even when the linking report happened after T.
 
 Only the playbacks that the point cuts through are folded again (those with events on both
-sides of it, or moved by a later decision): every other playback's row is the stored one.
+sides of it, or moved by a later decision, or stale now but not yet at the point): every
+other playback's row is the stored one. Stale playbacks (``fold.py``) are judged by the
+watermark as of the point, the newest event time of the events known there.
 The rest are views with a filter. So an answer costs a scan of the key columns, not a replay.
 
 :func:`open_as_of` returns a new cursor of the connection on which the projection's table
@@ -151,7 +153,11 @@ SELECT correlation_key FROM {src}.playback_events
 WHERE first_seq <= {known} AND (last_seq > {known}{valid_cut})
 UNION SELECT from_key FROM {moves} WHERE seq > {known} AND from_key IS NOT NULL
 UNION SELECT to_key FROM {moves} WHERE seq > {known}
+UNION SELECT correlation_key FROM {src}.playback_events
+WHERE state = 'stale' AND first_seq <= {known} AND stale_at >= {watermark}
 """
+# the watermark as of the point: the newest event time of the events known there
+_WATERMARK = "SELECT max(occurred_at) FROM media_events"
 # the events as of the point of those that have any: the playbacks to fold again (key
 # columns only; the payloads are read below by sequence, which reads only those rows)
 _REFOLD_EVENTS = """
@@ -294,8 +300,17 @@ def open_as_of(
         cursor.execute(_ALERTS_VIEW.format(src=src, known=known, valid=valid_alert))
         cursor.execute(_SEQ_VIEW.format(name="playback_moves", table=moves, known=known))
         cursor.execute(_SEQ_VIEW.format(name="audit_decisions", table=decisions, known=known))
-        cursor.execute(_CANDIDATES.format(src=src, moves=moves, known=known, valid_cut=valid_cut))
-        refolded, events = _refold(cursor, src)
+        watermark = cursor.execute(_WATERMARK).fetchall()[0][0]
+        cursor.execute(
+            _CANDIDATES.format(
+                src=src,
+                moves=moves,
+                known=known,
+                valid_cut=valid_cut,
+                watermark=_timestamp(watermark) if watermark is not None else "NULL",
+            )
+        )
+        refolded, events = _refold(cursor, src, watermark)
         cursor.execute(_PLAYBACKS_VIEW.format(src=src, known=known, valid_kept=valid_kept))
         kept = cursor.execute("SELECT count(*) FROM playback_events").fetchall()[0][0] - refolded
         cursor.execute(_CHECKPOINT_TABLE.format(known=known))
@@ -305,10 +320,14 @@ def open_as_of(
     return cursor, AsOfStats(int(kept), refolded, events, time.perf_counter() - started)
 
 
-def _refold(cursor: duckdb.DuckDBPyConnection, src: str) -> tuple[int, int]:
+def _refold(
+    cursor: duckdb.DuckDBPyConnection, src: str, watermark: datetime | None
+) -> tuple[int, int]:
     """Fold the cut-through playbacks from their events as of the point (views above) into
-    ``_as_of_refolded``; a playback with no event as of the point has no row."""
-    from ingestor.projection.store import parse_events  # the write path's own decoding
+    ``_as_of_refolded``, stale ones marked as of ``watermark``; a playback with no event as
+    of the point has no row."""
+    # the write path's own decoding and rule
+    from ingestor.projection.store import parse_events, stored_stale_after
 
     cursor.execute(_REFOLD_EVENTS)
     cursor.execute(_REFOLDED_TABLE.format(src=src))
@@ -317,7 +336,11 @@ def _refold(cursor: duckdb.DuckDBPyConnection, src: str) -> tuple[int, int]:
         return 0, 0
     rows = cursor.sql(_REFOLD_INPUT.format(src=src, low=int(low), high=int(high))).pl()
     frame = parse_events(rows["payload"]).with_columns(rows["seq"], rows["correlation_key"])
-    folded = fold_playbacks(frame.select(FOLD_INPUT_COLUMNS))
+    folded = fold_playbacks(
+        frame.select(FOLD_INPUT_COLUMNS),
+        watermark=watermark,
+        stale_after=stored_stale_after(cursor, f"{src}.projection_meta"),
+    )
     cursor.register("_as_of_folded", folded.to_arrow())
     try:
         names = ", ".join(_PLAYBACK_NAMES)

@@ -20,6 +20,19 @@ ended on one) gains its successor and nothing else changes; a new event before i
 arrive out of order) makes :func:`merge_states` report the playback, and the caller folds it
 again from all its events (:func:`fold_playbacks`).
 
+**Stale playbacks.** A playback whose stop never came (a webhook lost, a server that went
+away, an ingestor that was down) would otherwise count as playing forever. Its row says when it
+goes stale, ``stale_at``: ``STALE_AFTER`` (default 30 minutes) past its last report, or past
+the moment the media would have ended if it kept playing from its last known position, if that
+is later (webhooks report no progress: a film playing for two hours is not stale after 30
+minutes). Once the projection's *watermark*, the newest event time it holds (event time, never
+the wall clock: a replay gives the same rows), is past ``stale_at``, :func:`mark_stale` counts
+the playback as stopped at its last report: ``state = 'stale'``, ``stopped_at`` its last
+report, its watch time up to there. It is a function of the playback's events and the
+watermark alone, and the watermark only grows, so batch boundaries change no row; a later
+report of the playback folds it again from its events (a stop stops it where it says, any
+other report moves its last report and ``stale_at``).
+
 Pause time is summed in integer microseconds and rounded half to even once, so the sum does
 not depend on the order of additions.
 
@@ -279,8 +292,22 @@ def _merge_tails(old: pl.DataFrame, new: pl.DataFrame) -> tuple[pl.DataFrame, pl
     return _regroup_tails(merged), gained, unmergeable["correlation_key"].unique().to_list()
 
 
-def playback_rows(state: pl.DataFrame) -> pl.DataFrame:
-    """``playback_events`` rows (table column order) from fold states."""
+DEFAULT_STALE_AFTER_S = 30 * 60.0
+
+
+def _played(stopped: pl.Expr) -> pl.Expr:
+    """Watch time up to ``stopped``: stop minus start minus pauses, whole seconds, >= 0."""
+    return pl.max_horizontal(
+        ((stopped - pl.col("started_at")).dt.total_microseconds() / 1e6).round(0).cast(pl.Int64)
+        - pl.col("paused_seconds"),
+        pl.lit(0, pl.Int64),
+    )
+
+
+def playback_rows(state: pl.DataFrame, stale_after: float = DEFAULT_STALE_AFTER_S) -> pl.DataFrame:
+    """``playback_events`` rows (table column order) from fold states; ``stale_at`` is
+    ``stale_after`` seconds past the last report or the media's end (see "Stale playbacks";
+    :func:`mark_stale` applies it)."""
     started = pl.coalesce("l_started_at", "s_started_at")
     stopped = pl.coalesce("l_stopped_at", "s_stopped_at")
     # half to even, in integers: Float64 sums of seconds would depend on the order of addition
@@ -301,15 +328,7 @@ def playback_rows(state: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.lit("playing")),
         played_seconds=pl.coalesce(
             pl.col("s_played").cast(pl.Int64),
-            pl.when(pl.col("stopped_at").is_not_null()).then(
-                pl.max_horizontal(
-                    ((pl.col("stopped_at") - pl.col("started_at")).dt.total_microseconds() / 1e6)
-                    .round(0)
-                    .cast(pl.Int64)
-                    - pl.col("paused_seconds"),
-                    pl.lit(0, pl.Int64),
-                )
-            ),
+            pl.when(pl.col("stopped_at").is_not_null()).then(_played(pl.col("stopped_at"))),
         ),
         # the summary's, unless it is a whole number the lifecycle's exact reading rounds to
         # (Tautulli's API rounds: its 85 of a play stopped at 84.79 % is the same reading,
@@ -331,14 +350,49 @@ def playback_rows(state: pl.DataFrame) -> pl.DataFrame:
         ).cast(pl.Float64),
         event_count=pl.col("event_count").cast(pl.Int32),
     )
-    return shaped.select(_PLAYBACK_ORDER)
+    # the media's end if it kept playing from its furthest known position
+    left_us = pl.col("media_duration").cast(pl.Int64) * 1_000_000 - pl.col("l_position_ms") * 1_000
+    media_end = pl.when(pl.col("state") == "playing").then(
+        pl.col("last_event_at") + pl.duration(microseconds=pl.max_horizontal(left_us, 0))
+    )
+    return shaped.with_columns(
+        stale_at=pl.when(pl.col("state") != "stopped").then(
+            pl.max_horizontal("last_event_at", media_end)
+            + pl.duration(microseconds=round(stale_after * 1_000_000))
+        )
+    ).select(_PLAYBACK_ORDER)
 
 
-def fold_playbacks(events: pl.DataFrame) -> pl.DataFrame:
+def mark_stale(rows: pl.DataFrame, watermark: object) -> pl.DataFrame:
+    """``rows`` (``playback_events``) with every playing or paused playback whose
+    ``stale_at`` is before ``watermark`` (the newest event time known; None: none) counted as
+    stopped at its last report: ``state = 'stale'``, ``stopped_at = last_event_at``, its watch
+    time up to there. Other rows are returned unchanged."""
+    if watermark is None or rows.is_empty():
+        return rows
+    stale = pl.col("state").is_in(["playing", "paused"]) & (
+        pl.col("stale_at") < pl.lit(watermark, _TIME)
+    )
+    return rows.with_columns(
+        state=pl.when(stale).then(pl.lit("stale")).otherwise("state"),
+        stopped_at=pl.when(stale).then("last_event_at").otherwise("stopped_at"),
+        played_seconds=pl.when(stale)
+        .then(_played(pl.col("last_event_at")))
+        .otherwise("played_seconds"),
+    )
+
+
+def fold_playbacks(
+    events: pl.DataFrame,
+    *,
+    watermark: object = None,
+    stale_after: float = DEFAULT_STALE_AFTER_S,
+) -> pl.DataFrame:
     """Fold events (any order, several playbacks) into one row per ``correlation_key``,
-    with the columns of ``playback_events`` in table order.
+    with the columns of ``playback_events`` in table order, stale ones marked as of
+    ``watermark`` (:func:`mark_stale`).
     """
-    return playback_rows(fold_state(events))
+    return mark_stale(playback_rows(fold_state(events), stale_after), watermark)
 
 
 def _state_schema() -> dict[str, pl.DataType]:
@@ -381,10 +435,12 @@ STATE_SCHEMA: dict[str, pl.DataType] = _state_schema()
 
 
 __all__ = [
+    "DEFAULT_STALE_AFTER_S",
     "FOLD_INPUT_COLUMNS",
     "STATE_SCHEMA",
     "fold_playbacks",
     "fold_state",
+    "mark_stale",
     "merge_states",
     "playback_rows",
 ]

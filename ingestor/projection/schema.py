@@ -216,6 +216,9 @@ PLAYBACK_COLUMNS: list[tuple[str, str]] = [
     ("first_seq", "BIGINT"),
     ("last_seq", "BIGINT"),
     ("last_event_at", "TIMESTAMPTZ"),
+    # a playback still playing or paused counts as stopped at its last report once the
+    # projection's newest event time passes this (fold.py, "stale"); NULL once stopped
+    ("stale_at", "TIMESTAMPTZ"),
 ]
 
 # playback_moves: every change of an accepted event's playback after it was projected, so

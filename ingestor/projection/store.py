@@ -42,10 +42,12 @@ from ingestor.events import (
     step_of,
 )
 from ingestor.projection.fold import (
+    DEFAULT_STALE_AFTER_S,
     FOLD_INPUT_COLUMNS,
     STATE_SCHEMA,
     fold_playbacks,
     fold_state,
+    mark_stale,
     merge_states,
     playback_rows,
 )
@@ -69,13 +71,23 @@ PROJECTOR = "projector"
 DUCKDB_MEMORY_LIMIT = "128MB"
 DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
 FOLD_STATES_LIMIT = 50_000  # playbacks whose fold state stays in memory
-PROJECTION_SCHEMA_VERSION = 2  # of the tables; a file written by a later version is refused
+PROJECTION_SCHEMA_VERSION = 3  # of the tables; a file written by a later version is refused
 # what brings a file of the version before up to each version (the DDL makes new files whole)
 MIGRATIONS: dict[int, list[str]] = {
     # percent_complete is the exact share, no longer a rounded whole number
     2: ["ALTER TABLE playback_events ALTER percent_complete TYPE DOUBLE"],
+    # stale playbacks (fold.py): an open playback of an older file gets its stale_at when it
+    # is next folded (``ingestor replay`` applies the rule to all)
+    3: ["ALTER TABLE playback_events ADD COLUMN IF NOT EXISTS stale_at TIMESTAMPTZ"],
 }
 SELECT_SCHEMA_VERSION = "SELECT value FROM projection_meta WHERE name = 'schema_version'"
+SELECT_STALE_AFTER = "SELECT value FROM {meta} WHERE name = 'stale_after_seconds'"
+WRITE_STALE_AFTER = "INSERT OR REPLACE INTO projection_meta VALUES ('stale_after_seconds', ?)"
+SELECT_WATERMARK = "SELECT max(occurred_at) FROM media_events"
+# open playbacks the watermark passed (stale_at is NULL once stopped: zone maps skip most)
+SELECT_GONE_STALE = (
+    "SELECT * FROM playback_events WHERE stale_at < $watermark AND state IN ('playing', 'paused')"
+)
 
 # DuckDB failures that a later attempt can get past: I/O (disk full, file unavailable),
 # memory pressure, and write-write conflicts.
@@ -355,7 +367,12 @@ class Projection:
         *,
         read_only: bool = False,
         fault: Callable[[Sequence[Applied]], None] | None = None,
+        stale_after: float | None = None,
     ) -> None:
+        """Open (or create) the projection at ``path``. ``stale_after``: seconds after which
+        a playback with no report counts as stopped (``STALE_AFTER``); stored with the
+        projection so that its readers apply the same rule (None: the stored one, else 30
+        minutes)."""
         self.path = Path(path)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -373,9 +390,13 @@ class Projection:
         # ``fault`` is a seam for failure tests: called with the batch inside each
         # transaction before the writes, it may raise (the database is unavailable) or stall.
         self.fault = fault
+        self._watermark: datetime | None = None
+        self._stale_after = stale_after
         if not read_only:
             try:
                 self._create_or_migrate()
+                if stale_after is not None:
+                    self.con.execute(WRITE_STALE_AFTER, [str(float(stale_after))])
             except BaseException:
                 self.con.close()
                 raise
@@ -418,7 +439,22 @@ class Projection:
         view.path = Path("")
         view.con = con
         view.fault = None
+        view._watermark = None
+        view._stale_after = None
         return view
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a report after which an open playback counts as stopped."""
+        if self._stale_after is None:
+            self._stale_after = stored_stale_after(self.con)
+        return self._stale_after
+
+    def watermark(self) -> datetime | None:
+        """The newest event time the projection holds (the clock of the stale rule)."""
+        if self._watermark is None:
+            self._watermark = self.con.execute(SELECT_WATERMARK).fetchall()[0][0]
+        return self._watermark
 
     def close(self) -> None:
         self.con.close()
@@ -586,7 +622,10 @@ class Projection:
                 result.playbacks_touched = folded.height
                 if prior.height:
                     self._delete_playbacks(prior)
-                con.from_arrow(playback_rows(folded).to_arrow()).insert_into("playback_events")
+                watermark = _later(self.watermark(), accepted["occurred_at"].max())
+                rows = mark_stale(playback_rows(folded, self.stale_after), watermark)
+                con.from_arrow(rows.to_arrow()).insert_into("playback_events")
+                self._sweep_stale(watermark)
             if decisions.audited:
                 con.from_arrow(audit_rows(frame, decisions)).insert_into("dedupe_audit_log")
             if alerts:
@@ -601,7 +640,21 @@ class Projection:
             self._abort(exc)
         if folded is not None:
             states.put(folded)
+            self._watermark = watermark
         return result
+
+    def _sweep_stale(self, watermark: datetime | None) -> None:
+        """Mark the playbacks that ``watermark`` made stale and no event of the batch touched
+        (the batch's own rows were marked as they were folded)."""
+        if watermark is None:
+            return
+        gone = self.con.sql(SELECT_GONE_STALE, params={"watermark": watermark}).pl()
+        if gone.is_empty():
+            return
+        self.con.execute(DELETE_PLAYBACKS, {"keys": gone["correlation_key"].to_list()})
+        marked = mark_stale(gone, watermark)
+        self.con.from_arrow(marked.to_arrow()).insert_into("playback_events")
+        log.debug("%d playbacks went stale as of %s", gone.height, watermark)
 
     def _fold_states(self) -> FoldStates:
         states = getattr(self, "_states", None)
@@ -688,6 +741,7 @@ class Projection:
         reload: tuple[list[tuple], list[tuple]] | None = None
         try:
             con.begin()
+            self._watermark = None  # an undrop may hold the newest event time: read it again
             outcome = self._decide(seq, decision)
             con.execute(
                 INSERT_DECISION,
@@ -705,9 +759,11 @@ class Projection:
                 ],
             )
             reload = self._index_rows(outcome.playbacks) if outcome.playbacks else None
+            self._sweep_stale(self.watermark())
             self._checkpoint(seq, consumer)
             con.commit()
         except BaseException as exc:
+            self._watermark = None
             self._abort(exc)
         if reload is not None:
             for key in outcome.playbacks:
@@ -821,7 +877,11 @@ class Projection:
         if rows.height == 0:
             return
         frame = parse_events(rows["payload"]).with_columns(rows["seq"], rows["correlation_key"])
-        folded = fold_playbacks(frame.select(FOLD_INPUT_COLUMNS))
+        folded = fold_playbacks(
+            frame.select(FOLD_INPUT_COLUMNS),
+            watermark=self.watermark(),
+            stale_after=self.stale_after,
+        )
         self.con.from_arrow(folded.to_arrow()).insert_into("playback_events")
 
     def _index_rows(self, keys: list[str]) -> tuple[list[tuple], list[tuple]]:
@@ -954,6 +1014,22 @@ def _playback_ref(row: tuple) -> PlaybackRef:
     )
 
 
+def stored_stale_after(con: duckdb.DuckDBPyConnection, meta: str = "projection_meta") -> float:
+    """The ``STALE_AFTER`` a projection was written with (seconds; 30 minutes if unsaid);
+    ``meta`` names its ``projection_meta`` table (catalog-qualified when not the default)."""
+    try:
+        rows = con.execute(SELECT_STALE_AFTER.format(meta=meta)).fetchall()
+    except duckdb.CatalogException:  # no projection_meta: an empty or foreign file
+        rows = []
+    return float(rows[0][0]) if rows else DEFAULT_STALE_AFTER_S
+
+
+def _later(known: datetime | None, new: datetime | None) -> datetime | None:
+    if known is None or new is None:
+        return known or new
+    return max(known, new)
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC)
 
@@ -972,4 +1048,5 @@ __all__ = [
     "alert_table",
     "audit_rows",
     "media_events_frame",
+    "stored_stale_after",
 ]

@@ -211,6 +211,39 @@ async def test_a_full_plex_playback_becomes_exact_lifecycle_events_and_one_playb
     assert hook.health.server_id == SERVER_UUID
 
 
+async def test_a_plex_playback_whose_stop_webhook_never_comes_goes_stale_at_its_last_report(
+    db: tuple[Projection, RecordingSink], tmp_path: Path
+) -> None:
+    """Webhooks report no progress, so the episode (44 min) may play until its end; once
+    the newest event time is STALE_AFTER (30 min) past that, it counts as stopped at its
+    last report instead of playing forever."""
+    projection, sink = db
+    clock = ManualClock()
+    hook = make_hook(sink, tmp_path, clock)
+    other = {"player_uuid": "other-player", "account_id": 7, "rating_key": 99}
+    async with webhook_server(hook) as url, aiohttp.ClientSession() as http:
+        for seconds, kind, offset, who in [
+            (0, "media.play", None, {}),
+            (600, "media.pause", 600_000, {}),
+            (900, "media.resume", 600_000, {}),
+            # the stop never comes; another viewer's reports move the event time on
+            (2400, "media.play", None, other),
+            (5400, "media.pause", 60_000, other),
+        ]:
+            clock.at(seconds)
+            assert (await send(http, url, kind, view_offset=offset, **who))[0] == 200
+        # resumed at 10 of 44 min at T0+15m: the episode ends at T0+49m, stale at T0+79m
+        [row, _] = playbacks(projection)
+        assert row["state"] == "stale" and row["stopped_at"] == T0 + timedelta(seconds=900)
+        assert row["stale_at"] == T0 + timedelta(seconds=900 + 2040 + 1800)
+        assert row["played_seconds"] == 600  # 15 minutes less the 5-minute pause
+        # the stop that comes after all stops it where it says
+        clock.at(5500)
+        assert (await send(http, url, "media.stop", view_offset=1_800_000))[0] == 200
+    [row, _] = playbacks(projection)
+    assert (row["state"], row["stopped_at"]) == ("stopped", T0 + timedelta(seconds=5500))
+
+
 async def test_the_owner_keeps_account_id_1_until_taught_the_real_id_and_ids_are_strings(
     db: tuple[Projection, RecordingSink], tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from ingestor.dedup import DedupIndex
 from ingestor.errors import TransientError
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection, ProjectionError
+from ingestor.projection.store import PROJECTION_SCHEMA_VERSION
 from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
 from tests.factory import T0, event, messages, plex_playback, tautulli_summary
 
@@ -187,16 +188,19 @@ def test_a_file_of_the_first_tables_version_keeps_exact_completion_after_opening
     migrates the column, so a new 84.79 % is not stored as 85 (and counted watched)."""
     path = tmp_path / "old.duckdb"
     projection = Projection(path)
+    # the tables as version 1 made them
     projection.con.execute("ALTER TABLE playback_events ALTER percent_complete TYPE INTEGER")
+    projection.con.execute("ALTER TABLE playback_events DROP COLUMN stale_at")
     projection.con.execute("UPDATE projection_meta SET value = '1' WHERE name = 'schema_version'")
     projection.close()
     projection = Projection(path)
     stop = event("plex", "stop", T0, "s", started_at=T0, percent_complete=84.79)
     Pipeline(projection, DedupIndex()).process(messages([stop]))
     rows = projection.con.execute(
-        "SELECT percent_complete, (SELECT value FROM projection_meta) FROM playback_events"
+        "SELECT percent_complete, (SELECT value FROM projection_meta"
+        " WHERE name = 'schema_version') FROM playback_events"
     ).fetchall()
-    assert rows == [(84.79, "2")]
+    assert rows == [(84.79, str(PROJECTION_SCHEMA_VERSION))]
     projection.close()
 
 
@@ -207,6 +211,5 @@ def test_a_file_written_by_a_later_version_is_refused_with_what_to_do(tmp_path: 
     projection.close()
     with pytest.raises(ProjectionError, match=r"later version.*ingestor replay"):
         Projection(path)
-    assert duckdb.connect(str(path)).execute("SELECT value FROM projection_meta").fetchall() == [
-        ("99",)
-    ]
+    version = "SELECT value FROM projection_meta WHERE name = 'schema_version'"
+    assert duckdb.connect(str(path)).execute(version).fetchall() == [("99",)]
