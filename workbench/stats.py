@@ -18,7 +18,8 @@ watch time of a playback
 open playback
     A row without ``stopped_at`` (still playing or paused, or its stop was never reported).
     It has no watch time yet and whether it passes the short-play rule cannot be decided,
-    so it is **left out of every statistic except the concurrent streams**.
+    so it is **left out of every statistic except the concurrent streams and bandwidth**
+    (see "stream").
 short playback
     A playback whose watch time is under ``min_seconds`` (default 120 s, Tautulli's
     ``LOGGING_IGNORE_INTERVAL``). Left out before grouping, as Tautulli never writes it to
