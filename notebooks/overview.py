@@ -20,7 +20,7 @@
 # **What was watched, by whom, how and when**, over a period, on one or more servers, in a
 # time zone: headline tiles (plays, watch time, users, peak concurrent streams, each against
 # the period of the same length before), the top titles, users, platforms, stream types
-# (direct play, direct stream, transcode) and concurrent streams.
+# (direct play, direct stream, transcode), concurrent streams and bandwidth.
 #
 # Every figure comes from `workbench.stats` over the projection's `playback_events`; the
 # module's docstring defines the words (a *play* groups resumed playbacks Tautulli's way and
@@ -264,6 +264,51 @@ print(present.plain(busiest))
 # (the title repeated on the layered chart names it in plain-text output too)
 chart = charts.concurrent_streams(streams, name_zone=False).properties(title="Concurrent streams")
 chart if streams.height else None
+
+# %% [markdown]
+# ## Bandwidth
+#
+# What the streams sent: each stream's bitrate (the bandwidth the server reserved for it,
+# else the stream's own bitrate) for as long as it ran. The chart shows the average per
+# hour (per day over more than two weeks); the dashed line is the most used at any moment.
+
+# %% tags=["hide-input"]
+bandwidth_by = "hour" if days <= 14 else "day"
+per_bucket = stats.bandwidth(db, by=bandwidth_by, tz=tz)
+per_day = stats.bandwidth(db, by="day", tz=tz)
+peak_bandwidth = stats.max_concurrent_bandwidth(db, tz=tz)
+sent = per_day["gigabytes"].sum()
+bandwidth_table = present.table(
+    per_day.select(
+        pl.col("day").dt.strftime("%a %Y-%m-%d"),
+        pl.col("gigabytes").round(1),
+        (pl.col("kbps") / 1000).round(1).alias("mbps"),
+    ),
+    id="bandwidth",
+    title="Data sent per day",
+    subtitle=f"{sent:,.1f} GB in all",
+    labels={"day": "Day", "gigabytes": "Data (GB)", "mbps": "Average (Mbps)"},
+    heat="gigabytes",
+)
+bandwidth_table
+
+# %% tags=["remove-cell"]
+# NBVAL_CHECK_OUTPUT
+peak_kbps, peak_at, peak_streams = peak_bandwidth.row(0)
+print(f"Data sent: {sent:,.1f} GB")
+if peak_kbps:
+    print(
+        f"Peak bandwidth: {peak_kbps / 1000:,.1f} Mbps at {peak_at:%a %Y-%m-%d %H:%M %Z}, "
+        f"{peak_streams} streams"
+    )
+print(bandwidth_table)
+
+# %% tags=["hide-input"]
+# (the title repeated on the layered chart names it in plain-text output too)
+chart = charts.bandwidth(per_bucket, peak=peak_bandwidth, name_zone=False).properties(
+    title=f"Bandwidth per {bandwidth_by}"
+)
+chart if per_bucket.height else None
 
 # %% tags=["hide-input"]
 present.details(

@@ -24,6 +24,7 @@ from workbench.audit import AuditError, confirm, entries, restore, side_by_side,
 from workbench.log import EventLog, LogGapError
 from workbench.replay import Replay, replay, simulated_log
 from workbench.stats import (
+    bandwidth,
     by_day,
     by_day_of_week,
     by_hour_of_day,
@@ -37,6 +38,7 @@ from workbench.stats import (
     by_user,
     completion,
     concurrent_streams,
+    max_concurrent_bandwidth,
     max_concurrent_streams,
     plays,
     popular_titles,
@@ -53,6 +55,7 @@ __all__ = [
     "Workbench",
     "WorkbenchError",
     "active_at",
+    "bandwidth",
     "by_day",
     "by_day_of_week",
     "by_hour_of_day",
@@ -70,6 +73,7 @@ __all__ = [
     "confirm",
     "connect",
     "entries",
+    "max_concurrent_bandwidth",
     "max_concurrent_streams",
     "open_data_dir",
     "playback_history",

@@ -66,7 +66,7 @@ import logging
 import socket
 import time
 import weakref
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -80,6 +80,7 @@ from ingestor.nats.connection import connect_reader
 from ingestor.projection.schema import DETAIL_VIEW
 from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
 from workbench import audit as _audit
+from workbench import export as _export
 from workbench.live import LiveProjection, QueryError
 from workbench.log import EventLog
 from workbench.replay import (
@@ -285,6 +286,27 @@ class Workbench:
                 raise WorkbenchError(str(exc)) from None
         con = await self._snapshot(mode)
         return con.sql(query).pl()
+
+    async def export(
+        self,
+        what: _export.Kind,
+        *,
+        since: datetime | date | str,
+        until: datetime | date | str,
+        tz: str = "UTC",
+        format: _export.Format = "parquet",
+        out: Path | str,
+    ) -> _export.Exported:
+        """Write the ``playbacks``, ``plays`` or ``events`` of the period ``[since, until)``
+        of the current projection to ``out`` as ``parquet``, ``csv`` or ``json``; a date is a
+        local day in ``tz``, an ``until`` date included (:mod:`workbench.export` says what
+        each kind holds and how each format writes types and times). The period and the
+        format are checked before the projection is read."""
+        _export.period(since, until, tz)  # a bad period fails before any reading
+        if format not in _export.FORMATS:
+            raise ValueError(f"format must be one of {_export.FORMATS}, got {format!r}")
+        db = await self.snapshot()
+        return _export.export(db, what, since=since, until=until, tz=tz, format=format, out=out)
 
     async def audit(self, **filters: Any) -> pl.DataFrame:
         """Dedup audit entries (:func:`workbench.audit.entries` filters)."""

@@ -684,6 +684,97 @@ def _stream_envelope(frame: pl.DataFrame) -> pl.DataFrame:
     return envelope
 
 
+# --------------------------------------------------------------------------- bandwidth
+
+_BANDWIDTH_COLOR = "#4c78a8"  # the accent blue of the tables and the default bars
+
+
+def bandwidth(
+    frame: pl.DataFrame,
+    *,
+    peak: pl.DataFrame | None = None,
+    tz: str | None = None,
+    title: str | None = None,
+    name_zone: bool = True,
+) -> alt.TopLevelMixin:
+    """The bandwidth used per local hour or day, from :func:`workbench.stats.bandwidth`:
+    its average in Mbps (bars per day, a step area per hour), the volume in GB in the
+    tooltip. ``peak`` (:func:`workbench.stats.max_concurrent_bandwidth`'s frame) adds the
+    highest bandwidth at any instant as a dashed line labelled with when it was first
+    reached: above the averages, which spread each bucket's data over its whole length.
+    ``tz`` names the zone in the axis title (an hourly frame carries its own);
+    ``name_zone=False`` leaves it out.
+
+    >>> import datetime as dt
+    >>> frame = pl.DataFrame(
+    ...     {"day": [dt.date(2026, 1, 5), dt.date(2026, 1, 6)], "kbps": [2500.0, 800.0],
+    ...      "gigabytes": [27.0, 8.64]}
+    ... )
+    >>> spec = bandwidth(frame).to_dict()
+    >>> spec["mark"]["type"], spec["encoding"]["y"]["title"], data_rows(spec)
+    ('bar', 'Average bandwidth (Mbps)', 2)
+    """
+    column = next((c for c in ("hour", "day") if c in frame.columns), None)
+    if column is None or "kbps" not in frame.columns or "gigabytes" not in frame.columns:
+        raise ValueError(
+            "expected a frame from workbench.stats.bandwidth (columns 'hour' or 'day', 'kbps' "
+            f"and 'gigabytes'); got the columns {frame.columns}"
+        )
+    data = frame.with_columns((pl.col("kbps") / 1000).alias("mbps"))
+    zone = (tz or _zone_of(frame, column)) if name_zone else None
+    top = float(data["mbps"].max() or 0)  # type: ignore[arg-type]
+    peak_row = peak.row(0, named=True) if peak is not None and peak.height else None
+    if peak_row is not None and peak_row["kbps"]:
+        top = max(top, peak_row["kbps"] / 1000)
+    y = alt.Y(
+        "mbps:Q",
+        title="Average bandwidth (Mbps)",
+        scale=alt.Scale(domain=[0, top * 1.12 or 1]),  # room for the peak's label
+        axis=alt.Axis(format=",.1f"),
+    )
+    tooltip = [
+        alt.Tooltip(f"{column}_label:N", title="Day" if column == "day" else "Hour from"),
+        alt.Tooltip("mbps:Q", title="Average (Mbps)", format=",.2f"),
+        alt.Tooltip("gigabytes:Q", title="Data (GB)", format=",.2f"),
+    ]
+    base = _base(data, title or f"Bandwidth per {column}")
+    if column == "day":
+        x = alt.X(
+            "utcyearmonthdate(day):T",
+            title=_in_zone("Day", zone),
+            scale=alt.Scale(type="utc", padding=12),
+            axis=_calendar_axis("day", frame.height, "%b %d"),
+        )
+        drawn = base.mark_bar(color=_BANDWIDTH_COLOR)
+    else:
+        x = alt.X(
+            "hour:T",
+            title=_in_zone("Hour", zone),
+            scale=alt.Scale(type="utc"),
+            axis=_clock_axis(frame, "hour"),
+        )
+        drawn = base.mark_area(
+            interpolate="step-after", color=_BANDWIDTH_COLOR, opacity=0.8, line=True
+        )
+    bars = drawn.encode(x=x, y=y, tooltip=tooltip).properties(width=WIDTH, height=HEIGHT)
+    if peak_row is None or not peak_row["kbps"]:
+        return bars
+    at = peak_row["at"]
+    words = (
+        f"Peak: {peak_row['kbps'] / 1000:,.1f} Mbps at {at.strftime(TIME_LABEL)} "
+        f"({peak_row['streams']} streams)"
+    )
+    with alt.utils.schemapi.debug_mode(False):
+        marker = alt.Chart(
+            alt.InlineData(values=[{"mbps": peak_row["kbps"] / 1000, "peak_text": words}])
+        )
+    rule = marker.mark_rule(color=_PEAK_COLOR, strokeDash=[4, 4]).encode(y=y)
+    label = marker.mark_text(align="left", dx=4, dy=-7, color=_PEAK_COLOR).encode(
+        x=alt.value(0), y=y, text=alt.Text("peak_text:N")
+    )
+    return alt.layer(bars, rule, label).properties(width=WIDTH, height=HEIGHT)
+
+
 # --------------------------------------------------------------------------- by name
 
 CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
@@ -703,10 +794,18 @@ CHARTS: dict[str, Callable[..., alt.TopLevelMixin]] = {
     "who_watched": who_watched,
     "completion": completion,
     "concurrent_streams": concurrent_streams,
+    "bandwidth": bandwidth,
 }
 """Each statistic of :mod:`workbench.stats` that has a chart, by its name."""
 
-_ZONED = {"by_day", "by_month", "by_day_of_week", "by_hour_of_day", "concurrent_streams"}
+_ZONED = {
+    "by_day",
+    "by_month",
+    "by_day_of_week",
+    "by_hour_of_day",
+    "concurrent_streams",
+    "bandwidth",
+}
 
 
 def chart(
@@ -732,7 +831,7 @@ def chart(
     ValueError: no chart for 'by_weather'; charts exist for: by_day, by_month, \
 by_day_of_week, by_hour_of_day, by_user, by_platform, by_player, by_media_type, \
 by_stream_type, by_resolution, by_server, top_titles, popular_titles, who_watched, \
-completion, concurrent_streams
+completion, concurrent_streams, bandwidth
     """
     draw = CHARTS.get(statistic)
     if draw is None:

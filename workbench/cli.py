@@ -6,6 +6,10 @@ holds the file while it runs (at ``HTTP_HOST:HTTP_PORT``), else from the file.
 ``workbench report NOTEBOOK -p NAME VALUE ... --out DIR`` executes a notebook with parameters
 and writes the executed ``.ipynb`` and a self-contained HTML page (:mod:`workbench.report`),
 reading the running ingestor live when it holds the notebook's data directory.
+``workbench export {playbacks,plays,events} --since S --until U --out PATH`` writes a period
+of the projection to a Parquet, CSV or JSON file (:mod:`workbench.export`), read like
+``workbench sql`` reads it (live from the ingestor that holds the file, else the file, else
+the projection of the data directory's archive).
 
 Exit status: 0 done; 1 the work failed (bad SQL, a notebook cell raised, a page that would
 need the network); 2 the command line is wrong (no such notebook, a bad parameter).
@@ -120,9 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, metavar="SECONDS", help="fail a cell running longer than this"
     )
     report.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    _add_export(sub)
     args = parser.parse_args(argv)
     if args.command == "report":
         return _report(args)
+    if args.command == "export":
+        return _export(args)
     return _sql(args)
 
 
@@ -164,9 +171,120 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_HELP = """\
+Write WHAT of the period [--since, --until) to --out, and say how many rows went where:
+
+  playbacks  the rows of playback_events that started in the period, every column
+  plays      workbench.stats.plays (grouped, playbacks under 120 s left out) over them
+  events     the accepted events (media_events_detail, every field typed) that occurred
+             in the period, in stream order
+
+--since and --until are ISO 8601 times with a zone (2026-01-05T20:00:00+01:00, ...Z), or
+dates read as local days in --tz: a --since date starts at that day's midnight, an --until
+date ends at the next one (that day is included). Parquet keeps every type, times as
+time-zone-aware timestamps (the instant, with --tz in the column type); CSV and JSON write
+times as clocks in --tz with their offset (ISO 8601).
+
+The projection is read like `workbench sql` reads it: through the ingestor that holds the
+file while it runs (at HTTP_HOST:HTTP_PORT), else the file (--db, or DATA_DIR/analytics.duckdb
+with --data-dir), else the projection of the data directory's archive.
+"""
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from workbench.export import FORMATS, KINDS
+
+    export = sub.add_parser(
+        "export",
+        help="write a period's playbacks, plays or events to a Parquet, CSV or JSON file",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("what", choices=KINDS, metavar="{" + ",".join(KINDS) + "}")
+    export.add_argument("--since", required=True, help="first instant or local day, included")
+    export.add_argument("--until", required=True, help="end instant (excluded) or last local day")
+    export.add_argument("--tz", default="UTC", help="IANA zone of dates and written times (UTC)")
+    export.add_argument("--format", choices=FORMATS, default="parquet", help="(default parquet)")
+    export.add_argument("--out", type=Path, required=True, metavar="PATH", help="file to write")
+    where = export.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", type=Path, metavar="DIR", help="an ingestor's DATA_DIR")
+    where.add_argument("--db", type=Path, help="DuckDB file (default: DUCKDB_PATH)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from workbench.api import Workbench, WorkbenchError
+    from workbench.export import ExportError, period
+    from workbench.log import EventLog
+
+    try:
+        period(args.since, args.until, args.tz)  # a bad period is refused before any reading
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"workbench export: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"workbench: {problem}", file=sys.stderr)
+        return 2
+    archive: Path | None = None  # --db alone: the file, with no log to project instead
+    if args.data_dir is not None:
+        path, archive = args.data_dir / "analytics.duckdb", args.data_dir / "archive"
+    elif args.db is not None:
+        path = args.db
+    else:
+        path, archive = settings.duckdb_path, settings.archive_dir
+    has_log = archive is not None and archive.is_dir()
+    running = ingestor_holding(path, _http_url(settings), token=settings.query_token)
+    if running is None and not path.exists() and not has_log:
+        print(f"workbench export: {path} does not exist (run `make demo` first?)", file=sys.stderr)
+        return 1
+    if running is None and path.exists() and not has_log and _locked(path):
+        print(
+            f"workbench export: {path} is held by another process, and no ingestor holding "
+            f"it answers at {_http_url(settings)} (set HTTP_PORT to its port)",
+            file=sys.stderr,
+        )
+        return 1
+
+    async def export() -> str:
+        log = EventLog(archive) if has_log else None
+        live = running.live if running is not None else None
+        async with Workbench(log, live=live, db_path=path) as wb:
+            done = await wb.export(
+                args.what,
+                since=args.since,
+                until=args.until,
+                tz=args.tz,
+                format=args.format,
+                out=args.out,
+            )
+            return f"{done} [{wb.mode} projection]"
+
+    try:
+        print(asyncio.run(export()))
+    except ValueError as exc:
+        print(f"workbench export: {exc}", file=sys.stderr)
+        return 2
+    except (ExportError, WorkbenchError, QueryError, duckdb.Error) as exc:
+        print(f"workbench export: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _http_url(settings: Settings) -> str:
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
     return f"http://{host}:{settings.http_port}"
+
+
+def _locked(path: Path) -> bool:
+    """Whether another process holds the DuckDB file ``path``."""
+    try:
+        duckdb.connect(str(path), read_only=True).close()
+    except duckdb.Error as exc:
+        return _held(exc)
+    return False
 
 
 def _held(exc: duckdb.Error) -> bool:

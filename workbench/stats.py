@@ -18,7 +18,8 @@ watch time of a playback
 open playback
     A row without ``stopped_at`` (still playing or paused, or its stop was never reported).
     It has no watch time yet and whether it passes the short-play rule cannot be decided,
-    so it is **left out of every statistic except the concurrent streams**.
+    so it is **left out of every statistic except the concurrent streams and bandwidth**
+    (see "stream").
 short playback
     A playback whose watch time is under ``min_seconds`` (default 120 s, Tautulli's
     ``LOGGING_IGNORE_INTERVAL``). Left out before grouping, as Tautulli never writes it to
@@ -49,6 +50,27 @@ watched
     A play whose ``percent_complete`` reaches ``watched_percent`` (default 85, Tautulli's
     ``MOVIE_WATCHED_PERCENT``/``TV_WATCHED_PERCENT``), compared unrounded as Tautulli does
     (``view_offset >= 0.85 * duration``): a play stopped at 84.79 % is not watched.
+stream
+    What the concurrency and bandwidth statistics count: every playback (short ones
+    included, no grouping) running from ``started_at`` to ``stopped_at``, an open one until
+    the given ``until``, else until its last event (``last_event_at``); a playback of zero
+    length is no stream. A stop at ``t`` is applied before a start at ``t``, so back-to-back
+    playbacks never run at once.
+bitrate of a stream
+    Its ``bandwidth`` (what the server reserved for it, Plex's and Tautulli's figure) when
+    that is above 0, else its ``stream_bitrate`` (the delivered stream's bitrate, what
+    Jellyfin and the simulator report), in kbps (1 kbps = 1000 bits per second), taken as
+    constant over the whole stream (pauses included: the sources report no bitrate over
+    time). A stream with neither uses no bandwidth.
+bandwidth
+    The sum of the bitrates of the streams running at an instant, in kbps. Over a local
+    hour or day (see below) :func:`bandwidth` integrates it: each stream's bitrate times
+    the seconds of it inside the bucket, summed. ``gigabytes`` is that integral as data
+    (kilobits / 8 / 10**6: decimal GB); ``kbps`` is the average bandwidth over the whole
+    bucket (the integral over the bucket's length: 3600 s for most hours, 7200 s for the
+    hour that repeats when daylight saving ends). :func:`max_concurrent_bandwidth` is the
+    highest bandwidth at any instant: a sweep line over the starts (+bitrate) and stops
+    (-bitrate).
 
 Buckets in local time
 ---------------------
@@ -57,6 +79,12 @@ Buckets in local time
 daylight saving starts has 23 hours and the hour 02:00 has no plays in Europe/Berlin that
 day. Day and month series are filled with zeros between the first and the last bucket that
 has a play; weekdays (ISO: 1 = Monday ... 7 = Sunday) and hours (0-23) are always complete.
+:func:`bandwidth` buckets time itself, not starts: a bucket is every instant whose clock in
+``tz`` shows that date (and hour), so a day lasts 23, 24 or 25 hours, the hour 02:00 lasts
+two hours the night summer time ends in Europe/Berlin and does not exist the night it
+starts; a stream running across midnight counts in both days for its time in each. Its
+series runs from the bucket the first stream starts in to the one the last stream ends
+in, with zeros between.
 
 Dimensions
 ----------
@@ -401,6 +429,114 @@ MAX_CONCURRENT_STREAMS = (
 SELECT
     CAST(coalesce(peak.streams, 0) AS BIGINT) AS streams,
     (SELECT min(moment) FROM swept WHERE running = peak.streams) AS "at"
+FROM peak
+"""
+)
+
+# Bandwidth: the streams of the sweep line above, each with its bitrate (kbps). Parameters:
+# $until (and $tz for the buckets).
+BANDWIDTH_STREAMS = """
+WITH spans AS (
+    SELECT
+        started_at AS start_at,
+        CASE
+            WHEN stopped_at IS NOT NULL THEN stopped_at
+            ELSE coalesce(CAST($until AS TIMESTAMPTZ), last_event_at)
+        END AS end_at,
+        CAST(
+            coalesce(
+                CASE WHEN bandwidth > 0 THEN bandwidth END,
+                CASE WHEN stream_bitrate > 0 THEN stream_bitrate END
+            ) AS BIGINT
+        ) AS kbps
+    FROM playback_events
+    WHERE started_at IS NOT NULL
+),
+streams AS (
+    SELECT * FROM spans WHERE end_at > start_at AND kbps IS NOT NULL
+)
+"""
+
+# The local buckets are found, not computed: ticks every 15 minutes (every zone's offset is
+# a multiple of 15 minutes, so every local hour and midnight falls on one) from a day
+# before the first stream to a day after the last, grouped by the clock they show in $tz;
+# a bucket runs from its first tick to 15 minutes after its last. Each stream adds its
+# bitrate times its seconds inside each bucket it overlaps.
+_BANDWIDTH_BUCKETS = (
+    BANDWIDTH_STREAMS
+    + """
+, bounds AS (
+    SELECT
+        to_timestamp(floor(epoch(min(start_at)) / 900) * 900) - INTERVAL 2 DAY AS lo,
+        max(end_at) + INTERVAL 2 DAY AS hi,
+        min(start_at) AS first_start,
+        max(end_at) AS last_end
+    FROM streams
+),
+ticks AS (
+    SELECT unnest(generate_series(lo, hi, INTERVAL 15 MINUTE)) AS tick FROM bounds
+),
+buckets AS (
+    SELECT key, min(tick) AS bucket_start, max(tick) + INTERVAL 15 MINUTE AS bucket_end
+    FROM (SELECT tick, {key} AS key FROM ticks)
+    GROUP BY key
+),
+used AS (
+    SELECT
+        b.key,
+        sum(
+            s.kbps * (
+                epoch_us(least(s.end_at, b.bucket_end))
+                - epoch_us(greatest(s.start_at, b.bucket_start))
+            ) / 1e6
+        ) AS kilobits
+    FROM buckets b JOIN streams s ON s.start_at < b.bucket_end AND s.end_at > b.bucket_start
+    GROUP BY b.key
+)
+SELECT
+    b.key,
+    b.bucket_start,
+    coalesce(u.kilobits, 0)
+        / ((epoch_us(b.bucket_end) - epoch_us(b.bucket_start)) / 1e6) AS kbps,
+    coalesce(u.kilobits, 0) / 8e6 AS gigabytes
+FROM buckets b
+CROSS JOIN bounds
+LEFT JOIN used u ON u.key = b.key
+WHERE b.bucket_end > bounds.first_start AND b.bucket_start < bounds.last_end
+ORDER BY b.bucket_start
+"""
+)
+BANDWIDTH_BY_HOUR = _BANDWIDTH_BUCKETS.format(key="date_trunc('hour', timezone($tz, tick))")
+BANDWIDTH_BY_DAY = _BANDWIDTH_BUCKETS.format(key="CAST(timezone($tz, tick) AS DATE)")
+
+# The sweep line weighted by bitrate: a stop (negative) before a start at the same moment,
+# as for the stream count; ``streams`` counts the streams running after each change.
+MAX_CONCURRENT_BANDWIDTH = (
+    BANDWIDTH_STREAMS
+    + """
+, changes AS (
+    SELECT start_at AS moment, kbps AS delta FROM streams
+    UNION ALL
+    SELECT end_at AS moment, -kbps AS delta FROM streams
+),
+swept AS (
+    SELECT
+        moment,
+        sum(delta) OVER sweep AS running,
+        sum(sign(delta)) OVER sweep AS streams,
+        row_number() OVER sweep AS step
+    FROM changes
+    WINDOW sweep AS (ORDER BY moment, delta ROWS UNBOUNDED PRECEDING)
+),
+peak AS (
+    SELECT max(running) AS kbps FROM swept
+)
+SELECT
+    CAST(coalesce(peak.kbps, 0) AS BIGINT) AS kbps,
+    (SELECT min(moment) FROM swept WHERE running = peak.kbps) AS "at",
+    CAST(coalesce(
+        (SELECT arg_min(streams, step) FROM swept WHERE running = peak.kbps), 0
+    ) AS BIGINT) AS streams
 FROM peak
 """
 )
@@ -1147,6 +1283,98 @@ def max_concurrent_streams(
 
 
 # ---------------------------------------------------------------------------------------
+# bandwidth
+
+Bucket = Literal["hour", "day"]
+"""The buckets of :func:`bandwidth`: local hours or local days."""
+
+
+def bandwidth(
+    db: Database,
+    *,
+    by: Bucket = "hour",
+    tz: str = "UTC",
+    until: datetime | None = None,
+) -> pl.DataFrame:
+    """The bandwidth used per local hour or day (see the module's "bandwidth" and
+    "bitrate of a stream"): ``hour`` (when that local hour began, a clock in ``tz``) or
+    ``day`` (a Date), ``kbps`` (the average over the bucket) and ``gigabytes`` (the data
+    sent in it), every bucket from the first stream's to the last one's. Open playbacks
+    run until ``until`` if given, else until their last event, as in
+    :func:`concurrent_streams`.
+
+    Examples
+    --------
+    8 Mbps from 20:30 to 21:30 and 4 Mbps from 21:00 to 22:00 (UTC):
+
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 8000, NULL, '2026-01-05 20:30Z', '2026-01-05 21:30Z'),"
+    ...     "('b', NULL, 4000, '2026-01-05 21:00Z', '2026-01-05 22:00Z')"
+    ...     ") t(correlation_key, bandwidth, stream_bitrate, started_at, stopped_at)"
+    ... )
+    >>> for hour, kbps, gb in bandwidth(db, tz="Europe/Berlin").rows():
+    ...     print(hour.strftime("%H:%M %Z"), kbps, gb)
+    21:00 CET 4000.0 1.8
+    22:00 CET 8000.0 3.6
+    >>> print(bandwidth(db, by="day").rows())
+    [(datetime.date(2026, 1, 5), 500.0, 5.4)]
+    """
+    if by not in get_args(Bucket):
+        raise ValueError(f"by must be one of {get_args(Bucket)}, got {by!r}")
+    _check_until(until)
+    _check_tz(tz)
+    sql = BANDWIDTH_BY_HOUR if by == "hour" else BANDWIDTH_BY_DAY
+    frame = _query(db, sql, {"until": until, "tz": tz})
+    if by == "hour":
+        frame = _local(frame.rename({"bucket_start": "hour"}), ["hour"], tz)
+    else:
+        frame = frame.rename({"key": "day"}).with_columns(pl.col("day").cast(pl.Date))
+    return frame.select(by, pl.col("kbps", "gigabytes").cast(pl.Float64))
+
+
+def max_concurrent_bandwidth(
+    db: Database,
+    *,
+    until: datetime | None = None,
+    tz: str = "UTC",
+) -> pl.DataFrame:
+    """The highest bandwidth at any instant, one row: ``kbps`` (0 when no stream has a
+    bitrate), ``at`` (when it was first reached, a clock in ``tz``; null for none) and
+    ``streams`` (how many streams with a bitrate were running then). A sweep line, as
+    :func:`max_concurrent_streams`, each stream weighted by its bitrate.
+
+    Examples
+    --------
+    Back to back is not concurrent; overlapping is:
+
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 20000, '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', 8000, '2026-01-05 21:00Z', '2026-01-05 22:00Z'),"
+    ...     "('c', 4000, '2026-01-05 21:30Z', '2026-01-05 23:00Z')"
+    ...     ") t(correlation_key, stream_bitrate, started_at, stopped_at)"
+    ... )
+    >>> kbps, at, streams = max_concurrent_bandwidth(db).row(0)
+    >>> kbps, at.isoformat(), streams
+    (20000, '2026-01-05T20:00:00+00:00', 1)
+    >>> _ = db.con.execute("UPDATE playback_events SET stream_bitrate = 16000 WHERE started_at > "
+    ...     "'2026-01-05 21:15Z'")
+    >>> kbps, at, streams = max_concurrent_bandwidth(db, tz="Europe/Berlin").row(0)
+    >>> kbps, at.strftime("%H:%M %Z"), streams
+    (24000, '22:30 CET', 2)
+    """
+    _check_until(until)
+    _check_tz(tz)
+    frame = _query(db, MAX_CONCURRENT_BANDWIDTH, {"until": until})
+    return _local(frame, ["at"], tz).select("kbps", "at", "streams")
+
+
+# ---------------------------------------------------------------------------------------
 # periods
 
 
@@ -1302,9 +1530,11 @@ def compare_periods(
 
 
 __all__ = [
+    "Bucket",
     "Database",
     "HasConnection",
     "Metric",
+    "bandwidth",
     "by_day",
     "by_day_of_week",
     "by_hour_of_day",
@@ -1320,6 +1550,7 @@ __all__ = [
     "completion",
     "concurrent_streams",
     "local_period",
+    "max_concurrent_bandwidth",
     "max_concurrent_streams",
     "period_totals",
     "plays",

@@ -303,6 +303,44 @@ def test_concurrent_streams_is_a_step_line_with_its_peak_marked(replayed: Replay
     assert charts.data_rows(chart) == frame.height
 
 
+def test_bandwidth_is_drawn_in_mbps_per_local_hour_with_its_peak_marked(
+    replayed: Replay,
+) -> None:
+    frame = stats.bandwidth(replayed.con, tz=BERLIN)
+    peak = stats.max_concurrent_bandwidth(replayed.con, tz=BERLIN)
+    kbps, at, streams = peak.row(0)
+    assert kbps > 0 and frame["kbps"].max() > 0
+
+    chart = charts.bandwidth(frame, peak=peak)
+    svg = charts.to_svg(chart)
+
+    assert texts(svg, "text") == [
+        f"Peak: {kbps / 1000:,.1f} Mbps at {at.strftime('%a %Y-%m-%d %H:%M %Z')} "
+        f"({streams} streams)"
+    ]
+    assert axis_label(svg, "Y").startswith("'Average bandwidth (Mbps)'")
+    assert axis_label(svg, "X").startswith("'Hour (Europe/Berlin)' for a utc scale")
+    assert charts.data_rows(chart) == frame.height + 1  # the hours and the peak
+    (area,) = marks(svg, "area")
+    hour = frame.filter(pl.col("kbps") > 0).row(0, named=True)
+    assert value_of(area.get("aria-label", ""), "Hour from") == hour["hour"].strftime(
+        "%a %Y-%m-%d %H:%M %Z"
+    )
+
+
+def test_bandwidth_per_day_is_one_bar_per_local_day(replayed: Replay) -> None:
+    frame = stats.bandwidth(replayed.con, by="day", tz=BERLIN)
+
+    svg = charts.to_svg(charts.chart(replayed.con, "bandwidth", by="day", tz=BERLIN))
+
+    bars = labels(svg, "rect")
+    assert len(bars) == frame.height == 2
+    for bar, row in zip(bars, frame.iter_rows(named=True), strict=True):
+        assert value_of(bar, "Average (Mbps)") == f"{row['kbps'] / 1000:,.2f}"
+        assert value_of(bar, "Data (GB)") == f"{row['gigabytes']:,.2f}"
+    assert title_of(svg) == "Bandwidth per day"
+
+
 def test_times_are_embedded_as_the_clock_of_the_statistics_zone(replayed: Replay) -> None:
     frame = stats.concurrent_streams(replayed.con, tz=BERLIN)
 

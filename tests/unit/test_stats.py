@@ -11,9 +11,10 @@ daylight-saving days, the sweep line's tie rule, the 120 s and 85 % thresholds, 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import polars as pl
 import pytest
@@ -52,6 +53,8 @@ SCHEMA: dict[str, pl.DataType] = {
     "played_seconds": pl.Int64(),
     "percent_complete": pl.Float64(),
     "last_event_at": TS,
+    "stream_bitrate": pl.Int32(),
+    "bandwidth": pl.Int32(),
 }
 
 ZONES = [
@@ -128,6 +131,8 @@ def record(
         "played_seconds": played,
         "percent_complete": percent,
         "last_event_at": stop if stop is not None else start,
+        "stream_bitrate": None,
+        "bandwidth": None,
     }
     row.update(fields)
     return row
@@ -367,12 +372,14 @@ def expected_titles(plays: pl.DataFrame, media_type: str | None) -> pl.DataFrame
     )
 
 
-def expected_spans(raw: pl.DataFrame, until: datetime | None) -> pl.DataFrame:
+def expected_spans(
+    raw: pl.DataFrame, until: datetime | None, keep: list[str] | None = None
+) -> pl.DataFrame:
     open_end = pl.lit(until, dtype=TS) if until is not None else pl.col("last_event_at")
     end = pl.when(pl.col("stopped_at").is_not_null()).then(pl.col("stopped_at")).otherwise(open_end)
     return (
         raw.filter(pl.col("started_at").is_not_null())
-        .select(pl.col("started_at").alias("start"), end.alias("end"))
+        .select(pl.col("started_at").alias("start"), end.alias("end"), *(keep or []))
         .filter(pl.col("end") > pl.col("start"))
     )
 
@@ -389,6 +396,86 @@ def expected_concurrency(raw: pl.DataFrame, until: datetime | None) -> pl.DataFr
         .sort("at")
         .select("at", pl.col("streams").cast(pl.Int64))
     )
+
+
+def expected_bitrate_spans(raw: pl.DataFrame, until: datetime | None) -> pl.DataFrame:
+    """The streams with a bitrate: ``bandwidth`` above 0, else ``stream_bitrate`` above 0."""
+    positive = [pl.when(pl.col(c) > 0).then(pl.col(c)) for c in ("bandwidth", "stream_bitrate")]
+    spans = expected_spans(raw.with_columns(kbps=pl.coalesce(positive)), until, keep=["kbps"])
+    return spans.filter(pl.col("kbps").is_not_null())
+
+
+def local_bucket_starts(first: datetime, last: datetime, by: str, tz: str) -> list[datetime]:
+    """The instants each local day (or hour) of ``tz`` begins, a day around first..last: the
+    wall clock's midnights (hours) read by zoneinfo, one that a gap skips becoming the
+    instant after the gap (the same as the next one: kept once)."""
+    zone = ZoneInfo(tz)
+    day = first.astimezone(zone).date() - timedelta(days=1)
+    starts = set()
+    while day <= last.astimezone(zone).date() + timedelta(days=1):
+        hours = [0] if by == "day" else range(24)
+        starts.update(datetime.combine(day, time(h), zone).astimezone(UTC) for h in hours)
+        day += timedelta(days=1)
+    return sorted(starts)
+
+
+def expected_bandwidth(
+    raw: pl.DataFrame, by: str, tz: str, until: datetime | None = None
+) -> pl.DataFrame:
+    """Each local bucket from the first stream's to the last one's: the kilobits of every
+    stream's overlap with it, over its length (kbps) and as decimal GB."""
+    spans = expected_bitrate_spans(raw, until)
+    if spans.is_empty():
+        label = pl.Date() if by == "day" else pl.Datetime("us", tz)
+        return pl.DataFrame(schema={by: label, "kbps": pl.Float64, "gigabytes": pl.Float64})
+    first, last = spans["start"].min(), spans["end"].max()
+    starts = local_bucket_starts(first, last, by, tz)  # type: ignore[arg-type]
+    buckets = pl.DataFrame(
+        {"b_start": starts[:-1], "b_end": starts[1:]}, schema={"b_start": TS, "b_end": TS}
+    ).filter((pl.col("b_end") > first) & (pl.col("b_start") < last))
+    overlap = (
+        pl.min_horizontal("end", "b_end") - pl.max_horizontal("start", "b_start")
+    ).dt.total_microseconds() / 1e6
+    used = (
+        buckets.join(spans, how="cross")
+        .filter((pl.col("start") < pl.col("b_end")) & (pl.col("end") > pl.col("b_start")))
+        .group_by("b_start")
+        .agg((pl.col("kbps") * overlap).sum().alias("kilobits"))
+    )
+    length = (pl.col("b_end") - pl.col("b_start")).dt.total_microseconds() / 1e6
+    label = (
+        pl.col("b_start").dt.convert_time_zone(tz)
+        if by == "hour"
+        else pl.col("b_start").dt.convert_time_zone(tz).dt.date()
+    )
+    return (
+        buckets.join(used, on="b_start", how="left")
+        .with_columns(pl.col("kilobits").fill_null(0.0))
+        .sort("b_start")
+        .select(
+            label.alias(by),
+            (pl.col("kilobits") / length).alias("kbps"),
+            (pl.col("kilobits") / 8e6).alias("gigabytes"),
+        )
+    )
+
+
+def expected_peak_bandwidth(raw: pl.DataFrame, until: datetime | None) -> tuple[int, Any, int]:
+    """At every start or end: the bitrates of the streams with start <= t < end; the
+    highest sum, the first moment it was reached, and how many streams ran then."""
+    spans = expected_bitrate_spans(raw, until)
+    if spans.is_empty():
+        return 0, None, 0
+    moments = pl.concat([spans["start"], spans["end"]]).unique().sort().to_frame("at")
+    running = (pl.col("start") <= pl.col("at")) & (pl.col("at") < pl.col("end"))
+    sums = (
+        moments.join(spans, how="cross")
+        .group_by("at")
+        .agg(pl.col("kbps").filter(running).sum().alias("kbps"), running.sum().alias("streams"))
+        .sort("at")
+    )
+    top = sums.filter(pl.col("kbps") == sums["kbps"].max()).row(0, named=True)
+    return top["kbps"], top["at"], top["streams"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -580,6 +667,42 @@ def test_concurrent_streams_count_the_playbacks_running_at_each_change(
         assert peak["at"] == first
 
 
+BITRATES = st.tuples(
+    st.sampled_from([None, 0, 1500, 8000, 20000]),  # bandwidth
+    st.sampled_from([None, 0, 4000, 12000]),  # stream_bitrate
+)
+
+
+@PROPERTY
+@given(
+    rows=playback_rows(),
+    bitrates=st.lists(BITRATES, min_size=30, max_size=30),
+    until_hours=st.one_of(st.none(), st.integers(0, 80)),
+    tz=st.sampled_from(ZONES),
+)
+def test_bandwidth_integrates_each_streams_bitrate_over_local_buckets(
+    rows: list[dict[str, Any]],
+    bitrates: list[tuple[int | None, int | None]],
+    until_hours: int | None,
+    tz: str,
+) -> None:
+    for row, (bandwidth, bitrate) in zip(rows, bitrates, strict=False):
+        row.update(bandwidth=bandwidth, stream_bitrate=bitrate)
+    db = projection_of(rows)
+    base = min((r["started_at"] for r in rows), default=BASES[0])
+    until = None if until_hours is None else base + timedelta(hours=until_hours)
+    raw = frame_of(rows)
+    for by in ["hour", "day"]:
+        actual = stats.bandwidth(db, by=by, tz=tz, until=until)  # type: ignore[arg-type]
+        expected = expected_bandwidth(raw, by, tz, until)
+        assert_frame_equal(actual, expected, check_dtypes=False)
+    kbps, first, streams = expected_peak_bandwidth(raw, until)
+    peak = stats.max_concurrent_bandwidth(db, until=until, tz=tz).row(0, named=True)
+    assert peak == {"kbps": kbps, "at": first, "streams": streams}
+    if first is not None:
+        assert str(peak["at"].tzinfo) == tz
+
+
 # ---------------------------------------------------------------------------------------
 # hand-made cases
 
@@ -657,6 +780,71 @@ def test_open_playbacks_count_as_streams_until_the_given_time_or_their_last_even
     # ...but an open playback has no watch time, so it is no play
     assert stats.plays(db)["play_key"].to_list() == ["a"]
     assert stats.by_day(db, metric="watch_time").rows() == [(date(2026, 1, 5), 3600)]
+
+
+def test_bandwidth_buckets_follow_berlin_clocks_across_both_daylight_saving_changes() -> None:
+    db = projection_of(
+        [  # 1 Mbps from local midnight to midnight, on the 23-hour and the 25-hour day
+            record("spring", at("2026-03-28 23:00"), at("2026-03-29 22:00"), stream_bitrate=1000),
+            record("autumn", at("2026-10-24 22:00"), at("2026-10-25 23:00"), stream_bitrate=1000),
+        ]
+    )
+    days = stats.bandwidth(db, by="day", tz=BERLIN)
+    assert days.filter(pl.col("kbps") > 0).rows() == [
+        (date(2026, 3, 29), 1000.0, 1000 * 23 * 3600 / 8e6),
+        (date(2026, 10, 25), 1000.0, 1000 * 25 * 3600 / 8e6),
+    ]
+    assert days.height == (date(2026, 10, 25) - date(2026, 3, 29)).days + 1  # zeros between
+    hours = stats.bandwidth(db, tz=BERLIN).with_columns(day=pl.col("hour").dt.date())
+    spring = hours.filter(pl.col("day") == date(2026, 3, 29))
+    assert [h.hour for h in spring["hour"]] == [0, 1, *range(3, 24)]  # no 02:00
+    assert set(spring["kbps"]) == {1000.0}
+    autumn = hours.filter(pl.col("day") == date(2026, 10, 25))
+    assert [h.hour for h in autumn["hour"]] == list(range(24))  # 02:00 once, two hours long
+    assert set(autumn["kbps"]) == {1000.0}
+    assert autumn.filter(pl.col("hour").dt.hour() == 2)["gigabytes"].item() == 0.9
+    assert hours["gigabytes"].sum() == pytest.approx(days["gigabytes"].sum())
+
+
+def test_peak_bandwidth_counts_a_stop_at_t_before_a_start_at_t() -> None:
+    rows = [
+        record("a", at("2026-01-05 20:00"), at("2026-01-05 21:00"), stream_bitrate=20000),
+        record("b", at("2026-01-05 21:00"), at("2026-01-05 22:00"), stream_bitrate=15000),
+    ]
+    assert stats.max_concurrent_bandwidth(projection_of(rows)).row(0) == (
+        20000,
+        at("2026-01-05 20:00"),
+        1,
+    )
+    late = record("c", at("2026-01-05 21:00"), at("2026-01-05 21:30"), stream_bitrate=15000)
+    assert stats.max_concurrent_bandwidth(projection_of([*rows, late])).row(0) == (
+        30000,
+        at("2026-01-05 21:00"),
+        2,
+    )
+
+
+def test_a_streams_bitrate_is_its_bandwidth_else_its_stream_bitrate_else_none() -> None:
+    hour = (at("2026-01-05 20:00"), at("2026-01-05 21:00"))
+    db = projection_of(
+        [
+            record("both", *hour, bandwidth=5000, stream_bitrate=9000),  # 5000
+            record("zero", *hour, bandwidth=0, stream_bitrate=3000),  # 3000
+            record("none", *hour),  # uses no bandwidth, and is no stream here
+        ]
+    )
+    assert stats.bandwidth(db).rows() == [(at("2026-01-05 20:00"), 8000.0, 3.6)]
+    assert stats.max_concurrent_bandwidth(db).row(0) == (8000, at("2026-01-05 20:00"), 2)
+
+
+def test_bandwidth_of_nothing_is_empty_and_refuses_a_bad_bucket_or_until() -> None:
+    db = projection_of([record("none", at("2026-01-05 20:00"), at("2026-01-05 21:00"))])
+    assert stats.bandwidth(db).is_empty() and stats.bandwidth(db, by="day").is_empty()
+    assert stats.max_concurrent_bandwidth(db).rows() == [(0, None, 0)]
+    with pytest.raises(ValueError, match="by must be one of"):
+        stats.bandwidth(db, by="week")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timezone-aware"):
+        stats.max_concurrent_bandwidth(db, until=datetime(2026, 1, 5))
 
 
 def test_playbacks_under_120_seconds_are_left_out_unless_asked_for() -> None:
@@ -916,3 +1104,20 @@ def test_peak_concurrency_of_the_projected_simulation_matches_its_ground_truth(
     first = expected.filter(pl.col("streams") == top)["at"].min()
     assert stats.max_concurrent_streams(projection).row(0) == (top, first)
     assert_frame_equal(stats.concurrent_streams(projection), expected, check_dtypes=False)
+
+
+def test_bandwidth_of_the_projected_simulation_matches_the_reference(
+    simulated: tuple[Projection, pl.DataFrame],
+) -> None:
+    projection, _ = simulated
+    raw = projection.con.sql("SELECT * FROM playback_events").pl()
+    assert raw["stream_bitrate"].is_not_null().mean() > 0.5  # most sources report one
+    for by, tz in [("hour", "America/New_York"), ("day", "Asia/Kolkata")]:
+        assert_frame_equal(
+            stats.bandwidth(projection, by=by, tz=tz),  # type: ignore[arg-type]
+            expected_bandwidth(raw, by, tz),
+            check_dtypes=False,
+        )
+    kbps, first, streams = expected_peak_bandwidth(raw, None)
+    assert streams >= 2 and kbps > raw["stream_bitrate"].max()  # type: ignore[operator]
+    assert stats.max_concurrent_bandwidth(projection).row(0) == (kbps, first, streams)
