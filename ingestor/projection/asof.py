@@ -319,8 +319,11 @@ def _refold(cursor: duckdb.DuckDBPyConnection, src: str) -> tuple[int, int]:
     frame = parse_events(rows["payload"]).with_columns(rows["seq"], rows["correlation_key"])
     folded = fold_playbacks(frame.select(FOLD_INPUT_COLUMNS))
     cursor.register("_as_of_folded", folded.to_arrow())
+    # a file of an older tables version read without migrating (read-only) lacks the later
+    # columns (library_id, library_name): fill the ones it has
+    stored = {d[0] for d in cursor.execute("SELECT * FROM _as_of_refolded LIMIT 0").description}
     try:
-        names = ", ".join(_PLAYBACK_NAMES)
+        names = ", ".join(name for name in _PLAYBACK_NAMES if name in stored)
         cursor.execute(f"INSERT INTO _as_of_refolded ({names}) SELECT {names} FROM _as_of_folded")
     finally:
         cursor.unregister("_as_of_folded")
