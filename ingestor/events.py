@@ -13,9 +13,21 @@ Identity and keys are structured values:
   :attr:`CorrelationKey.cross_source` drops the source so reports from different sources of
   the same playback meet.
 
-Payloads on the wire are JSON encoded by msgspec. Every payload carries ``schema_version``;
+Payloads on the wire are JSON encoded by msgspec. Every event has a ``schema_version``;
 older payloads are upcast on read (:func:`decode_event`), so nothing written once becomes
 unreadable.
+
+How versions are spelled on the wire: msgspec leaves out fields at their default, and
+``schema_version``'s default is :data:`SCHEMA_VERSION`, so a current payload has *no*
+``schema_version`` key and a missing key reads as the current version (the batch fast path
+relies on it too). A version bump would therefore make every payload written before it read
+as the new version. So a field that an older event simply lacks, and whose absence means
+"this source did not say" (its empty default), is added **without** a bump: the decoded
+older event has the empty default, exactly what an upcaster would give it. ``library_id``
+and ``library_name`` (added 2026-12) are such fields; events recorded before them read with
+empty libraries, which statistics show as "unknown". A change that an upcaster must compute
+(a rename, a new unit, a new meaning) needs a bump *and* an explicit version on the wire for
+the version before it.
 """
 
 from __future__ import annotations
@@ -68,6 +80,10 @@ class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     Times are timezone-aware UTC. Durations are seconds, positions milliseconds. Empty
     strings and ``None`` mean "this source did not say": projections never overwrite a
     known value with one.
+
+    ``library_id`` and ``library_name`` are later additions within version 1 (see the module
+    docstring): events recorded before them, and sources whose payload names no library,
+    leave them empty ("unknown").
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -91,6 +107,10 @@ class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     rating_key: str = ""
     year: int | None = None
     media_duration: int | None = None
+    # the library (Plex section, Tautulli section_id / library_name) the item belongs to;
+    # ids are strings like every id. Empty: unknown (an older event, or not in the payload)
+    library_id: str = ""
+    library_name: str = ""
     # when (the playback as this source saw it)
     started_at: datetime | None = None
     stopped_at: datetime | None = None

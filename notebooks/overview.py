@@ -19,8 +19,9 @@
 #
 # **What was watched, by whom, how and when**, over a period, on one or more servers, in a
 # time zone: headline tiles (plays, watch time, users, peak concurrent streams, each against
-# the period of the same length before), the top titles, users, platforms, stream types
-# (direct play, direct stream, transcode), concurrent streams and bandwidth.
+# the period of the same length before), the top titles, libraries, one title's plays, users,
+# platforms, stream types (direct play, direct stream, transcode), concurrent streams and
+# bandwidth.
 #
 # Every figure comes from `workbench.stats` over the projection's `playback_events`; the
 # module's docstring defines the words (a *play* groups resumed playbacks Tautulli's way and
@@ -43,6 +44,7 @@ server_names = {}  # what to call the servers: {"id or its first characters": "n
 tz = "UTC"  # the IANA time zone days and hours are counted in
 top = 10  # rows of the title and user tables
 as_of = None  # read the projection as the log had it at this instant (ISO 8601); None: now
+title = None  # the title whose plays are listed (a movie or a show); None: the most played
 
 # %% tags=["remove-cell"]
 from datetime import date
@@ -159,6 +161,89 @@ print(titles_table)
 
 # %% tags=["hide-input"]
 charts.top_titles(stats.top_titles(db, limit=top, metric="watch_time")) if played else None
+
+# %% [markdown]
+# ## Libraries
+#
+# Plays by the library their item is in. *unknown*: the source did not say (Jellyfin and
+# Emby sessions and Tautulli's history API name no library, nor do events recorded before
+# libraries were recorded); *library N*: the source gave only the section id.
+
+# %% tags=["hide-input"]
+libraries = (
+    stats.by_library(db)
+    .join(stats.by_library(db, metric="watch_time"), on="library")
+    .with_columns((pl.col("plays") / max(played, 1)).alias("share"))
+    .sort(["plays", "library"], descending=[True, False])
+    .select("library", "plays", "share", "watch_time")
+)
+libraries_table = present.table(
+    libraries,
+    id="libraries",
+    title="Libraries",
+    labels={
+        "library": "Library",
+        "plays": "Plays",
+        "share": "Share of plays",
+        "watch_time": "Watch time",
+    },
+    counts=["plays"],
+    durations=["watch_time"],
+    shares=["share"],
+)
+libraries_table
+
+# %% tags=["remove-cell"]
+# NBVAL_CHECK_OUTPUT
+print(libraries_table)
+
+# %% [markdown]
+# ## A title
+#
+# Every play of one title (the `title` parameter; the most played one when it is not set):
+# who watched it, when, how far and on what. Run `workbench report overview -p title NAME`
+# for another title.
+
+# %% tags=["hide-input"]
+shown_title = title if title is not None else (titles["title"][0] if titles.height else None)
+page = (
+    stats.title_history(db, shown_title, tz=tz)
+    if shown_title is not None
+    else pl.DataFrame(schema={c: pl.String for c in stats.TITLE_HISTORY_COLUMNS})
+)
+page_rows = page.head(top).select(
+    pl.col("started_at").dt.strftime("%a %Y-%m-%d %H:%M").alias("when"),
+    "username",
+    "title",
+    (pl.col("percent_complete") / 100).alias("reached"),
+    "watch_time",
+    "platform",
+    "player",
+    "library",
+)
+title_table = present.table(
+    page_rows,
+    id="title-page",
+    title=str(shown_title or "No title"),
+    subtitle=f"latest {page_rows.height} of {page.height} plays, in {tz} time",
+    labels={
+        "when": "Started",
+        "username": "User",
+        "title": "Item",
+        "reached": "Reached",
+        "watch_time": "Watch time",
+        "platform": "Platform",
+        "player": "Player",
+        "library": "Library",
+    },
+    durations=["watch_time"],
+    shares=["reached"],
+)
+title_table
+
+# %% tags=["remove-cell"]
+# NBVAL_CHECK_OUTPUT
+print(title_table)
 
 # %% [markdown]
 # ## Users
@@ -321,6 +406,7 @@ present.details(
         "tz": tz,
         "top": top,
         "as_of": as_of,
+        "title": title,
     },
     note=(
         f"The projection was read at log sequence {seq or 0:,}"

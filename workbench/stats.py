@@ -91,10 +91,12 @@ Dimensions
 Text dimensions (platform, player, media type, stream type, resolution) that are missing
 or empty read ``"unknown"``. ``transcode_decision`` becomes the stream type ``"direct
 play"``, ``"direct stream"`` (also Plex's and Tautulli's ``"copy"``), ``"transcode"`` or
-``"unknown"``; other values are kept lower-cased. ``playback_events`` has no library
-column, so "library" statistics are by ``media_type``; and it keeps one resolution,
-``video_resolution`` (the source media's for the Plex poller, Tautulli and Jellyfin
-adapters), so :func:`by_resolution` is the only resolution split: a separate stream
+``"unknown"``; other values are kept lower-cased. A play's library (:func:`by_library`) is
+its first playback's ``library_name``, else ``"library <library_id>"`` when a source gave
+only the id, else ``"unknown"`` (events recorded before libraries existed, and sources that
+do not name one: Jellyfin, Emby, Tautulli's history API). ``playback_events`` keeps one
+resolution, ``video_resolution`` (the source media's for the Plex poller, Tautulli and
+Jellyfin adapters), so :func:`by_resolution` is the only resolution split: a separate stream
 resolution needs a ``stream_video_resolution`` column in the projection first.
 Titles roll episodes up to their show and tracks to their artist (``grandparent_title``
 when present, else ``title``), like Tautulli's "most watched TV shows".
@@ -906,8 +908,8 @@ def by_media_type(
     grouping: bool = True,
     min_seconds: int = DEFAULT_MIN_SECONDS,
 ) -> pl.DataFrame:
-    """Plays (or watch time) per ``media_type`` (``movie``, ``episode``, ``track``...): the
-    "library" split, as ``playback_events`` has no library column.
+    """Plays (or watch time) per ``media_type`` (``movie``, ``episode``, ``track``...); per
+    library: :func:`by_library`.
 
     Examples
     --------
@@ -1144,6 +1146,137 @@ def who_watched(
     keys = ["server_id", "user_id", "username"]
     frame = frame.sort([metric, *keys], descending=[True, False, False, False], nulls_last=True)
     return _local(frame.select(*keys, metric, "last_played"), ["last_played"], tz)
+
+
+# ---------------------------------------------------------------------------------------
+# libraries and the title page
+
+# a play's library is its first playback's (the play_key row); the projection's empty
+# values are NULL
+_LIBRARY_LABEL = """coalesce(
+    nullif(trim({p}library_name), ''),
+    'library ' || nullif(trim({p}library_id), ''),
+    'unknown'
+)"""
+PLAYS_BY_LIBRARY = (
+    PLAYS_CTE
+    + f"""
+SELECT {_LIBRARY_LABEL.format(p="e.")} AS library, {_TOTALS}
+FROM plays LEFT JOIN playback_events e ON e.correlation_key = plays.play_key
+GROUP BY library
+"""
+)
+PLAY_LIBRARIES = (
+    f"SELECT correlation_key AS play_key, {_LIBRARY_LABEL.format(p='')} AS library\n"
+    "FROM playback_events"
+)
+
+
+def by_library(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per library (see the module's "Dimensions"): columns
+    ``library`` and ``metric``, most first. Libraries of one name on two servers are one row.
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', '1', 'Movies', '2026-01-05 20:00Z', '2026-01-05 22:00Z'),"
+    ...     "('b', '2', 'TV Shows', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('c', '1', 'Movies', '2026-01-06 20:00Z', '2026-01-06 21:00Z'),"
+    ...     "('d', '9', NULL, '2026-01-06 20:00Z', '2026-01-06 21:00Z'),"
+    ...     "('e', NULL, NULL, '2026-01-06 20:00Z', '2026-01-06 21:00Z')"
+    ...     ") t(correlation_key, library_id, library_name, started_at, stopped_at)"
+    ... )
+    >>> print(by_library(db).rows())
+    [('Movies', 2), ('TV Shows', 1), ('library 9', 1), ('unknown', 1)]
+    """
+    return _ranked(db, PLAYS_BY_LIBRARY, ["library"], metric, grouping, min_seconds)
+
+
+TITLE_HISTORY_COLUMNS = [
+    "started_at",
+    "stopped_at",
+    "username",
+    "user_id",
+    "server_id",
+    "title",
+    "percent_complete",
+    "watched",
+    "watch_time",
+    "platform",
+    "player",
+    "stream_type",
+    "library",
+    "playbacks",
+]
+"""The columns of :func:`title_history`."""
+
+
+def title_history(
+    db: Database,
+    title: str | None = None,
+    *,
+    rating_key: str | None = None,
+    media_type: str | None = None,
+    tz: str = "UTC",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+    watched_percent: float = DEFAULT_WATCHED_PERCENT,
+) -> pl.DataFrame:
+    """A title's page: who watched it, when, how far, on what. One row per play (see the
+    module's "play"), newest first.
+
+    ``title`` is a movie's title or a show's (the ``title`` column of :func:`top_titles`: an
+    episode rolls up to its show, and the row's ``title`` names the episode); ``rating_key``
+    names one item instead. Columns :data:`TITLE_HISTORY_COLUMNS`: ``started_at`` and
+    ``stopped_at`` as clocks in ``tz``, ``percent_complete`` the exact share reached (the
+    highest of the play's playbacks), ``watched``, ``watch_time`` (s), ``platform``,
+    ``player``, ``stream_type``, ``library`` (named as :func:`by_library` names it).
+
+    Examples
+    --------
+    >>> from ingestor.projection import Projection
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'u1', 'ann', '7', 'Heat', 'Roku', '2026-01-05 20:00Z', 84.79),"
+    ...     "('b', 'u2', 'bob', '7', 'Heat', 'Chrome', '2026-01-06 20:00Z', 100.0),"
+    ...     "('c', 'u2', 'bob', '8', 'Up', 'Chrome', '2026-01-07 20:00Z', 100.0)"
+    ...     ") t(correlation_key, user_id, username, rating_key, title, platform, "
+    ...     "started_at, percent_complete)"
+    ... )
+    >>> _ = db.con.execute("UPDATE playback_events SET stopped_at = started_at + INTERVAL 2 HOUR")
+    >>> page = title_history(db, "Heat", tz="Europe/Paris")
+    >>> columns = ["started_at", "username", "percent_complete", "watched", "platform"]
+    >>> for started, *rest in page.select(columns).rows():
+    ...     print(started.isoformat(), *rest)
+    2026-01-06T21:00:00+01:00 bob 100.0 True Chrome
+    2026-01-05T21:00:00+01:00 ann 84.79 False Roku
+    >>> title_history(db, rating_key="8")["username"].to_list()
+    ['bob']
+    """
+    if (title is None) == (rating_key is None):
+        raise ValueError("name the title or its rating_key (one of them)")
+    frame = plays(
+        db, tz=tz, grouping=grouping, min_seconds=min_seconds, watched_percent=watched_percent
+    )
+    if rating_key is not None:
+        frame = frame.filter(pl.col("rating_key") == rating_key)
+    else:
+        frame = frame.filter(pl.col("title_key") == title)
+    if media_type is not None:
+        frame = frame.filter(pl.col("media_type") == media_type)
+    libraries = _con(db).sql(PLAY_LIBRARIES).pl()
+    frame = frame.join(libraries, on="play_key", how="left")
+    return frame.sort(["started_at", "play_key"], descending=True).select(TITLE_HISTORY_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1538,6 +1671,7 @@ __all__ = [
     "by_day",
     "by_day_of_week",
     "by_hour_of_day",
+    "by_library",
     "by_media_type",
     "by_month",
     "by_platform",
@@ -1556,6 +1690,7 @@ __all__ = [
     "plays",
     "popular_titles",
     "previous_period",
+    "title_history",
     "top_titles",
     "who_watched",
 ]

@@ -152,10 +152,12 @@ CREATE OR REPLACE TEMP TABLE _as_of_candidates AS
 SELECT correlation_key FROM {src}.playback_events
 WHERE first_seq <= {known} AND (last_seq > {known}{valid_cut})
 UNION SELECT from_key FROM {moves} WHERE seq > {known} AND from_key IS NOT NULL
-UNION SELECT to_key FROM {moves} WHERE seq > {known}
-UNION SELECT correlation_key FROM {src}.playback_events
-WHERE state = 'stale' AND first_seq <= {known} AND stale_at >= {watermark}
+UNION SELECT to_key FROM {moves} WHERE seq > {known}{stale}
 """
+# stale now, not yet at the point (a file older than tables version 3 has no stale_at)
+_STALE_CANDIDATES = """
+UNION SELECT correlation_key FROM {src}.playback_events
+WHERE state = 'stale' AND first_seq <= {known} AND stale_at >= {watermark}"""
 # the watermark as of the point: the newest event time of the events known there
 _WATERMARK = "SELECT max(occurred_at) FROM media_events"
 # the events as of the point of those that have any: the playbacks to fold again (key
@@ -217,6 +219,13 @@ class _Source:
         }
         self.moves = f"{self.src}.playback_moves" if "playback_moves" in present else None
         self.decisions = f"{self.src}.audit_decisions" if "audit_decisions" in present else None
+        self.stale = bool(
+            con.execute(
+                "SELECT 1 FROM duckdb_columns() WHERE database_name = ? AND schema_name = 'main'"
+                " AND table_name = 'playback_events' AND column_name = 'stale_at'",
+                [catalog],
+            ).fetchall()
+        )
 
     @property
     def moves_table(self) -> str:
@@ -301,14 +310,11 @@ def open_as_of(
         cursor.execute(_SEQ_VIEW.format(name="playback_moves", table=moves, known=known))
         cursor.execute(_SEQ_VIEW.format(name="audit_decisions", table=decisions, known=known))
         watermark = cursor.execute(_WATERMARK).fetchall()[0][0]
+        stale = ""
+        if source.stale and watermark is not None:
+            stale = _STALE_CANDIDATES.format(src=src, known=known, watermark=_timestamp(watermark))
         cursor.execute(
-            _CANDIDATES.format(
-                src=src,
-                moves=moves,
-                known=known,
-                valid_cut=valid_cut,
-                watermark=_timestamp(watermark) if watermark is not None else "NULL",
-            )
+            _CANDIDATES.format(src=src, moves=moves, known=known, valid_cut=valid_cut, stale=stale)
         )
         refolded, events = _refold(cursor, src, watermark)
         cursor.execute(_PLAYBACKS_VIEW.format(src=src, known=known, valid_kept=valid_kept))
@@ -342,8 +348,11 @@ def _refold(
         stale_after=stored_stale_after(cursor, f"{src}.projection_meta"),
     )
     cursor.register("_as_of_folded", folded.to_arrow())
+    # a file of an older tables version read without migrating (read-only) lacks the later
+    # columns (stale_at, library_id, library_name): fill the ones it has
+    stored = {d[0] for d in cursor.execute("SELECT * FROM _as_of_refolded LIMIT 0").description}
     try:
-        names = ", ".join(_PLAYBACK_NAMES)
+        names = ", ".join(name for name in _PLAYBACK_NAMES if name in stored)
         cursor.execute(f"INSERT INTO _as_of_refolded ({names}) SELECT {names} FROM _as_of_folded")
     finally:
         cursor.unregister("_as_of_folded")

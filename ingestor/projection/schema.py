@@ -30,6 +30,8 @@ EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("rating_key", "VARCHAR", pa.string()),
     ("year", "INTEGER", pa.int32()),
     ("media_duration", "INTEGER", pa.int32()),
+    ("library_id", "VARCHAR", pa.string()),
+    ("library_name", "VARCHAR", pa.string()),
     ("started_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
     ("stopped_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
     ("position_ms", "BIGINT", pa.int64()),
@@ -157,6 +159,7 @@ ALERT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
 ALERT_ARROW = pa.schema([(name, arrow) for name, _, arrow in ALERT_COLUMNS])
 
 # playback_events: where each column's value comes from (see fold.py)
+LIBRARY_COLUMNS = ["library_id", "library_name"]
 IDENTITY_COLUMNS = [
     "server_id",
     "user_id",
@@ -177,7 +180,9 @@ IDENTITY_COLUMNS = [
     "device",
     "ip_address",
     "location_type",
+    *LIBRARY_COLUMNS,
 ]
+"""Text said once per playback: the first non-empty value (by stream sequence) wins."""
 IDENTITY_NUMBERS = ["year", "media_duration"]
 # a finished-session summary is authoritative for stream details
 STREAM_DETAIL_COLUMNS = [
@@ -200,7 +205,11 @@ _TYPES = {name: duck for name, duck, _ in EVENT_COLUMNS}
 
 PLAYBACK_COLUMNS: list[tuple[str, str]] = [
     ("correlation_key", "VARCHAR NOT NULL"),  # unique by construction (see store.py)
-    *[(name, _TYPES[name]) for name in IDENTITY_COLUMNS + IDENTITY_NUMBERS],
+    *[
+        (name, _TYPES[name])
+        for name in IDENTITY_COLUMNS + IDENTITY_NUMBERS
+        if name not in LIBRARY_COLUMNS
+    ],
     *[(name, _TYPES[name]) for name in STREAM_DETAIL_COLUMNS + STREAM_DETAIL_VALUES],
     ("started_at", "TIMESTAMPTZ"),
     ("stopped_at", "TIMESTAMPTZ"),
@@ -219,6 +228,9 @@ PLAYBACK_COLUMNS: list[tuple[str, str]] = [
     # a playback still playing or paused counts as stopped at its last report once the
     # projection's newest event time passes this (fold.py, "stale"); NULL once stopped
     ("stale_at", "TIMESTAMPTZ"),
+    # tables version 4: added last, as ``ALTER TABLE ... ADD COLUMN`` appends them to a file
+    # of version 3 and rows are inserted by position (store.py MIGRATIONS)
+    *[(name, _TYPES[name]) for name in LIBRARY_COLUMNS],
 ]
 
 # playback_moves: every change of an accepted event's playback after it was projected, so

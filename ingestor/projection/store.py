@@ -71,7 +71,7 @@ PROJECTOR = "projector"
 DUCKDB_MEMORY_LIMIT = "128MB"
 DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
 FOLD_STATES_LIMIT = 50_000  # playbacks whose fold state stays in memory
-PROJECTION_SCHEMA_VERSION = 3  # of the tables; a file written by a later version is refused
+PROJECTION_SCHEMA_VERSION = 4  # of the tables; a file written by a later version is refused
 # what brings a file of the version before up to each version (the DDL makes new files whole)
 MIGRATIONS: dict[int, list[str]] = {
     # percent_complete is the exact share, no longer a rounded whole number
@@ -79,6 +79,13 @@ MIGRATIONS: dict[int, list[str]] = {
     # stale playbacks (fold.py): an open playback of an older file gets its stale_at when it
     # is next folded (``ingestor replay`` applies the rule to all)
     3: ["ALTER TABLE playback_events ADD COLUMN IF NOT EXISTS stale_at TIMESTAMPTZ"],
+    # playbacks carry their library (schema.LIBRARY_COLUMNS, last in the table). A migrated
+    # file's rows read NULL ("unknown"): their events were recorded without libraries, so
+    # folding them again gives the same
+    4: [
+        "ALTER TABLE playback_events ADD COLUMN IF NOT EXISTS library_id VARCHAR",
+        "ALTER TABLE playback_events ADD COLUMN IF NOT EXISTS library_name VARCHAR",
+    ],
 }
 SELECT_SCHEMA_VERSION = "SELECT value FROM projection_meta WHERE name = 'schema_version'"
 SELECT_STALE_AFTER = "SELECT value FROM {meta} WHERE name = 'stale_after_seconds'"

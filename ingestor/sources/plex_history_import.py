@@ -16,6 +16,9 @@ LukeHagar/plexjs @ 2b38478255ecc955a3afc05dca5e5a95595efcbf,
   1) and ``deviceID`` (int).
 * The server id is ``/identity``'s ``machineIdentifier``, as the live Plex sources use.
 
+``librarySectionID`` becomes the event's ``library_id``; the entry has no library title, so
+``library_name`` stays empty (a live source's report of the item names it).
+
 A history entry records only that an account viewed an item at ``viewedAt`` (when Plex
 counted it watched, usually near the end): each becomes a ``summary`` with ``started_at`` =
 ``occurred_at`` = viewedAt and nothing invented. It lacks the start and stop times, the
@@ -101,6 +104,8 @@ def event_from_entry(entry: Mapping[str, Any], server_id: str, owner: OwnerMap) 
         parent_title=str(entry.get("parentTitle") or ""),
         grandparent_title=str(entry.get("grandparentTitle") or ""),
         rating_key=str(entry.get("ratingKey") or ""),
+        # the section id only: history entries name no library title
+        library_id=str(entry.get("librarySectionID") or ""),
         started_at=at,
         raw_payload=_json.encode(dict(entry)).decode(),
     )

@@ -168,6 +168,8 @@ class PlexSession(msgspec.Struct, rename="camel"):
     duration: Number = None  # ms
     view_offset: Number = None  # ms
     guid: str = ""
+    library_section_id: Number = msgspec.field(name="librarySectionID", default=None)
+    library_section_title: str = ""
 
     @property
     def key(self) -> SessionId:
@@ -614,6 +616,10 @@ class PlexSessionsPoller:
             rating_key=str(session.rating_key),
             year=_int(session.year),
             media_duration=round(duration / 1000) if duration is not None else None,
+            library_id=""
+            if session.library_section_id is None
+            else str(session.library_section_id),
+            library_name=session.library_section_title,
             started_at=tracked.started_at,
             stopped_at=now if change.event_type is EventType.STOP else None,
             position_ms=_int(session.view_offset),

@@ -123,6 +123,8 @@ class PlexMetadata(msgspec.Struct, rename="camel"):
     duration: int | None = None  # ms
     view_offset: int | None = None  # ms; absent when the item has no saved progress
     library_section_title: str = ""
+    # an int in PMS's JSON; absent for items outside a library (VOD, trailers)
+    library_section_id: int | str | None = msgspec.field(name="librarySectionID", default=None)
 
 
 class PlexWebhookPayload(msgspec.Struct):
@@ -509,6 +511,8 @@ class PlexWebhook:
             rating_key=str(meta.rating_key),
             year=meta.year,
             media_duration=round(meta.duration / 1000) if meta.duration is not None else None,
+            library_id="" if meta.library_section_id is None else str(meta.library_section_id),
+            library_name=meta.library_section_title,
             started_at=playback.started_at,
             stopped_at=now if step.event_type is EventType.STOP else None,
             position_ms=position,

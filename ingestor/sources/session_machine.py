@@ -553,6 +553,9 @@ def observe_session(entry: object) -> Observation | None:
         **_hierarchy(item, item_type),
         rating_key=item_id,
         year=_int(item.get("ProductionYear")),
+        # no library: NowPlayingItem's ParentId is the item's folder (a season, a movie's
+        # folder), not its library, and the Sessions frame names no collection; the events
+        # leave library_id/library_name empty rather than guess
         media_duration=None if duration_ms is None else duration_ms // 1000,
         media_duration_ms=duration_ms,
         platform=_str(entry.get("Client")),

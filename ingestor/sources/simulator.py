@@ -346,6 +346,11 @@ def _dt(ms: int) -> datetime:
 # building the world
 
 
+# (library_id, library_name) of the Plex server's sections by media type. Jellyfin events get
+# none: the Sessions frames the real adapter reads do not name the library.
+_PLEX_SECTIONS = {"movie": ("1", "Movies"), "episode": ("2", "TV Shows")}
+
+
 @dataclass(frozen=True, slots=True)
 class _Title:
     media_type: str
@@ -797,9 +802,9 @@ class _Emitter:
         return [event for _, _, event in sorted(self.out, key=lambda e: (e[0], e[1]))]
 
     @staticmethod
-    def _media(pb: _Playback) -> dict[str, Any]:
+    def _media(pb: _Playback, *, library: bool = True) -> dict[str, Any]:
         item = pb.item
-        return {
+        media = {
             "media_type": item.media_type,
             "title": item.title,
             "parent_title": item.parent_title,
@@ -808,6 +813,9 @@ class _Emitter:
             "year": item.year,
             "media_duration": item.duration_s,
         }
+        if library:  # the Plex server's sections, as its webhooks and Tautulli name them
+            media["library_id"], media["library_name"] = _PLEX_SECTIONS[item.media_type]
+        return media
 
     def plex(self, pb: _Playback) -> None:
         """Webhook reports: play, pause/resume pairs, scrobble past 90 %, stop."""
@@ -912,7 +920,7 @@ class _Emitter:
             "session_key": pb.session_key,
             "user_id": pb.person.jellyfin_user_id,
             "username": pb.person.username,
-            **self._media(pb),
+            **self._media(pb, library=False),  # Sessions frames name no library
             "started_at": _dt(pb.t0_ms),
             "platform": pb.device.platform,
             "player": device.player,

@@ -1034,6 +1034,9 @@ def _open_session(key: str, raw: Mapping[str, Any], started: int, now: datetime)
         "rating_key": as_id(raw.get("rating_key")),
         "year": as_int(raw.get("year")) or None,
         "media_duration": length_ms // 1000 if length_ms else None,
+        # PMS's librarySectionID / librarySectionTitle, as get_activity flattens them
+        "library_id": as_id(raw.get("section_id")),
+        "library_name": as_text(raw.get("library_name")),
         "platform": as_text(raw.get("platform")),
         "platform_name": as_text(raw.get("platform_name")),
         "platform_version": as_text(raw.get("platform_version")),

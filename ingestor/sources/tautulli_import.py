@@ -200,6 +200,24 @@ def history_query(schema: Mapping[str, set[str]]) -> str:
             parts.append(f'{_ALIASES[table]}."{column}" AS "{name}"')
         else:
             parts.append(f'NULL AS "{name}"')
+    # the library: history.section_id since v2.7.0, metadata.section_id before it; its name
+    # from library_sections (one Tautulli database covers one Plex server)
+    if "section_id" in schema.get(_HISTORY, ()):
+        section = 'h."section_id"'
+    elif "section_id" in schema.get(_METADATA, ()):
+        section = 'm."section_id"'
+    else:
+        section = "NULL"
+    parts.append(f'{section} AS "section_id"')
+    if section != "NULL" and {"section_id", "section_name"} <= schema.get(
+        "library_sections", set()
+    ):
+        parts.append(
+            '(SELECT l."section_name" FROM library_sections l'
+            f' WHERE l."section_id" = {section} LIMIT 1) AS "library_name"'
+        )
+    else:
+        parts.append('NULL AS "library_name"')
     users = _JOIN_USERS if "user_id" in schema.get(_USERS, ()) else ""
     return "SELECT " + ", ".join(parts) + _FROM_HISTORY + users + _PAGE
 
@@ -314,6 +332,9 @@ def api_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "audio_codec": record.get("audio_codec"),
         "audio_channels": record.get("audio_channels"),
         "stream_bitrate": record.get("stream_bitrate"),
+        # get_activity's names for the library (get_history rows have none)
+        "section_id": record.get("section_id"),
+        "library_name": record.get("library_name"),
     }
     return row
 

@@ -274,6 +274,9 @@ def summary_from_history_row(
         rating_key=as_id(row.get("rating_key")),
         year=as_int(row.get("year")) or None,
         media_duration=media_ms // 1000 if media_ms else None,
+        # an imported database row has them (tautulli_import); get_history's rows do not
+        library_id=as_id(row.get("section_id")),
+        library_name=as_text(row.get("library_name")),
         started_at=started,
         stopped_at=stopped,
         position_ms=as_int(row.get("view_offset")),

@@ -1144,6 +1144,9 @@ def _activity_session(session: LiveSession) -> dict[str, Any]:
         "audio_channels": str(play.audio_channels),
         "stream_bitrate": str(play.stream_bitrate),
         "guid": f"plex://{play.media_type}/{play.rating_key:024x}",
+        # PMS's librarySectionID / librarySectionTitle (the sections TautulliDb writes)
+        "section_id": "1" if play.media_type == "movie" else "2",
+        "library_name": "Movies" if play.media_type == "movie" else "TV Shows",
     }
 
 

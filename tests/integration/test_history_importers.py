@@ -392,11 +392,11 @@ async def test_plex_history_twice_adds_nothing_and_pages(sink: DirectSink, tmp_p
     (row,) = stored(
         sink, "source", "server_id", "session_key", "user_id", "rating_key", "title",
         "grandparent_title", "started_at", "stopped_at", "play_duration", "machine_id",
-        where="WHERE session_key = '1'",
+        "library_id", "library_name", where="WHERE session_key = '1'",
     )  # fmt: skip
     assert row == (
         "plex-history", PLEX_SERVER_ID, "1", "8312457", "54321", "The Noise That Blue Makes",
-        "Taskmaster", T0 + timedelta(seconds=600), None, None, "",
+        "Taskmaster", T0 + timedelta(seconds=600), None, None, "", "2", "",
     )  # fmt: skip
     assert counts(sink)["accepted"] == 8 and counts(sink)["playbacks"] == 8
 

@@ -195,6 +195,8 @@ async def test_a_full_plex_playback_becomes_exact_lifecycle_events_and_one_playb
         "Breaking Bad",
     )
     assert (pause.year, pause.media_duration) == (2008, DURATION_MS // 1000)
+    # Metadata.librarySectionID is an int in the webhook's JSON: ids are strings
+    assert (pause.library_id, pause.library_name) == ("2", "TV Shows")
     assert (
         pause.raw_payload == compact(webhook_payload("media.pause", view_offset=600_000)).decode()
     )
@@ -280,6 +282,21 @@ async def test_a_configured_token_is_required_in_the_query(
         assert "401" in (hook.health.last_error or "")
         assert (await post(http, url, body, token="s3cret-tok"))[0] == 200
     assert [row[0] for row in stored(projection)] == ["play"]
+
+
+async def test_an_item_outside_any_library_has_an_unknown_library(
+    db: tuple[Projection, RecordingSink], tmp_path: Path
+) -> None:
+    """VOD items and trailers carry no librarySection* keys: the library stays empty."""
+    _, sink = db
+    hook = make_hook(sink, tmp_path, ManualClock())
+    payload = webhook_payload("media.play")
+    for key in ("librarySectionID", "librarySectionTitle", "librarySectionKey"):
+        del payload["Metadata"][key]
+    async with webhook_server(hook) as url, aiohttp.ClientSession() as http:
+        assert (await post(http, url, payload))[0] == 200
+    [play] = sink.events
+    assert (play.library_id, play.library_name) == ("", "")
 
 
 def _without(key: str) -> dict[str, Any]:
@@ -700,7 +717,9 @@ async def test_pause_resume_scrobble_and_stop_are_emitted_once_each_into_one_pla
         False,
     )
     assert (stop.media_duration, stop.year, stop.grandparent_title) == (2640, 2008, "Breaking Bad")
+    assert (stop.library_id, stop.library_name) == ("2", "TV Shows")
     [row] = playbacks(projection)
+    assert (row["library_id"], row["library_name"]) == ("2", "TV Shows")
     assert (row["state"], row["paused_seconds"], row["played_seconds"]) == ("stopped", 300, 2340)
     assert (row["started_at"], row["stopped_at"]) == (T0, T0 + timedelta(seconds=2640))
 

@@ -448,6 +448,13 @@ async def test_live_transitions_are_emitted_once_per_change_and_link_with_the_hi
     )
     (link,) = query(sink, "SELECT tier, action, event_id FROM dedupe_audit_log")
     assert link == ("correlation", "link", summary_event_id(SERVER_ID, row_id))
+    # get_activity names the library (PMS's librarySection*): every live transition has it
+    libraries = "SELECT DISTINCT source, library_id, library_name FROM media_events_detail"
+    assert set(query(sink, libraries)) == {
+        (ACTIVITY_SOURCE, "1", "Movies"),
+        ("tautulli", None, None),
+    }
+    assert query(sink, "SELECT library_id, library_name FROM playback_events") == [("1", "Movies")]
 
 
 async def test_a_live_session_is_held_back_until_tautulli_lists_its_start(
@@ -859,6 +866,34 @@ async def test_the_import_makes_the_same_events_as_the_api_sync(
         imported, "SELECT video_resolution, position_ms FROM media_events_detail LIMIT 1"
     )
     assert details[0][0] == "1080" and details[0][1] > 0
+    # and the library (session_history.section_id, its library_sections name); get_history's
+    # rows name none, so the API sync's summaries leave it unknown
+    libraries = "SELECT DISTINCT media_type, library_id, library_name FROM media_events_detail"
+    assert sorted(query(imported, libraries)) == [
+        ("episode", "2", "TV Shows"),
+        ("movie", "1", "Movies"),
+    ]
+    assert {row[1:] for row in query(sink, libraries)} == {(None, None)}
+
+
+async def test_an_old_database_keeps_the_section_in_metadata_and_may_lack_names(
+    db: TautulliDb, tmp_path: Path
+) -> None:
+    """Before Tautulli v2.7.0 section_id lived in session_history_metadata; a database
+    without library_sections names no library."""
+    seed(db, 2)
+    db.con.execute("ALTER TABLE session_history_metadata ADD COLUMN section_id INTEGER")
+    db.con.execute(
+        "UPDATE session_history_metadata SET section_id = "
+        "(SELECT section_id FROM session_history h WHERE h.id = session_history_metadata.id)"
+    )
+    db.con.execute("ALTER TABLE session_history DROP COLUMN section_id")
+    db.con.execute("DELETE FROM library_sections")
+    db.con.commit()
+    imported = direct_sink(tmp_path / "old.duckdb")
+    await import_tautulli_db(db.path, imported, server_id=SERVER_ID, state_path=None)
+    libraries = "SELECT DISTINCT media_type, library_id, library_name FROM media_events_detail"
+    assert sorted(query(imported, libraries)) == [("episode", "2", None), ("movie", "1", None)]
 
 
 async def test_importing_after_the_sync_adds_nothing(

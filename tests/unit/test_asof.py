@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from random import Random
 
+import duckdb
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +28,7 @@ from ingestor.projection import Projection
 from ingestor.projection.asof import AsOfPoint, open_as_of, resolve
 from ingestor.records import AuditDecision, encode_record
 from ingestor.sources.simulator import SimulationConfig, simulate
+from tests.factory import messages, plex_playback
 from tests.support import occurred_slice
 from workbench.stats import by_user
 from workbench.temporal import active_at
@@ -246,3 +248,22 @@ def test_twenty_instants_of_a_simulated_week_on_both_clocks_after_a_confirm_and_
         cursor.close()
     scratch.close()
     live.close()
+
+
+def test_an_unmigrated_file_of_tables_version_2_is_read_as_of_a_point(tmp_path: Path) -> None:
+    """Read-only, a version-2 file is not migrated: refolded playbacks fill the columns it
+    has and leave out the later ones it lacks (stale_at, the library's)."""
+    path = tmp_path / "v2.duckdb"
+    projection = Projection(path)
+    Pipeline(projection, DedupIndex()).process(messages(plex_playback()))
+    projection.con.execute("ALTER TABLE playback_events DROP COLUMN stale_at")
+    projection.con.execute("ALTER TABLE playback_events DROP COLUMN library_id")
+    projection.con.execute("ALTER TABLE playback_events DROP COLUMN library_name")
+    projection.con.execute("UPDATE projection_meta SET value = '2' WHERE name = 'schema_version'")
+    projection.close()
+    con = duckdb.connect(str(path), read_only=True)
+    cursor, stats = open_as_of(con, AsOfPoint("recorded", None, 2, None))
+    assert stats.playbacks_refolded == 1
+    assert cursor.execute("SELECT state FROM playback_events").fetchall() == [("paused",)]
+    cursor.close()
+    con.close()

@@ -180,3 +180,19 @@ def test_the_router_reads_recorded_times_as_message_of_does() -> None:
         (datetime.fromtimestamp(ns / 1e9, UTC) - epoch) // timedelta(microseconds=1) for ns in nanos
     ]
     assert got == expected
+
+
+def test_an_archived_v1_log_takes_the_fast_path_with_empty_libraries() -> None:
+    lines = (Path(__file__).parent / "data" / "v1_log.jsonl").read_bytes().splitlines()
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    decoded = decode_batch([Message(i + 1, now, line) for i, line in enumerate(lines)])
+    assert decoded.fast.height == len(lines) and not decoded.slow and not decoded.rejected
+    assert set(decoded.frame()["library_id"]) == {""}
+    assert set(decoded.frame()["library_name"]) == {""}
+
+
+def test_events_with_libraries_take_the_fast_path() -> None:
+    events = plex_playback(library_id="2", library_name="TV Shows")
+    decoded = decode_batch([Message(i + 1, T0, encode_event(e)) for i, e in enumerate(events)])
+    assert decoded.fast.height == len(events) and not decoded.slow
+    assert set(decoded.frame()["library_name"]) == {"TV Shows"}

@@ -115,3 +115,21 @@ def test_correlation_keys_with_separators_round_trip(
 def test_times_in_other_zones_are_the_same_instant() -> None:
     paris = T0.astimezone(timezone(timedelta(hours=1)))
     assert decode_event(encode_event(event("plex", "play", paris, "s"))).occurred_at == T0
+
+
+def test_an_archived_v1_payload_decodes_with_an_unknown_library() -> None:
+    """Bytes as encode_event wrote them before events carried libraries (no schema_version
+    key: it was the default): still version 1, libraries empty, nothing else changed."""
+    stored = (DATA / "v1_log.jsonl").read_bytes().splitlines()[0]
+    assert b"schema_version" not in stored and b"library" not in stored
+    event = decode_event(stored).validate()
+    assert event.schema_version == SCHEMA_VERSION == 1
+    assert (event.library_id, event.library_name) == ("", "")
+    assert encode_event(event) == stored  # empty libraries are left out, as before
+
+
+def test_a_library_survives_the_round_trip() -> None:
+    original = event("plex", "play", T0, "s", library_id="1", library_name="Movies")
+    wire = encode_event(original)
+    assert b'"library_id":"1","library_name":"Movies"' in wire
+    assert decode_event(wire) == original

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from ingestor.app import TRUTH_SQL
 from ingestor.dedup import DedupIndex
 from ingestor.errors import TransientError
+from ingestor.messages import Message
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection, ProjectionError
-from ingestor.projection.store import PROJECTION_SCHEMA_VERSION
+from ingestor.projection.store import PROJECTION_SCHEMA_VERSION, SELECT_SCHEMA_VERSION
 from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
 from tests.factory import T0, event, messages, plex_playback, tautulli_summary
 
@@ -191,6 +192,8 @@ def test_a_file_of_the_first_tables_version_keeps_exact_completion_after_opening
     # the tables as version 1 made them
     projection.con.execute("ALTER TABLE playback_events ALTER percent_complete TYPE INTEGER")
     projection.con.execute("ALTER TABLE playback_events DROP COLUMN stale_at")
+    projection.con.execute("ALTER TABLE playback_events DROP COLUMN library_id")
+    projection.con.execute("ALTER TABLE playback_events DROP COLUMN library_name")
     projection.con.execute("UPDATE projection_meta SET value = '1' WHERE name = 'schema_version'")
     projection.close()
     projection = Projection(path)
@@ -202,6 +205,66 @@ def test_a_file_of_the_first_tables_version_keeps_exact_completion_after_opening
     ).fetchall()
     assert rows == [(84.79, str(PROJECTION_SCHEMA_VERSION))]
     projection.close()
+
+
+def test_a_file_of_tables_version_2_gains_the_later_columns_after_opening(
+    tmp_path: Path,
+) -> None:
+    """Versions 3 and 4 append stale_at, library_id and library_name: the rows already there
+    read NULL (unknown), and new playbacks land in the right columns (rows are inserted by
+    position)."""
+    path = tmp_path / "v2.duckdb"
+    projection = Projection(path)
+    projection.con.execute("ALTER TABLE playback_events DROP COLUMN stale_at")
+    projection.con.execute("ALTER TABLE playback_events DROP COLUMN library_id")
+    projection.con.execute("ALTER TABLE playback_events DROP COLUMN library_name")
+    projection.con.execute("UPDATE projection_meta SET value = '2' WHERE name = 'schema_version'")
+    projection.con.execute(
+        "INSERT INTO playback_events (correlation_key, title) VALUES ('old', 'Heat')"
+    )
+    projection.close()
+    projection = Projection(path)
+    play = event("plex", "play", T0, "s", started_at=T0, library_id="1", library_name="Movies")
+    Pipeline(projection, DedupIndex()).process(messages([play]))
+    rows = projection.con.execute(
+        "SELECT title, library_id, library_name, state FROM playback_events ORDER BY first_seq"
+    ).fetchall()
+    assert rows == [("Heat", "1", "Movies", "playing"), ("Heat", None, None, None)]
+    assert projection.con.execute(SELECT_SCHEMA_VERSION).fetchall() == [
+        (str(PROJECTION_SCHEMA_VERSION),)
+    ]
+    fresh = Projection(tmp_path / "fresh.duckdb")
+    columns = "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?"
+    assert (
+        projection.con.execute(columns, ["playback_events"]).fetchall()
+        == fresh.con.execute(columns, ["playback_events"]).fetchall()
+    )
+    projection.close()
+    fresh.close()
+
+
+def test_an_archived_v1_log_replays_to_the_same_playbacks_plus_unknown_libraries(
+    tmp_path: Path,
+) -> None:
+    """tests/unit/data/v1_log.jsonl is simulate(seed=5, users=3, days=1) as encode_event
+    wrote it before libraries existed; v1_log_playbacks.json its playback_events as that
+    code projected them. Replayed now: the same rows, and NULL libraries."""
+    data = Path(__file__).parent / "data"
+    lines = (data / "v1_log.jsonl").read_bytes().splitlines()
+    before = msgspec.json.decode((data / "v1_log_playbacks.json").read_bytes())
+    p = pipeline_at(tmp_path / "replay.duckdb")
+    p.process([Message(i + 1, T0, line) for i, line in enumerate(lines)])
+    cur = p.projection.con.execute(
+        "SELECT * EXCLUDE (sources), list_sort(sources) AS sources FROM playback_events "
+        "ORDER BY correlation_key"
+    )
+    names = [d[0] for d in cur.description]
+    found = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    now = msgspec.json.decode(msgspec.json.encode(found))
+    assert len(now) == len(before) == 13
+    for row in now:
+        assert row.pop("library_id") is None and row.pop("library_name") is None
+    assert now == before
 
 
 def test_a_file_written_by_a_later_version_is_refused_with_what_to_do(tmp_path: Path) -> None:

@@ -315,3 +315,19 @@ def test_event_volume_grows_linearly_with_user_days() -> None:
 def test_invalid_config_is_refused() -> None:
     with pytest.raises(ValueError):
         simulate(SimulationConfig(users=0))
+
+
+def test_plex_and_tautulli_reports_name_the_items_library_and_jellyfin_ones_none() -> None:
+    """Every Plex-server item is in one section, whichever source reports it; the Jellyfin
+    adapter cannot read a library, so simulated Jellyfin events have none either."""
+    sim = simulate(SimulationConfig(seed=1, users=3, days=2))
+    seen: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for e in sim.events:
+        seen.setdefault((e.server_id, e.rating_key), set()).add((e.library_id, e.library_name))
+        if e.source == "jellyfin":
+            assert (e.library_id, e.library_name) == ("", "")
+        else:
+            expected = {"movie": ("1", "Movies"), "episode": ("2", "TV Shows")}[e.media_type]
+            assert (e.library_id, e.library_name) == expected
+    assert all(len(libraries) == 1 for libraries in seen.values())
+    assert {e.library_name for e in sim.events} == {"Movies", "TV Shows", ""}

@@ -46,6 +46,8 @@ SCHEMA: dict[str, pl.DataType] = {
     "player": pl.String(),
     "transcode_decision": pl.String(),
     "video_resolution": pl.String(),
+    "library_id": pl.String(),
+    "library_name": pl.String(),
     "started_at": TS,
     "stopped_at": TS,
     "state": pl.String(),
@@ -93,6 +95,8 @@ DECISIONS = [
     None,
 ]
 RESOLUTIONS = ["4k", "1080", " 720", "", None]
+# (library_id, library_name): named, id only (Plex history), blank, unknown (older events)
+LIBRARIES = [("1", "Movies"), ("2", " TV Shows "), ("9", ""), ("7", None), ("", ""), (None, None)]
 
 
 def record(
@@ -207,6 +211,7 @@ def playback_rows(draw: st.DrawFn) -> list[dict[str, Any]]:
             transcode_decision=draw(st.sampled_from(DECISIONS)),
             video_resolution=draw(st.sampled_from(RESOLUTIONS)),
         )
+        row["library_id"], row["library_name"] = draw(st.sampled_from(LIBRARIES))
         if is_open:
             row["last_event_at"] = start + timedelta(seconds=draw(st.integers(0, 3 * 3600)))
         rows.append(row)
@@ -361,6 +366,18 @@ def expected_ranked(plays: pl.DataFrame, keys: list[str], metric: str) -> pl.Dat
     return summed.sort(
         [metric, *order], descending=[True] + [False] * len(order), nulls_last=True
     ).select(*order, metric)
+
+
+def expected_libraries(raw: pl.DataFrame, plays: pl.DataFrame) -> pl.DataFrame:
+    """``plays`` with ``library``: its first playback's name, else "library <id>", else
+    "unknown"."""
+    label = pl.coalesce(
+        blank_to_null(pl.col("library_name").str.strip_chars(" ")),
+        pl.lit("library ") + blank_to_null(pl.col("library_id").str.strip_chars(" ")),
+        pl.lit("unknown"),
+    )
+    first = raw.select(pl.col("correlation_key").alias("play_key"), label.alias("library"))
+    return plays.join(first, on="play_key", how="left")
 
 
 def expected_titles(plays: pl.DataFrame, media_type: str | None) -> pl.DataFrame:
@@ -543,6 +560,54 @@ def test_dimensions_split_plays_by_their_first_playback(
     for function, keys in DIMENSIONS:
         actual = function(con, metric=metric, **rules)
         assert_frame_equal(actual, expected_ranked(plays, keys, metric), check_dtypes=False)
+
+
+@PROPERTY
+@given(rows=playback_rows(), rules=RULES, metric=METRICS)
+def test_libraries_split_plays_by_their_first_playback(
+    rows: list[dict[str, Any]], rules: dict[str, Any], metric: str
+) -> None:
+    raw = frame_of(rows)
+    plays = expected_libraries(raw, expected_plays(raw, **rules))
+    actual = stats.by_library(projection_of(rows), metric=metric, **rules)
+    assert_frame_equal(actual, expected_ranked(plays, ["library"], metric), check_dtypes=False)
+
+
+@PROPERTY
+@given(
+    rows=playback_rows(),
+    rules=RULES,
+    item=st.sampled_from(sorted(ITEMS)),
+    by_key=st.booleans(),
+    tz=st.sampled_from(ZONES),
+)
+def test_a_title_page_lists_each_play_of_it_newest_first(
+    rows: list[dict[str, Any]], rules: dict[str, Any], item: str, by_key: bool, tz: str
+) -> None:
+    raw = frame_of(rows)
+    plays = expected_libraries(raw, expected_plays(raw, **rules))
+    if by_key:
+        page = stats.title_history(projection_of(rows), rating_key=item, tz=tz, **rules)
+        wanted = plays.filter(pl.col("rating_key") == item)
+    else:
+        _, title, grandparent = ITEMS[item]
+        name = grandparent or title or item
+        page = stats.title_history(projection_of(rows), name, tz=tz, **rules)
+        wanted = plays.filter(pl.col("title_key") == name)
+    expected = (
+        wanted.sort(["started_at", "play_key"], descending=True)
+        .with_columns(pl.col("started_at", "stopped_at").dt.convert_time_zone(tz))
+        .select(stats.TITLE_HISTORY_COLUMNS)
+    )
+    assert_frame_equal(page, expected, check_dtypes=False)
+
+
+def test_a_title_page_needs_a_title_or_a_rating_key() -> None:
+    db = projection_of([])
+    with pytest.raises(ValueError, match="title or its rating_key"):
+        stats.title_history(db)
+    with pytest.raises(ValueError, match="title or its rating_key"):
+        stats.title_history(db, "Heat", rating_key="10")
 
 
 @PROPERTY
