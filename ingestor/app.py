@@ -848,6 +848,11 @@ async def identity_publish_command(
             "an identity record is a record in the stream, and NATS_ENABLED=false has none: "
             "enable NATS (the projection changes only through the stream)"
         )
+    if not settings.event_sourcing:
+        raise IngestorError(
+            "NATS_EVENT_SOURCING=false (legacy mode): no router projects the stream, so an "
+            "identity record would never reach the projection; run in event-sourcing mode"
+        )
     try:
         record = IdentityRecord.make(
             action, person, accounts, datetime.now(UTC), by=by, notes=notes
