@@ -2,9 +2,9 @@
 
 :func:`decode_batch` (live: a list of :class:`~ingestor.messages.Message`) and
 :func:`decode_table` (rebuild: an Arrow table of archived messages) return a :class:`Decoded`:
-the batch's media events as one polars frame (:data:`FRAME_COLUMNS`), its audit decisions and
-alerts (``audit.>``, ``alert.>``: rare, decoded one by one), and the messages that can never be
-projected, with why.
+the batch's media events as one polars frame (:data:`FRAME_COLUMNS`), its records (audit
+decisions, alerts, identity records: ``audit.>``, ``alert.>``, ``identity.>``; rare, decoded
+one by one), and the messages that can never be projected, with why.
 
 **Fast path.** ``polars.read_ndjson`` parses the joined payloads into typed columns. A row stays
 on the fast path only if its payload is *byte for byte* what :func:`ingestor.events.encode_event`
@@ -43,7 +43,7 @@ from ingestor.events import (
 )
 from ingestor.messages import Message, Rejected
 from ingestor.projection.schema import EVENT_DTYPES
-from ingestor.records import ALERT_PREFIX, AUDIT_PREFIX, Alert, AuditDecision, decode_record
+from ingestor.records import RECORD_PREFIXES, Record, decode_record
 
 _TIMES = [name for name, dtype in EVENT_DTYPES.items() if dtype == pl.Datetime("us", "UTC")]
 # timestamps are read as text: the fast path checks their spelling, then parses them
@@ -80,8 +80,6 @@ _RAW_SCHEMA = {
     "subject": pl.String(),
     "data": pl.Binary(),
 }
-
-Record = AuditDecision | Alert
 
 
 @dataclass
@@ -182,7 +180,7 @@ def _decode(raw: pl.DataFrame, given: Callable[[int], Message] | None) -> Decode
 
     raw = raw.with_row_index("_row")
     subject = pl.col("subject")
-    is_record = subject.str.starts_with(AUDIT_PREFIX) | subject.str.starts_with(ALERT_PREFIX)
+    is_record = pl.any_horizontal(subject.str.starts_with(p) for p in RECORD_PREFIXES)
     data = pl.col("data")
     # one line of NDJSON each, so that row i of the parse is message i
     one_line = (

@@ -96,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="dead letters: list, retry, purge")
     dlq.add_argument("action", choices=("list", "retry", "purge"))
     dlq.add_argument("--seq", type=int, help="only this dead letter (its DLQ sequence)")
+    identity = sub.add_parser("identity", help="one person, several accounts: merge, unmerge, list")
+    actions = identity.add_subparsers(dest="identity_action", required=True, metavar="ACTION")
+    for name, doc in (
+        ("merge", "publish: these accounts are one person (an account moves from any other)"),
+        ("unmerge", "publish: these accounts (none given: all) are no longer the person"),
+    ):
+        act = actions.add_parser(name, help=doc)
+        act.add_argument("--person", required=True, help="the person's name (its id)")
+        # a pair of arguments, never "SERVER:USER" split on ':' (no source forbids ':' in an id)
+        act.add_argument(
+            "--account",
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("SERVER_ID", "USER_ID"),
+            help="one account, as its server id and its user id on that server (repeat it)",
+        )
+        act.add_argument("--by", default="", help="who decided (kept with the record)")
+        act.add_argument("--notes", default="", help="why (kept with the record)")
+    listing = actions.add_parser("list", help="the accounts merged into each person now")
+    listing.add_argument("--json", action="store_true", help="print JSON lines")
     return parser
 
 
@@ -155,6 +176,15 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await app.import_tautulli_command(settings, args.path, server_id=args.server_id)
     if command == "dlq":
         return await app.dlq_command(settings, args.action, args.seq)
+    if command == "identity":
+        if args.identity_action == "list":
+            return await app.identity_list_command(settings, as_json=args.json)
+        if args.identity_action == "merge" and not args.account:
+            raise IngestorError("identity merge needs at least one --account SERVER_ID USER_ID")
+        accounts = [(server.strip(), user.strip()) for server, user in args.account]
+        return await app.identity_publish_command(
+            settings, args.identity_action, args.person, accounts, by=args.by, notes=args.notes
+        )
     raise AssertionError(command)
 
 

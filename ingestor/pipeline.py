@@ -20,7 +20,7 @@ from ingestor.errors import InvalidEvent, PermanentError
 from ingestor.events import MediaEvent, decode_event_versioned, encode_event
 from ingestor.messages import Message, Rejected
 from ingestor.projection import PROJECTOR, AlertRow, BatchResult, Projection
-from ingestor.records import Alert, AuditDecision, decode_record, record_kind
+from ingestor.records import Alert, AuditDecision, IdentityRecord, decode_record, record_kind
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,16 @@ class Outcome:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-Item = MediaEvent | AuditDecision | Alert
-"""What a stream message decodes to: a media event, a user's audit decision, or an alert."""
+Item = MediaEvent | AuditDecision | Alert | IdentityRecord
+"""What a stream message decodes to: a media event, a user's audit decision, an alert, or an
+identity record (accounts merged into a person, or unmerged)."""
 
 
 def decode_messages(
     messages: Sequence[Message],
 ) -> tuple[list[tuple[Message, Item]], list[Rejected]]:
     """Decode and validate by subject (``playback.>`` or none: a media event; ``audit.>``,
-    ``alert.>``: a record); permanent failures are returned, not raised."""
+    ``alert.>``, ``identity.>``: a record); permanent failures are returned, not raised."""
     good: list[tuple[Message, Item]] = []
     bad: list[Rejected] = []
     for message in messages:
@@ -95,8 +96,10 @@ class Pipeline:
         items as :func:`decode_messages` returns them. Events and alerts commit in one
         transaction. A user's audit decision changes what later events of the batch are
         decided against, so the batch is cut at each decision: the events before it commit,
-        then the decision (each with its own checkpoint), then the rest. On any exception
-        the dedup index forgets the uncommitted part and nothing of it is committed.
+        then the decision (each with its own checkpoint), then the rest. An identity record
+        cuts the batch the same way (its own transaction and checkpoint), so every record
+        commits at its own place in the stream's order. On any exception the dedup index
+        forgets the uncommitted part and nothing of it is committed.
         """
         started = time.perf_counter()
         if not isinstance(decoded, Decoded):
@@ -106,6 +109,7 @@ class Pipeline:
         seqs = events["seq"]
         lo = 0
         alerts: list[AlertRow] = []
+        committed: int | None = None  # the last record committed in a transaction of its own
         for message, record in decoded.records:
             if isinstance(record, Alert):
                 alerts.append(AlertRow(message.seq, message.recorded_at, record))
@@ -115,6 +119,14 @@ class Pipeline:
                 part_seq = max([a.seq for a in alerts] + ([seqs[hi - 1]] if hi > lo else []))
                 result.merge(self._project_part(events[lo:hi], alerts, part_seq, consumer))
             lo, alerts = hi, []
+            committed = message.seq
+            if isinstance(record, IdentityRecord):  # changes no playback: no fold state goes
+                result.identities.append(
+                    self.projection.apply_identity(
+                        message.seq, record, consumer, message.recorded_at
+                    )
+                )
+                continue
             # a restore rewrites playback rows outside apply_batch: their fold states go
             self.projection.forget_fold_states()
             outcome = self.projection.apply_decision(
@@ -122,7 +134,7 @@ class Pipeline:
             )
             result.decisions.append(outcome)
         rest = events[lo:]
-        if rest.height or alerts or not result.decisions or result.decisions[-1].seq < last_seq:
+        if rest.height or alerts or committed is None or committed < last_seq:
             result.merge(self._project_part(rest, alerts, last_seq, consumer))
         result.last_seq = last_seq
         result.seconds = time.perf_counter() - started

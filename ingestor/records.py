@@ -1,5 +1,5 @@
-"""The stream's two other record kinds: dedup audit decisions (``audit.>``) and detection
-alerts (``alert.>``).
+"""The stream's other record kinds: dedup audit decisions (``audit.>``), detection alerts
+(``alert.>``) and identity records (``identity.>``: one person's accounts, merged or unmerged).
 
 They share ``MEDIA_EVENTS`` with the media events (``playback.>``) so that the log has one
 total order: a replay meets a user's *restore* after the link it undoes and before the
@@ -14,10 +14,17 @@ Both have deterministic ids (their JetStream ``Nats-Msg-Id``), a ``schema_versio
 ('audit.confirm', True)
 >>> decode_record("audit.confirm", encode_record(d)) == d
 True
+>>> m = IdentityRecord.make("merge", "Ana", [("plex-1", "17"), ("jf-2", "a9")],
+...                         datetime(2026, 1, 6, 9, tzinfo=UTC), by="admin")
+>>> m.subject, [(a.server_id, a.user_id) for a in m.accounts]
+('identity.merge', [('jf-2', 'a9'), ('plex-1', '17')])
+>>> decode_record("identity.merge", encode_record(m)) == m
+True
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -28,8 +35,11 @@ from ingestor.events import make_event_id, subject_token
 
 AUDIT_PREFIX = "audit."
 ALERT_PREFIX = "alert."
+IDENTITY_PREFIX = "identity."
 DecisionAction = Literal["confirm", "restore"]
 DECISION_ACTIONS: tuple[str, ...] = ("confirm", "restore")
+IdentityAction = Literal["merge", "unmerge"]
+IDENTITY_ACTIONS: tuple[str, ...] = ("merge", "unmerge")
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 
@@ -113,21 +123,110 @@ class Alert(msgspec.Struct, kw_only=True, frozen=True):
         return f"alert.{subject_token(self.rule)}"
 
 
-Record = AuditDecision | Alert
+class Account(msgspec.Struct, frozen=True, order=True):
+    """One user account on one media server: a structured pair, never a string to split
+    (user ids belong to their server, so ``user_id`` alone names no one)."""
+
+    server_id: str
+    user_id: str
+
+
+class IdentityRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """A user's statement that several accounts are one person (``merge``), or no longer
+    (``unmerge``); Tautulli#2019: one person as a Plex account on two servers and a
+    Jellyfin user.
+
+    ``merge``: each account now belongs to ``person`` (an account belongs to at most one
+    person at a time, so merging it moves it from any other). ``unmerge``: each account
+    leaves ``person``; no accounts means all the accounts ``person`` has when the record is
+    applied. A person is named by ``person`` (its name is its id). ``accounts`` are kept
+    sorted and without repeats, so the same statement always has the same ``record_id``.
+    """
+
+    record_id: str
+    action: IdentityAction
+    person: str
+    accounts: tuple[Account, ...] = ()
+    occurred_at: datetime  # when the user decided (UTC)
+    decided_by: str = ""
+    notes: str = ""
+    schema_version: int = 1
+
+    @classmethod
+    def make(
+        cls,
+        action: IdentityAction,
+        person: str,
+        accounts: Iterable[Account | tuple[str, str]],
+        at: datetime,
+        *,
+        by: str = "",
+        notes: str = "",
+    ) -> IdentityRecord:
+        """Raises ValueError for an unknown action, an empty person, an account that is not
+        a ``(server_id, user_id)`` pair of non-empty strings, or a merge of no accounts."""
+        if action not in IDENTITY_ACTIONS:
+            raise ValueError(f"action must be 'merge' or 'unmerge', got {action!r}")
+        person = person.strip() if isinstance(person, str) else ""
+        if not person:
+            raise ValueError("a person needs a name")
+        pairs = tuple(sorted({_account(a) for a in accounts}))
+        if action == "merge" and not pairs:
+            raise ValueError("a merge needs at least one account")
+        at = _utc(at)
+        material = [[a.server_id, a.user_id] for a in pairs]
+        record_id = make_event_id("identity", action, person, material, at.isoformat())
+        return cls(
+            record_id=record_id,
+            action=action,
+            person=person,
+            accounts=pairs,
+            occurred_at=at,
+            decided_by=by,
+            notes=notes,
+        )
+
+    @property
+    def subject(self) -> str:
+        return f"identity.{self.action}"
+
+
+def _account(value: Account | tuple[str, str]) -> Account:
+    if isinstance(value, Account):
+        server_id, user_id = value.server_id, value.user_id
+    elif isinstance(value, tuple | list) and len(value) == 2:
+        server_id, user_id = value
+    else:
+        raise ValueError(f"an account is a (server_id, user_id) pair, got {value!r}")
+    if not (isinstance(server_id, str) and isinstance(user_id, str) and server_id and user_id):
+        raise ValueError(f"an account needs a server_id and a user_id, got {value!r}")
+    return Account(server_id, user_id)
+
+
+Record = AuditDecision | Alert | IdentityRecord
 
 _decoders = {
     AuditDecision: msgspec.json.Decoder(AuditDecision),
     Alert: msgspec.json.Decoder(Alert),
+    IdentityRecord: msgspec.json.Decoder(IdentityRecord),
 }
 _encoder = msgspec.json.Encoder()
 
 
-def record_kind(subject: str) -> type[AuditDecision] | type[Alert] | None:
+RECORD_PREFIXES: tuple[str, ...] = (AUDIT_PREFIX, ALERT_PREFIX, IDENTITY_PREFIX)
+"""Subject prefixes of the records (every other subject carries a media event)."""
+
+
+def record_kind(
+    subject: str,
+) -> type[AuditDecision] | type[Alert] | type[IdentityRecord] | None:
     """The record type a subject carries; None for media events (``playback.>`` or none)."""
     if subject.startswith(AUDIT_PREFIX):
         return AuditDecision
     if subject.startswith(ALERT_PREFIX):
         return Alert
+    if subject.startswith(IDENTITY_PREFIX):
+        return IdentityRecord
     return None
 
 
@@ -139,7 +238,7 @@ def decode_record(subject: str, data: bytes) -> Record:
     """Decode and check a record; :class:`InvalidEvent` (permanent) when it can never be read."""
     kind = record_kind(subject)
     if kind is None:
-        raise InvalidEvent(f"{subject!r} is not an audit or alert subject")
+        raise InvalidEvent(f"{subject!r} is not an audit, alert or identity subject")
     try:
         record = _decoders[kind].decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -153,7 +252,18 @@ def decode_record(subject: str, data: bytes) -> Record:
         raise InvalidEvent("AuditDecision.audit_id is empty")
     if isinstance(record, Alert) and (not record.alert_id or record.severity not in SEVERITIES):
         raise InvalidEvent("Alert needs an alert_id and a known severity")
+    if isinstance(record, IdentityRecord):
+        _check_identity(record)
     return record
+
+
+def _check_identity(record: IdentityRecord) -> None:
+    if not record.record_id or not record.person.strip():
+        raise InvalidEvent("IdentityRecord needs a record_id and a person")
+    if any(not a.server_id or not a.user_id for a in record.accounts):
+        raise InvalidEvent("IdentityRecord has an account without a server_id or user_id")
+    if record.action == "merge" and not record.accounts:
+        raise InvalidEvent("IdentityRecord merge has no accounts")
 
 
 def _utc(at: datetime) -> datetime:
@@ -165,8 +275,14 @@ def _utc(at: datetime) -> datetime:
 __all__ = [
     "ALERT_PREFIX",
     "AUDIT_PREFIX",
+    "IDENTITY_ACTIONS",
+    "IDENTITY_PREFIX",
+    "RECORD_PREFIXES",
+    "Account",
     "Alert",
     "AuditDecision",
+    "IdentityAction",
+    "IdentityRecord",
     "Record",
     "decode_record",
     "encode_record",

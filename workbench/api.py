@@ -77,7 +77,7 @@ from nats.aio.client import Client
 
 from ingestor.errors import IngestorError
 from ingestor.nats.connection import connect_reader
-from ingestor.projection.schema import DETAIL_VIEW
+from ingestor.projection.schema import DETAIL_VIEW, PERSON_VIEW
 from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
 from workbench import audit as _audit
 from workbench import export as _export
@@ -114,6 +114,7 @@ SNAPSHOT_TABLES = {
     "playback_moves": "seq <= {seq}",
     "audit_decisions": "seq <= {seq}",
     "projection_meta": "true",  # the settings its rows were folded with (STALE_AFTER)
+    "identity_links": "seq <= {seq}",
 }
 
 
@@ -362,10 +363,10 @@ class Workbench:
             receipt = dataclasses.replace(receipt, applied=applied)
         return receipt
 
-    async def _verdict_client(self) -> Client:
-        """The NATS connection a verdict is published on: kept open for the workbench's
-        lifetime, opened again when it was closed, and opened late when the ingestor was
-        started after the notebook."""
+    async def _verdict_client(self, what: str = "a verdict") -> Client:
+        """The NATS connection a verdict (or another record: ``what`` names it in errors) is
+        published on: kept open for the workbench's lifetime, opened again when it was
+        closed, and opened late when the ingestor was started after the notebook."""
         if self.nc is not None and not self.nc.is_closed:
             return self.nc
         url = self.verdict_url
@@ -375,7 +376,7 @@ class Workbench:
                 return self.nc
         if url is None:
             raise WorkbenchError(
-                "a verdict is an event in the stream, so it needs the running ingestor: "
+                f"{what} is an event in the stream, so it needs the running ingestor: "
                 f"{INGESTOR_HINT}, and give this notebook its NATS (the nats_url parameter, "
                 "or WORKBENCH_NATS_URL; `make lab` sets it)"
             )
@@ -383,7 +384,7 @@ class Workbench:
             self.nc = await connect_reader(url, connect_timeout=2)
         except Exception:  # nats-py raises several kinds for "nobody there"
             raise WorkbenchError(
-                f"a verdict is an event in the stream, so it needs the running ingestor, and "
+                f"{what} is an event in the stream, so it needs the running ingestor, and "
                 f"none answers at {url}: {INGESTOR_HINT}, then try again"
             ) from None
         self._owns_nc = True
@@ -558,6 +559,7 @@ def _live_snapshot(live: LiveProjection) -> duckdb.DuckDBPyConnection:
         f"{seq}::BIGINT AS last_seq, now() AS updated_at"
     )
     con.execute(DETAIL_VIEW)
+    con.execute(PERSON_VIEW)
     return con
 
 

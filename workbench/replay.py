@@ -409,9 +409,10 @@ async def replay(
     DuckDB file there (it must not exist), a projection file of its own that stays after
     the Replay is closed.
 
-    Audit decisions (``audit.>``) and alerts (``alert.>``) are projected where the log has
-    them, as the router does. Messages that cannot be read (undecodable payloads) are skipped
-    as the router skips them, and counted in ``stats.rejected``.
+    Audit decisions (``audit.>``), alerts (``alert.>``) and identity records
+    (``identity.>``) are projected where the log has them, as the router does. Messages
+    that cannot be read (undecodable payloads) are skipped as the router skips them, and
+    counted in ``stats.rejected``.
 
     >>> import asyncio, tempfile
     >>> from datetime import UTC, datetime

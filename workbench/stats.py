@@ -46,6 +46,14 @@ play
     ``stopped_at`` is the last stop, its watch time the **sum** of its playbacks' watch times
     (so total watch time is the same with grouping on or off), its ``percent_complete`` the
     highest of its playbacks'.
+person
+    Who watched, across accounts: the person an identity record merged the play's account
+    ``(server_id, user_id)`` into (``person_accounts``; see :mod:`workbench.identities`),
+    else the account itself, named ``"<username> on <server_id>"`` (the username of the
+    account's latest play). A user id belongs to its server, so one person with a Plex
+    account on two servers and a Jellyfin user is three users and, once merged, one person
+    (:func:`by_person`; :func:`plays` has a ``person`` column). A projection without
+    identity records (or a file older than them) has one person per account.
 watched
     A play whose ``percent_complete`` reaches ``watched_percent`` (default 85, Tautulli's
     ``MOVIE_WATCHED_PERCENT``/``TV_WATCHED_PERCENT``), compared unrounded as Tautulli does
@@ -651,10 +659,10 @@ def plays(
     """One row per play (see the module's "play"), in start order, times as clocks in ``tz``.
 
     Columns: ``play_key`` (the first playback's ``correlation_key``), ``server_id``,
-    ``user_id``, ``username``, ``rating_key``, ``media_type``, ``title``,
-    ``grandparent_title``, ``title_key``, ``platform``, ``player``, ``stream_type``,
-    ``resolution``, ``started_at``, ``stopped_at``, ``watch_time`` (s), ``percent_complete``,
-    ``watched``, ``playbacks`` (how many playbacks were grouped into it).
+    ``user_id``, ``username``, ``person`` (see the module's "person"), ``rating_key``,
+    ``media_type``, ``title``, ``grandparent_title``, ``title_key``, ``platform``, ``player``,
+    ``stream_type``, ``resolution``, ``started_at``, ``stopped_at``, ``watch_time`` (s),
+    ``percent_complete``, ``watched``, ``playbacks`` (how many playbacks were grouped into it).
 
     Examples
     --------
@@ -679,7 +687,7 @@ def plays(
     """
     _check_tz(tz)
     frame = _query(db, SELECT_PLAYS, _rules(grouping, min_seconds, watched_percent))
-    return _local(frame, ["started_at", "stopped_at"], tz)
+    return _local(_with_person(db, frame), ["started_at", "stopped_at"], tz)
 
 
 # ---------------------------------------------------------------------------------------
@@ -825,7 +833,7 @@ def by_user(
 ) -> pl.DataFrame:
     """Plays (or watch time) per user: ``server_id``, ``user_id``, ``username`` (the one of
     the user's latest play) and ``metric``. User ids belong to a server, so one person on
-    Plex and on Jellyfin is two rows.
+    Plex and on Jellyfin is two rows (:func:`by_person` counts them as one, once merged).
 
     Examples
     --------
@@ -1662,6 +1670,135 @@ def compare_periods(
     )
 
 
+# ---------------------------------------------------------------------------------------
+# person: a play's account merged into a person (identity records), else the account itself
+
+# stands for person_accounts where a connection has none (no identity records, an older file)
+_NO_PERSON_ACCOUNTS = (
+    "(SELECT NULL::VARCHAR AS person, NULL::VARCHAR AS server_id, NULL::VARCHAR AS user_id"
+    " WHERE false)"
+)
+PERSONS_CTE = """
+, account_names AS (
+    SELECT server_id, user_id, arg_max(username, started_at) AS username
+    FROM plays GROUP BY server_id, user_id
+),
+persons AS (
+    SELECT
+        n.server_id,
+        n.user_id,
+        coalesce(
+            m.person,
+            coalesce(nullif(n.username, ''), n.user_id, 'unknown') || ' on '
+                || coalesce(n.server_id, 'unknown')
+        ) AS person
+    FROM account_names n
+    LEFT JOIN {accounts} m ON m.server_id = n.server_id AND m.user_id = n.user_id
+),
+person_plays AS (
+    SELECT p.*, s.person
+    FROM plays p
+    JOIN persons s
+        ON s.server_id IS NOT DISTINCT FROM p.server_id
+        AND s.user_id IS NOT DISTINCT FROM p.user_id
+)
+"""
+PLAYS_BY_PERSON = (
+    PLAYS_CTE
+    + PERSONS_CTE
+    + f"""
+SELECT person, count(DISTINCT (server_id, user_id)) AS accounts, {_TOTALS}
+FROM person_plays
+GROUP BY person
+"""
+)
+
+
+def _person_accounts(db: Database) -> str:
+    """``person_accounts`` when the connection has it, else an empty stand-in."""
+    try:
+        _con(db).execute("SELECT person, server_id, user_id FROM person_accounts LIMIT 0")
+    except duckdb.CatalogException:
+        return _NO_PERSON_ACCOUNTS
+    return "person_accounts"
+
+
+def _with_person(db: Database, frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` (plays: ``server_id``, ``user_id``, ``username``, ``started_at``) with each
+    play's ``person`` after ``username``, named as :data:`PERSONS_CTE` names it."""
+    accounts = _query(
+        db,
+        "SELECT server_id, user_id, person FROM " + _person_accounts(db),
+        {},
+    )
+    names = (
+        frame.sort("started_at")
+        .group_by("server_id", "user_id", maintain_order=True)
+        .agg(pl.col("username").last())
+        .join(accounts, on=["server_id", "user_id"], how="left", nulls_equal=False)
+        .with_columns(
+            person=pl.coalesce(
+                "person",
+                pl.concat_str(
+                    pl.coalesce(
+                        pl.when(pl.col("username") != "").then("username"),
+                        "user_id",
+                        pl.lit("unknown"),
+                    ),
+                    pl.lit(" on "),
+                    pl.col("server_id").fill_null("unknown"),
+                ),
+            )
+        )
+        .select("server_id", "user_id", "person")
+    )
+    joined = frame.join(names, on=["server_id", "user_id"], how="left", nulls_equal=True)
+    at = joined.columns.index("username") + 1
+    order = [*joined.columns[:at], "person", *joined.columns[at:-1]]
+    return joined.select(order)
+
+
+def by_person(
+    db: Database,
+    *,
+    metric: Metric = "plays",
+    grouping: bool = True,
+    min_seconds: int = DEFAULT_MIN_SECONDS,
+) -> pl.DataFrame:
+    """Plays (or watch time) per person (see the module's "person"): ``person``,
+    ``accounts`` (how many of the person's accounts have plays) and ``metric``. Grouping
+    chains playbacks per account, as :func:`plays` does.
+
+    Examples
+    --------
+    Ana has a Plex account on two servers and a Jellyfin user, merged into one person:
+
+    >>> from datetime import UTC, datetime
+    >>> from ingestor.projection import Projection
+    >>> from ingestor.records import IdentityRecord
+    >>> db = Projection(":memory:")
+    >>> _ = db.con.execute(
+    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
+    ...     "('a', 'plex-1', '1', 'ana', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
+    ...     "('b', 'plex-2', '7', 'ana', '2026-01-05 22:00Z', '2026-01-05 22:30Z'),"
+    ...     "('c', 'jf', 'e1', 'Ana', '2026-01-06 20:00Z', '2026-01-06 20:10Z'),"
+    ...     "('d', 'jf', 'f2', 'bob', '2026-01-06 20:00Z', '2026-01-06 20:10Z')"
+    ...     ") t(correlation_key, server_id, user_id, username, started_at, stopped_at)"
+    ... )
+    >>> print(by_person(db).rows())
+    [('Ana on jf', 1, 1), ('ana on plex-1', 1, 1), ('ana on plex-2', 1, 1), ('bob on jf', 1, 1)]
+    >>> merge = IdentityRecord.make("merge", "Ana", [("plex-1", "1"), ("plex-2", "7"),
+    ...     ("jf", "e1")], datetime(2026, 1, 7, tzinfo=UTC))
+    >>> _ = db.apply_identity(1, merge)
+    >>> print(by_person(db).rows())
+    [('Ana', 3, 3), ('bob on jf', 1, 1)]
+    >>> print(by_person(db, metric="watch_time").rows())
+    [('Ana', 3, 6000), ('bob on jf', 1, 600)]
+    """
+    sql = PLAYS_BY_PERSON.format(accounts=_person_accounts(db))
+    return _ranked(db, sql, ["person", "accounts"], metric, grouping, min_seconds)
+
+
 __all__ = [
     "Bucket",
     "Database",
@@ -1674,6 +1811,7 @@ __all__ = [
     "by_library",
     "by_media_type",
     "by_month",
+    "by_person",
     "by_platform",
     "by_player",
     "by_resolution",

@@ -1,7 +1,8 @@
 """The two streams, created or updated at start.
 
 ``MEDIA_EVENTS`` holds every media event (``playback.<source>.<media_type>``) and, in the
-same total order, audit decisions (``audit.>``) and detection alerts (``alert.>``).
+same total order, audit decisions (``audit.>``), detection alerts (``alert.>``) and identity
+records (``identity.>``: accounts merged into one person, or unmerged).
 ``MEDIA_EVENTS_DLQ`` holds dead letters under ``dlq.>``, a subject family no consumer of
 ``MEDIA_EVENTS`` can match.
 
@@ -30,7 +31,8 @@ DLQ_STREAM = "MEDIA_EVENTS_DLQ"
 MEDIA_SUBJECTS = "playback.>"
 AUDIT_SUBJECTS = "audit.>"
 ALERT_SUBJECTS = "alert.>"
-STREAM_SUBJECTS = [MEDIA_SUBJECTS, AUDIT_SUBJECTS, ALERT_SUBJECTS]
+IDENTITY_SUBJECTS = "identity.>"
+STREAM_SUBJECTS = [MEDIA_SUBJECTS, AUDIT_SUBJECTS, ALERT_SUBJECTS, IDENTITY_SUBJECTS]
 DLQ_SUBJECT_PREFIX = "dlq.media_events"
 DUPLICATE_WINDOW_S = 120.0
 DLQ_MIN_RETENTION_DAYS = 30

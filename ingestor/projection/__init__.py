@@ -6,6 +6,7 @@ from ingestor.projection.store import (
     Applied,
     BatchResult,
     DecisionOutcome,
+    IdentityOutcome,
     Projection,
     ProjectionError,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "Applied",
     "BatchResult",
     "DecisionOutcome",
+    "IdentityOutcome",
     "Projection",
     "ProjectionError",
 ]

@@ -10,14 +10,17 @@ of XTDB's bitemporal queries). A point has two coordinates:
   user's restore at sequence R moves events from R on: ``playback_moves`` keeps each move,
   so the assignment before R is read back, and an event restored at R is absent before it);
   each audit entry with the status its latest decision up to ``known_seq`` gave it
-  (``audit_decisions``).
+  (``audit_decisions``); each account with the person its latest identity record up to
+  ``known_seq`` gave it (``identity_links``, read through ``person_accounts``).
 * **valid** (``valid_until``, the occurred clock): what had happened by then. Of the events
   known, those with ``occurred_at <= valid_until``, folded into their playbacks *under the
   decisions known at ``known_seq``* (bitemporal "valid time T, as known at K"). With
   ``clock="occurred"`` the known coordinate is the projection's checkpoint: "what happened
   by T, as known now". A report that arrived later than T but is about something that
   happened before T counts; a playback that a later report linked to another source keeps
-  that link even when the linking report happened after T.
+  that link even when the linking report happened after T. Identity records follow the
+  same rule as decisions: the accounts are merged as known at ``known_seq``, whenever the
+  merge was decided (a person's plays before T count as that person's).
 
 Only the playbacks that the point cuts through are folded again (those with events on both
 sides of it, or moved by a later decision, or stale now but not yet at the point): every
@@ -28,7 +31,8 @@ The rest are views with a filter. So an answer costs a scan of the key columns, 
 :func:`open_as_of` returns a new cursor of the connection on which the projection's table
 names (``media_events``, ``media_events_detail``, ``playback_events``,
 ``dedupe_audit_log``, ``detection_alerts``, ``playback_moves``, ``audit_decisions``,
-``projection_checkpoint``) name the state as of the point (temporary views and tables that
+``identity_links``, ``person_accounts``, ``projection_checkpoint``) name the state as of the
+point (temporary views and tables that
 shadow the stored ones on that cursor only). Every statistic and temporal query reads it as
 it reads the projection.
 """
@@ -48,9 +52,11 @@ from ingestor.projection.fold import FOLD_INPUT_COLUMNS, fold_playbacks
 from ingestor.projection.schema import (
     CHECKPOINT_TABLE,
     DECISION_COLUMNS,
+    IDENTITY_LINK_COLUMNS,
     MOVE_COLUMNS,
     PLAYBACK_COLUMNS,
     TEMP_DETAIL_VIEW,
+    TEMP_PERSON_VIEW,
 )
 
 Clock = Literal["recorded", "occurred"]
@@ -226,6 +232,7 @@ class _Source:
                 [catalog],
             ).fetchall()
         )
+        self.identities = f"{self.src}.identity_links" if "identity_links" in present else None
 
     @property
     def moves_table(self) -> str:
@@ -234,6 +241,10 @@ class _Source:
     @property
     def decisions_table(self) -> str:
         return self.decisions or _empty(DECISION_COLUMNS)
+
+    @property
+    def identities_table(self) -> str:
+        return self.identities or _empty(IDENTITY_LINK_COLUMNS)
 
 
 # -------------------------------------------------------------------------- points
@@ -265,7 +276,10 @@ def resolve(
     until = until.astimezone(UTC)
     if clock == "occurred":
         return AsOfPoint(clock, until, checkpoint, until)
-    recorded = f"(SELECT seq, recorded_at FROM {source.decisions_table})"
+    recorded = (
+        f"(SELECT seq, recorded_at FROM {source.decisions_table}"
+        f" UNION ALL SELECT seq, recorded_at FROM {source.identities_table})"
+    )
     newest = con.execute(_NEWEST_RECORDED.format(src=source.src, decisions=recorded)).fetchall()[0][
         0
     ]
@@ -309,6 +323,9 @@ def open_as_of(
         cursor.execute(_ALERTS_VIEW.format(src=src, known=known, valid=valid_alert))
         cursor.execute(_SEQ_VIEW.format(name="playback_moves", table=moves, known=known))
         cursor.execute(_SEQ_VIEW.format(name="audit_decisions", table=decisions, known=known))
+        identities = source.identities_table
+        cursor.execute(_SEQ_VIEW.format(name="identity_links", table=identities, known=known))
+        cursor.execute(TEMP_PERSON_VIEW)
         watermark = cursor.execute(_WATERMARK).fetchall()[0][0]
         stale = ""
         if source.stale and watermark is not None:
@@ -391,9 +408,11 @@ AS_OF_TABLES = (
     "detection_alerts",
     "playback_moves",
     "audit_decisions",
+    "identity_links",
     CHECKPOINT_TABLE,
 )
-"""The tables :func:`open_as_of` shadows (plus the ``media_events_detail`` view)."""
+"""The tables :func:`open_as_of` shadows (plus the ``media_events_detail`` and
+``person_accounts`` views)."""
 
 
 __all__ = [

@@ -265,6 +265,36 @@ DECISION_COLUMNS: list[tuple[str, str]] = [
 
 CHECKPOINT_TABLE = "projection_checkpoint"
 
+# identity_links: every account an identity record (``identity.>``) named, applied or not, in
+# stream order: the history of which person each (server_id, user_id) account belonged to.
+# Never updated: person_accounts (below) reads the current mapping from it, and an as-of
+# answer the mapping as of a sequence (ingestor.projection.asof).
+IDENTITY_LINK_COLUMNS: list[tuple[str, str]] = [
+    ("seq", "BIGINT NOT NULL"),  # the identity record's stream sequence
+    ("recorded_at", "TIMESTAMPTZ"),
+    ("record_id", "VARCHAR NOT NULL"),
+    ("action", "VARCHAR NOT NULL"),  # merge | unmerge
+    ("person", "VARCHAR NOT NULL"),
+    ("server_id", "VARCHAR"),  # NULL: an unmerge of all a person's accounts found none
+    ("user_id", "VARCHAR"),
+    ("applied", "BOOLEAN NOT NULL"),  # false: it changed nothing (detail says why)
+    ("detail", "VARCHAR"),
+    ("decided_by", "VARCHAR"),
+    ("decided_at", "TIMESTAMPTZ"),  # the record's occurred_at
+    ("notes", "VARCHAR"),
+]
+
+
+def _person_view(create: str = "CREATE OR REPLACE VIEW") -> str:
+    """The current person of every merged account: its latest applied identity row, if that
+    was a merge (an unmerge leaves the account to itself)."""
+    return f"""{create} person_accounts AS
+SELECT person, server_id, user_id, seq AS since_seq, decided_at AS since
+FROM identity_links
+WHERE applied AND server_id IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY server_id, user_id ORDER BY seq DESC) = 1
+    AND action = 'merge'"""
+
 
 def _table(name: str, columns: list[tuple[str, str]] | list[tuple[str, str, pa.DataType]]) -> str:
     body = ",\n    ".join(f"{col[0]} {col[1]}" for col in columns)
@@ -287,6 +317,9 @@ def _detail_view(create: str = "CREATE OR REPLACE VIEW") -> str:
 DETAIL_VIEW = _detail_view()
 # the same view over whatever ``media_events`` names on a connection (an as-of view)
 TEMP_DETAIL_VIEW = _detail_view("CREATE OR REPLACE TEMP VIEW")
+PERSON_VIEW = _person_view()
+# the same view over whatever ``identity_links`` names on a connection (an as-of view)
+TEMP_PERSON_VIEW = _person_view("CREATE OR REPLACE TEMP VIEW")
 
 DDL: list[str] = [
     _table("media_events", MEDIA_EVENT_COLUMNS),
@@ -305,4 +338,6 @@ DDL: list[str] = [
     name VARCHAR PRIMARY KEY,
     value VARCHAR NOT NULL
 )""",
+    _table("identity_links", IDENTITY_LINK_COLUMNS),
+    PERSON_VIEW,
 ]

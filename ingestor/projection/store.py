@@ -61,7 +61,7 @@ from ingestor.projection.schema import (
     EVENT_DTYPES,
     MEDIA_EVENT_COLUMNS,
 )
-from ingestor.records import Alert, AuditDecision
+from ingestor.records import Account, Alert, AuditDecision, IdentityRecord
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -71,7 +71,7 @@ PROJECTOR = "projector"
 DUCKDB_MEMORY_LIMIT = "128MB"
 DUCKDB_CHECKPOINT_THRESHOLD = "256MB"
 FOLD_STATES_LIMIT = 50_000  # playbacks whose fold state stays in memory
-PROJECTION_SCHEMA_VERSION = 4  # of the tables; a file written by a later version is refused
+PROJECTION_SCHEMA_VERSION = 5  # of the tables; a file written by a later version is refused
 # what brings a file of the version before up to each version (the DDL makes new files whole)
 MIGRATIONS: dict[int, list[str]] = {
     # percent_complete is the exact share, no longer a rounded whole number
@@ -86,6 +86,10 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE playback_events ADD COLUMN IF NOT EXISTS library_id VARCHAR",
         "ALTER TABLE playback_events ADD COLUMN IF NOT EXISTS library_name VARCHAR",
     ],
+    # identity_links and the person_accounts view: the DDL (CREATE ... IF NOT EXISTS, CREATE
+    # OR REPLACE VIEW) adds them to an older file too; the version tells an older ingestor
+    # that this file holds identity records it would not keep up to date
+    5: [],
 }
 SELECT_SCHEMA_VERSION = "SELECT value FROM projection_meta WHERE name = 'schema_version'"
 SELECT_STALE_AFTER = "SELECT value FROM {meta} WHERE name = 'stale_after_seconds'"
@@ -140,6 +144,21 @@ class DecisionOutcome:
     playbacks: list[str] = field(default_factory=list)  # the playbacks it refolded
 
 
+@dataclass(slots=True)
+class IdentityOutcome:
+    """What an identity record did: the accounts it moved (``changed``) and those it left
+    as they were, each with why (``ignored``)."""
+
+    seq: int
+    record: IdentityRecord
+    changed: list[Account] = field(default_factory=list)
+    ignored: list[tuple[Account | None, str]] = field(default_factory=list)
+
+    @property
+    def applied(self) -> bool:
+        return bool(self.changed)
+
+
 @dataclass
 class BatchResult:
     last_seq: int
@@ -154,6 +173,7 @@ class BatchResult:
     alerts: list[AlertRow] = field(default_factory=list, repr=False)
     decisions: list[DecisionOutcome] = field(default_factory=list, repr=False)
     seconds: float = 0.0  # time spent writing (decide + commit), for metrics
+    identities: list[IdentityOutcome] = field(default_factory=list, repr=False)
 
     def merge(self, other: BatchResult) -> None:
         """Add ``other`` (a later part of the same batch) to this result."""
@@ -167,6 +187,7 @@ class BatchResult:
         self.alerts.extend(other.alerts)
         self.decisions.extend(other.decisions)
         self.seconds += other.seconds
+        self.identities.extend(other.identities)
 
 
 SELECT_CHECKPOINT = f"SELECT last_seq FROM {CHECKPOINT_TABLE} WHERE consumer = ?"
@@ -240,6 +261,11 @@ SELECT * FROM (SELECT DISTINCT ON (alert_id) * FROM new_alerts ORDER BY alert_id
 WHERE n.alert_id NOT IN (SELECT alert_id FROM detection_alerts)
 """
 SELECT_NEWEST_START = "SELECT epoch(max(key_started_at)) FROM playback_events"
+SELECT_PERSON_OF = "SELECT person FROM person_accounts WHERE server_id = ? AND user_id = ?"
+SELECT_ACCOUNTS_OF = (
+    "SELECT server_id, user_id FROM person_accounts WHERE person = ? ORDER BY server_id, user_id"
+)
+INSERT_IDENTITY_LINK = "INSERT INTO identity_links VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 SELECT_COLD_EVENTS = """
 SELECT e.event_id, e.source, e.server_id, e.session_key, e.event_type, e.step, e.correlation_key
 FROM media_events e
@@ -785,6 +811,74 @@ class Projection:
             log.warning("%s of audit entry %s ignored: %s", *what)
         return outcome
 
+    def apply_identity(
+        self,
+        seq: int,
+        record: IdentityRecord,
+        consumer: str = PROJECTOR,
+        recorded_at: datetime | None = None,
+    ) -> IdentityOutcome:
+        """Apply a merge or unmerge (stream sequence ``seq``) and checkpoint ``seq``, in one
+        transaction: one ``identity_links`` row per account it names (an unmerge without
+        accounts: per account the person has now), applied or not, so the mapping as of any
+        sequence can be read back. Nothing else changes: statistics join the mapping when
+        they read (``workbench.stats``), so no playback row is rewritten.
+
+        A merge moves each account to ``record.person`` (from any other person); an account
+        already that person's is left as it is. An unmerge takes each account from
+        ``record.person``; one that is not that person's is left as it is, with why.
+        """
+        con = self.con
+        outcome = IdentityOutcome(seq, record)
+        try:
+            con.begin()
+            rows = []
+            accounts: list[Account] = sorted(set(record.accounts))
+            if record.action == "unmerge" and not accounts:
+                found = con.execute(SELECT_ACCOUNTS_OF, [record.person]).fetchall()
+                accounts = [Account(server_id, user_id) for server_id, user_id in found]
+                if not accounts:
+                    outcome.ignored.append((None, f"{record.person} has no accounts"))
+                    rows.append((None, False, f"{record.person} has no accounts"))
+            for account in accounts:
+                current = con.execute(
+                    SELECT_PERSON_OF, [account.server_id, account.user_id]
+                ).fetchall()
+                owner = current[0][0] if current else None
+                applied, detail = _identity_effect(record, owner)
+                if applied:
+                    outcome.changed.append(account)
+                else:
+                    outcome.ignored.append((account, detail))
+                rows.append((account, applied, detail))
+            for account, applied, detail in rows:
+                con.execute(
+                    INSERT_IDENTITY_LINK,
+                    [
+                        seq,
+                        recorded_at,
+                        record.record_id,
+                        record.action,
+                        record.person,
+                        account.server_id if account else None,
+                        account.user_id if account else None,
+                        applied,
+                        detail,
+                        record.decided_by,
+                        record.occurred_at,
+                        record.notes,
+                    ],
+                )
+            self._checkpoint(seq, consumer)
+            con.commit()
+        except BaseException as exc:
+            self._abort(exc)
+        for account, why in outcome.ignored:
+            who = f"{account.server_id}/{account.user_id}" if account else "-"
+            what = (record.action, record.person, who, why)
+            log.info("identity %s of %s: %s left as it was (%s)", *what)
+        return outcome
+
     def _decide(self, seq: int, decision: AuditDecision) -> DecisionOutcome:
         con = self.con
         rows = con.execute(SELECT_AUDIT_ENTRY, [decision.audit_id]).fetchall()
@@ -911,6 +1005,20 @@ class Projection:
         if isinstance(exc, TRANSIENT_DB_ERRORS):
             raise TransientError(f"database unavailable: {exc}") from exc
         raise exc
+
+
+def _identity_effect(record: IdentityRecord, owner: str | None) -> tuple[bool, str]:
+    """Whether ``record`` changes an account that ``owner`` (None: nobody) has, and what
+    the ``identity_links`` row says about it."""
+    if record.action == "merge":
+        if owner == record.person:
+            return False, f"already {record.person}'s"
+        return True, "merged" if owner is None else f"moved from {owner}"
+    if owner == record.person:
+        return True, "unmerged"
+    if owner is None:
+        return False, "not merged into anyone"
+    return False, f"{owner}'s, not {record.person}'s"
 
 
 # ---------------------------------------------------------------------- Arrow builders
@@ -1050,6 +1158,7 @@ __all__ = [
     "CorrelationKey",
     "DecisionOutcome",
     "FoldStates",
+    "IdentityOutcome",
     "Projection",
     "ProjectionError",
     "alert_table",

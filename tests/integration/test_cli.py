@@ -248,3 +248,52 @@ def test_a_bad_tautulli_server_id_stops_the_start_with_one_line(tmp_path: Path) 
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("ingestor: TAUTULLI_SERVER_ID='not an id' is invalid: expected ")
+
+
+def test_identity_merge_list_unmerge_and_bad_input_is_one_line(
+    tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    env = make_env(tmp_path / "data", nats_server.url, NATS_EMBEDDED="false")
+    merged = ingestor(
+        env, "identity", "merge", "--person", "Ana", "--account", "plex-1", "1",
+        "--account", "jf:2", "e1:x", "--by", "admin",
+    )  # fmt: skip
+    assert merged.returncode == 0, merged.stderr
+    assert "identity merge of Ana (jf:2/e1:x, plex-1/1)" in merged.stdout
+    assert "as message 1" in merged.stdout
+    nothing = ingestor(env, "identity", "list")
+    assert nothing.returncode == 1 and nothing.stderr.startswith("ingestor: no projection at")
+
+    def listed(name: str, *args: str) -> subprocess.CompletedProcess:
+        out = tmp_path / f"{name}.duckdb"
+        assert ingestor(env, "replay", "--output", str(out)).returncode == 0
+        return ingestor(dict(env, DUCKDB_PATH=str(out)), "identity", "list", *args)
+
+    shown = listed("merged")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [
+        "Ana\tjf:2\te1:x\tsince seq 1",
+        "Ana\tplex-1\t1\tsince seq 1",
+    ]
+    rows = [json.loads(line) for line in listed("json", "--json").stdout.splitlines()]
+    assert [(r["person"], r["server_id"], r["user_id"]) for r in rows] == [
+        ("Ana", "jf:2", "e1:x"),
+        ("Ana", "plex-1", "1"),
+    ]
+    unmerged = ingestor(env, "identity", "unmerge", "--person", "Ana")
+    assert unmerged.returncode == 0 and "(all accounts)" in unmerged.stdout
+    gone = listed("unmerged")
+    assert gone.returncode == 0 and gone.stdout == ""
+    assert "no accounts are merged" in gone.stderr
+
+    for args, message in [
+        (["merge", "--person", "Ana"], "needs at least one --account SERVER_ID USER_ID"),
+        (["merge", "--person", "Ana", "--account", "plex-1", " "], "needs a server_id and a user"),
+        (["merge", "--person", " ", "--account", "plex-1", "1"], "a person needs a name"),
+    ]:
+        bad = ingestor(env, "identity", *args)
+        assert bad.returncode == 1, bad.stderr
+        assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+        assert message in bad.stderr and "Traceback" not in bad.stderr
+    half = ingestor(env, "identity", "merge", "--person", "Ana", "--account", "plex-1")
+    assert half.returncode == 2 and "expected 2 arguments" in half.stderr

@@ -301,6 +301,13 @@ def expected_plays(
         "server_id",
         "user_id",
         "username",
+        # no identity records here: each account is a person of its own (an account's
+        # username is the same on all its rows, so its latest one is any row's)
+        pl.concat_str(
+            pl.coalesce(blank_to_null(pl.col("username")), "user_id", pl.lit("unknown")),
+            pl.lit(" on "),
+            pl.col("server_id").fill_null("unknown"),
+        ).alias("person"),
         "rating_key",
         or_unknown("media_type").alias("media_type"),
         "title",
@@ -1186,3 +1193,34 @@ def test_bandwidth_of_the_projected_simulation_matches_the_reference(
     kbps, first, streams = expected_peak_bandwidth(raw, None)
     assert streams >= 2 and kbps > raw["stream_bitrate"].max()  # type: ignore[operator]
     assert stats.max_concurrent_bandwidth(projection).row(0) == (kbps, first, streams)
+
+
+@PROPERTY
+@given(rows=playback_rows(), rules=RULES, metric=METRICS, merged=st.booleans())
+def test_by_person_counts_merged_accounts_as_one_person(
+    rows: list[dict[str, Any]], rules: dict[str, Any], metric: str, merged: bool
+) -> None:
+    from ingestor.records import IdentityRecord
+
+    db = projection_of(rows)
+    plays = expected_plays(frame_of(rows), **rules)
+    if merged:  # ann on both servers is one person
+        ann = [("plex-a", "1"), ("jelly-b", "1")]
+        db.apply_identity(
+            1, IdentityRecord.make("merge", "Ann", ann, datetime(2026, 2, 1, tzinfo=UTC))
+        )
+        is_ann = pl.col("server_id").is_in(["plex-a", "jelly-b"]) & (pl.col("user_id") == "1")
+        plays = plays.with_columns(person=pl.when(is_ann).then(pl.lit("Ann")).otherwise("person"))
+    expected = (
+        plays.group_by("person")
+        .agg(
+            pl.struct("server_id", "user_id").n_unique().alias("accounts"),
+            pl.len().alias("plays"),
+            pl.col("watch_time").sum().alias("watch_time"),
+        )
+        .sort([metric, "person"], descending=[True, False])
+        .select("person", "accounts", metric)
+    )
+    actual = stats.by_person(db, metric=metric, **rules)
+    assert_frame_equal(actual, expected, check_dtypes=False)
+    assert stats.plays(db, **rules).group_by("person").len().height == expected.height
