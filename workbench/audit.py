@@ -324,19 +324,32 @@ def lookup(db: Source, audit_id: str) -> dict[str, Any] | None:
     return frame.row(0, named=True) if frame.height else None
 
 
+async def publish_record(
+    stream: Client | JetStreamContext,
+    subject: str,
+    data: bytes,
+    record_id: str,
+    *,
+    timeout: float = 10,
+) -> tuple[int, bool]:
+    """Publish a user's record (a verdict, an identity record) to ``MEDIA_EVENTS`` with
+    ``Nats-Msg-Id`` = ``record_id``; return (its stream sequence, whether JetStream took it
+    for a repeat) once JetStream stored it."""
+    js = stream.jetstream(timeout=timeout) if isinstance(stream, Client) else stream
+    ack = await js.publish(subject, data, timeout=timeout, headers={"Nats-Msg-Id": record_id})
+    return ack.seq, bool(ack.duplicate)
+
+
 async def publish_decision(
     stream: Client | JetStreamContext, decision: AuditDecision, *, timeout: float = 10
 ) -> Receipt:
     """Publish ``decision`` to ``MEDIA_EVENTS`` (``Nats-Msg-Id`` = its id) and return when
     JetStream stored it."""
-    js = stream.jetstream(timeout=timeout) if isinstance(stream, Client) else stream
-    ack = await js.publish(
-        decision.subject,
-        encode_record(decision),
-        timeout=timeout,
-        headers={"Nats-Msg-Id": decision.decision_id},
+    data = encode_record(decision)
+    seq, repeat = await publish_record(
+        stream, decision.subject, data, decision.decision_id, timeout=timeout
     )
-    return Receipt(decision, ack.seq, bool(ack.duplicate))
+    return Receipt(decision, seq, repeat)
 
 
 async def confirm(
@@ -441,6 +454,7 @@ __all__ = [
     "entries",
     "lookup",
     "publish_decision",
+    "publish_record",
     "restore",
     "side_by_side",
     "stale",

@@ -46,6 +46,7 @@ from nats.js import JetStreamContext
 from ingestor.errors import IngestorError
 from ingestor.projection.schema import IDENTITY_LINK_COLUMNS
 from ingestor.records import Account, IdentityAction, IdentityRecord, encode_record
+from workbench.audit import publish_record
 from workbench.db import ProjectionSource, connection_of
 from workbench.replay import aware_utc
 from workbench.stats import _person_accounts  # the stats' own test for person_accounts
@@ -166,14 +167,11 @@ async def publish_identity(
 ) -> IdentityReceipt:
     """Publish ``record`` to ``MEDIA_EVENTS`` (``Nats-Msg-Id`` = its id) and return when
     JetStream stored it."""
-    js = stream.jetstream(timeout=timeout) if isinstance(stream, Client) else stream
-    ack = await js.publish(
-        record.subject,
-        encode_record(record),
-        timeout=timeout,
-        headers={"Nats-Msg-Id": record.record_id},
+    data = encode_record(record)
+    seq, repeat = await publish_record(
+        stream, record.subject, data, record.record_id, timeout=timeout
     )
-    return IdentityReceipt(record, ack.seq, bool(ack.duplicate))
+    return IdentityReceipt(record, seq, repeat)
 
 
 async def merge(
