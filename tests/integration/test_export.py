@@ -90,6 +90,7 @@ def typed(text: pl.DataFrame, schema: pl.Schema, tz: str) -> pl.DataFrame:
     for name, dtype in schema.items():
         column = pl.col(name)
         if isinstance(dtype, pl.Datetime):
+            column = column.cast(pl.String)  # a column with no value at all reads as Null
             parsed = column.str.to_datetime(TEXT_TIME, time_unit="us").dt.convert_time_zone(tz)
             clock = column.str.slice(0, 26).str.to_datetime("%Y-%m-%dT%H:%M:%S%.f")
             local_clock = parsed.dt.replace_time_zone(None)

@@ -264,6 +264,8 @@ def test_an_archived_v1_log_replays_to_the_same_playbacks_plus_unknown_libraries
     assert len(now) == len(before) == 13
     for row in now:
         assert row.pop("library_id") is None and row.pop("library_name") is None
+        # stale_at came later too: set while a playback is open (none here), NULL once stopped
+        assert row.pop("stale_at") is None and row["state"] == "stopped"
     assert now == before
 
 
