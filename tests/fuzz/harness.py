@@ -26,6 +26,7 @@ every unreadable one is in ``MEDIA_EVENTS_DLQ`` with its error). Figures go to a
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -366,7 +367,7 @@ class Harness:
 # the targets
 
 
-class Target:
+class Target(abc.ABC):
     name = "target"
 
     def __init__(self, harness: Harness) -> None:
@@ -390,11 +391,13 @@ class Target:
             self._in_burst = 0
             self.h.end_burst(self.tally, self.send_valid)
 
+    @abc.abstractmethod
     def _feed(self, item: Any) -> None:
-        raise NotImplementedError
+        """Send one input to the component under test and record what it did."""
 
+    @abc.abstractmethod
     async def send_valid(self, token: str) -> None:
-        raise NotImplementedError
+        """Send one valid input marked with ``token`` (it must then be projected)."""
 
 
 class WebhookTarget(Target):
