@@ -1,6 +1,6 @@
 """Settings, read from the environment once, validated once, passed down.
 
-Every variable of ARCHITECTURE.md's contract is here with its default. A bad value stops the
+Every variable of the README's configuration table is here with its default. A bad value stops the
 start with one line per problem naming the variable and what it accepts.
 """
 

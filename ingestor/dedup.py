@@ -1,4 +1,4 @@
-"""Where every dedup decision is made: three tiers, all audited (ARCHITECTURE invariant 4).
+"""Where every dedup decision is made: three tiers, all audited (docs/architecture.md, invariant 4).
 
 For each event, in stream order:
 

@@ -1,6 +1,6 @@
 """Error classes: each says what failed and what happens next.
 
-The router classifies every failure into one of three kinds (ARCHITECTURE invariant 5):
+The router classifies every failure into one of three kinds (docs/architecture.md, invariant 5):
 
 * :class:`PermanentError`: retrying cannot help (undecodable payload, invalid event). The
   message goes straight to the dead-letter stream.

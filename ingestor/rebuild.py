@@ -1,7 +1,7 @@
 """Rebuild a projection from the event log: the one replay loop.
 
 ``ingestor replay`` and the workbench (:func:`workbench.replay.replay`) both call
-:func:`rebuild`, so what they write is the same projection by construction (ARCHITECTURE
+:func:`rebuild`, so what they write is the same projection by construction (docs/architecture.md,
 invariant 2). It reads the :class:`~ingestor.eventlog.EventLog` (archive segments, then the
 stream's tail) after the projection's checkpoint and feeds it, chunk by chunk, to the
 ingestor's own write path (:class:`~ingestor.pipeline.Pipeline`). A projection that already

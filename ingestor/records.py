@@ -3,7 +3,8 @@
 
 They share ``MEDIA_EVENTS`` with the media events (``playback.>``) so that the log has one
 total order: a replay meets a user's *restore* after the link it undoes and before the
-events that follow it, exactly as the live projection did (ARCHITECTURE invariants 2 and 4).
+events that follow it, exactly as the live projection did (docs/architecture.md,
+invariants 2 and 4).
 Both have deterministic ids (their JetStream ``Nats-Msg-Id``), a ``schema_version``, and an
 ``occurred_at`` (UTC), so a replay's "occurred" clock filters them like events.
 

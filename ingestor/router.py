@@ -1,6 +1,6 @@
 """The router: a durable pull consumer feeding batches through the middleware to DuckDB.
 
-Middleware, outermost first (ARCHITECTURE invariant 5):
+Middleware, outermost first (docs/architecture.md, invariant 5):
 
 1. **recover**: nothing a batch does can kill the loop; an unexpected exception becomes an
    *unknown* error.

@@ -1,7 +1,7 @@
 """The dedup audit: which reports were dropped or linked, why, and a user's verdict on them.
 
 Every drop (tiers ``event_id`` and ``session_key``) and every link (tier ``correlation``) is a
-row of ``dedupe_audit_log`` (ARCHITECTURE invariant 4). Here you filter them
+row of ``dedupe_audit_log`` (docs/architecture.md, invariant 4). Here you filter them
 (:func:`entries`), count them (:func:`summary`), look at the dropped or linked report next to
 the one that was kept (:func:`side_by_side`), and give a verdict: :func:`confirm` (the
 decision was right) or :func:`restore` (it was wrong). A verdict is not an ``UPDATE``: it is

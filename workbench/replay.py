@@ -3,9 +3,9 @@
 :func:`replay` answers "what did the projection say as of ``T``?" for an
 :class:`~workbench.log.EventLog` (archive segments, then the stream's tail). The log is first
 projected in full by the ingestor's own write path (:func:`ingestor.rebuild.rebuild`, the same
-one ``ingestor replay`` runs: ARCHITECTURE invariant 2), once per log: the projection is kept
-for the log's lifetime and later calls only project what the log gained since. The answer for
-``T`` is then read from that projection with set-based queries
+one ``ingestor replay`` runs: docs/architecture.md, invariant 2), once per log: the projection
+is kept for the log's lifetime and later calls only project what the log gained since. The
+answer for ``T`` is then read from that projection with set-based queries
 (:mod:`ingestor.projection.asof`), without replaying anything. "As of T" names its clock
 (invariant 6):
 

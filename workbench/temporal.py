@@ -7,7 +7,7 @@ returns a polars frame whose times are UTC-aware. Instants must be timezone-awar
 
 "At an instant" always means **event time** (``occurred_at``, and the playbacks'
 ``started_at``/``stopped_at``), never the wall clock, so a replay gives the same answer today
-and next year (ARCHITECTURE invariant 6). :func:`changes_between` names its clock.
+and next year (docs/architecture.md, invariant 6). :func:`changes_between` names its clock.
 
 The projection answers from what it holds: a :class:`~workbench.replay.Replay` as of ``T``
 knows nothing recorded (or, on the occurred clock, happened) after ``T``.

@@ -36,7 +36,7 @@ other report moves its last report and ``stale_at``).
 Pause time is summed in integer microseconds and rounded half to even once, so the sum does
 not depend on the order of additions.
 
-Precedence when sources disagree (ARCHITECTURE "Words"): a finished-session summary is
+Precedence when sources disagree (README, "How it works"): a finished-session summary is
 authoritative for durations, pause time and stream details; lifecycle events for the start
 time and live state; no value is ever overwritten with an empty one.
 

@@ -1,5 +1,5 @@
 """Verdicts through the real stream: a notebook confirms and restores audit entries, the
-router projects the decisions, and a replay of the log reproduces the result (ARCHITECTURE
+router projects the decisions, and a replay of the log reproduces the result (docs/architecture.md,
 invariants 2 and 4)."""
 
 from __future__ import annotations

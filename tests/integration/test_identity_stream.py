@@ -1,7 +1,7 @@
 """One person, several accounts, through the real stream: a notebook merges accounts into a
 person, the router projects the identity record, the statistics count by person; an unmerge
 puts the figures back; the log's replay (the workbench's and ``ingestor replay``'s) gives the
-same tables (ARCHITECTURE invariants 2 and 7)."""
+same tables (docs/architecture.md, invariants 2 and 7)."""
 
 from __future__ import annotations
 
