@@ -926,3 +926,10 @@ async def identity_list_command(
     if not rows:
         print("no accounts are merged into a person", file=sys.stderr)
     return 0
+
+
+async def erase_command(settings: Settings, user_id: str, server_id: str | None) -> int:
+    """``ingestor erase``: all of it is in :mod:`ingestor.erasure`."""
+    from ingestor.erasure import erase
+
+    return 0 if await erase(settings, user_id, server_id) is not None else 1

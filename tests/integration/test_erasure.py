@@ -1,0 +1,259 @@
+"""Forgetting a user (issue 12, part 4; ingestor/erasure.py), with every part real: a
+nats-server whose store is under DATA_DIR, ``ingestor run`` (router, archiver, detector) on a
+DuckDB file, sealed archive segments. A simulated feed of several people is projected and
+archived; one person's two accounts (Plex and Jellyfin) are erased, one while the ingestor
+runs and one while it is down. Then no file under DATA_DIR holds a byte of that person's
+name, email, user ids or addresses; the projection equals the one before minus that person,
+every other user's figures are unchanged, and a rebuild from the log (``ingestor replay``
+and the workbench's replay) gives the same tables (docs/architecture.md, invariant 2)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from pathlib import Path
+
+import msgspec
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from ingestor.app import open_projection, replay_command, run_service, status_command
+from ingestor.archive import archive_segments
+from ingestor.config import Settings
+from ingestor.detection.config import DetectionConfig
+from ingestor.erasure import account_digest, erase
+from ingestor.events import MediaEvent
+from ingestor.nats.connection import open_nats
+from ingestor.nats.publisher import Publisher
+from ingestor.nats.server import EmbeddedServer
+from ingestor.sources.config import SourcesConfig
+from ingestor.sources.simulator import SimulationConfig, simulate
+from tests.conftest import free_port, make_env
+from workbench.log import EventLog
+from workbench.replay import replay
+from workbench.stats import by_user
+
+pytestmark = pytest.mark.integration
+
+TABLES = {
+    "media_events": "SELECT * FROM media_events ORDER BY seq",
+    "playback_events": "SELECT * FROM playback_events ORDER BY correlation_key",
+    "dedupe_audit_log": "SELECT * FROM dedupe_audit_log ORDER BY seq, audit_id",
+    "detection_alerts": "SELECT * FROM detection_alerts ORDER BY seq",
+}
+
+
+def tables(con, erased: set[tuple[str, str]] = frozenset()) -> dict[str, pl.DataFrame]:
+    out = {}
+    for name, sql in TABLES.items():
+        frame = con.sql(sql).pl()
+        if erased and frame.height:
+            pairs = list(zip(frame["server_id"], frame["user_id"], strict=True))
+            frame = frame.filter(pl.Series([p not in erased for p in pairs]))
+        out[name] = frame
+    return out
+
+
+def figures(db) -> pl.DataFrame:
+    plays = by_user(db, metric="plays").select("server_id", "user_id", "plays")
+    watch = by_user(db, metric="watch_time").select("server_id", "user_id", "watch_time")
+    return plays.join(watch, on=["server_id", "user_id"]).sort("server_id", "user_id")
+
+
+def byte_hits(root: Path, needles: Iterable[bytes]) -> dict[str, list[str]]:
+    """Every file under ``root`` that holds a needle (raw bytes, and JSON-escaped UTF-16
+    forms are the same for these ASCII needles), by needle."""
+    hits: dict[str, list[str]] = {}
+    files = [p for p in root.rglob("*") if p.is_file()]
+    for needle in needles:
+        forms = {needle, needle.decode().encode("utf-16-le")}
+        for path in files:
+            data = path.read_bytes()
+            if any(form in data for form in forms):
+                hits.setdefault(needle.decode(), []).append(str(path.relative_to(root)))
+    return hits
+
+
+class Service:
+    """``ingestor run`` in this process, stopped cleanly (archive sealed, file closed)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Service:
+        # one stream at a time: the simulator's person on two devices at once is alerted
+        detection = DetectionConfig.from_env({"DETECTION_CONCURRENT_STREAMS_LIMIT": "1"})
+        self.task = asyncio.create_task(
+            run_service(
+                self.settings,
+                SourcesConfig(),
+                ready=self.ready.set,
+                stop=self.stop,
+                detection=detection,
+            )
+        )
+        await asyncio.wait_for(self.ready.wait(), 60)
+        return self
+
+    async def caught_up(self, seq: int | None = None) -> dict:
+        for _ in range(600):
+            status = await status_command(self.settings)
+            last = status["stream_last_seq"] or 0
+            if status["checkpoint_seq"] == last and last >= (seq or 0):
+                await asyncio.sleep(0.5)  # alerts the detector may still publish
+                again = await status_command(self.settings)
+                if again["stream_last_seq"] == last and again["checkpoint_seq"] == last:
+                    return again
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the ingestor did not catch up: {status}")
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 60)
+
+
+def with_emails(events: list[MediaEvent]) -> list[MediaEvent]:
+    """The simulator's events, each user given an email (the simulator has none)."""
+    return [
+        msgspec.structs.replace(e, email=f"{e.username}.{e.user_id[:6]}@mail.example")
+        for e in events
+    ]
+
+
+async def test_an_erased_user_leaves_no_byte_under_data_dir_and_a_replay_agrees(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    server = EmbeddedServer("127.0.0.1", free_port(), data / "nats" / "jetstream")
+    server.start()
+    env = make_env(data, server.url, NATS_EMBEDDED="false")
+    settings = Settings.from_env(env)
+    try:
+        feed = with_emails(simulate(SimulationConfig(seed=12, users=6, days=4)).events)
+        handle = await open_nats(settings)
+        try:
+            await Publisher(handle.nc).publish_many(feed)
+        finally:
+            await handle.close()
+        async with Service(settings) as service:
+            await service.caught_up()
+        segments = archive_segments(settings.archive_dir)
+        assert segments, "the archive sealed segments on stop"
+        projection = open_projection(settings.duckdb_path, read_only=True)
+        try:
+            before = tables(projection.con)
+            before_figures = figures(projection)
+        finally:
+            projection.close()
+        alerts = before["detection_alerts"]
+        assert alerts.height > 0 and before["dedupe_audit_log"].height > 0
+
+        # the person to forget: one an alert names, with an account on each server
+        name = alerts["username"].mode().sort()[0]
+        theirs = [e for e in feed if e.username == name]
+        accounts = sorted({(e.server_id, e.user_id) for e in theirs})
+        assert len(accounts) == 2, accounts  # a Plex and a Jellyfin account
+        others = [e for e in feed if e.username != name]
+        assert not {(e.server_id, e.user_id) for e in others} & set(accounts)
+        # what must be gone: values of theirs that no other user's event holds
+        mine = {e.username for e in theirs} | {e.friendly_name for e in theirs}
+        mine |= {e.email for e in theirs} | {u for _, u in accounts}
+        mine |= {e.ip_address for e in theirs}
+        other_bytes = b"\n".join(msgspec.json.encode(e) for e in others)
+        needles = sorted(v.encode() for v in mine if v and v.encode() not in other_bytes)
+        assert {name.encode(), *(u.encode() for _, u in accounts)} <= set(needles)
+        assert any(b"@" in n for n in needles) and any(n.count(b".") == 3 for n in needles)
+        # the search finds each of them before the erasure
+        assert byte_hits(data, needles).keys() == {n.decode() for n in needles}
+
+        # one account erased while the ingestor runs: it applies the record at once
+        (plex, jelly) = sorted(accounts, key=lambda a: len(a[1]))
+        async with Service(settings) as service:
+            report = await erase(settings, plex[1], out=lambda _: None)
+            assert report.record is not None and report.record.events > 0
+            assert report.record.accounts == (account_digest(*plex),)
+            await service.caught_up(report.record_seq)
+        # the other while it is down, without --server: the next run applies it
+        report = await erase(settings, jelly[1], out=lambda _: None)
+        assert report.servers == [jelly[0]] and report.stream_deleted > 0
+        async with Service(settings) as service:
+            await service.caught_up(report.record_seq)
+        # erase is idempotent: the log holds nothing of them any more
+        again = await erase(settings, jelly[1], out=lambda _: None)
+        assert again.record is None
+
+        projection = open_projection(settings.duckdb_path, read_only=True)
+        try:
+            after = tables(projection.con)
+            after_figures = figures(projection)
+            log_rows = projection.con.sql("SELECT * FROM erasure_log ORDER BY seq").pl()
+        finally:
+            projection.close()
+        erased = set(accounts)
+        expected = tables_minus(before, erased)
+        for table in TABLES:
+            assert_frame_equal(after[table], expected[table], check_row_order=True)
+        # every other user's figures unchanged; the erased accounts have none
+        assert_frame_equal(
+            after_figures,
+            before_figures.filter(
+                ~pl.struct("server_id", "user_id").is_in(
+                    [{"server_id": s, "user_id": u} for s, u in accounts]
+                )
+            ),
+        )
+        assert log_rows.height == 2 and set(log_rows["accounts"]) == {1}
+        # the records count what erase deleted: every stored event of theirs (JetStream kept
+        # one message per event id) and the alerts naming them; no identifying column
+        assert log_rows["log_events"].sum() == len({e.event_id for e in theirs})
+        assert log_rows["log_records"].sum() == alerts.filter(pl.col("username") == name).height
+
+        # the byte search: stream store (the server stopped: its blocks flushed), archive,
+        # the DuckDB file (compacted when the ingestor closed it), everything else
+        server.stop()
+        leftovers = byte_hits(data, needles)
+        assert leftovers == {}, leftovers
+        assert [s.path.name for s in archive_segments(settings.archive_dir)][: len(segments)] == [
+            s.path.name for s in segments
+        ], "rewritten segments keep their names and ranges"
+
+        # a rebuild from the log gives the same projection
+        server.start()
+        out = tmp_path / "replayed.duckdb"
+        await replay_command(settings, out, out=lambda _: None)
+        replayed = open_projection(out, read_only=True)
+        try:
+            rebuilt = tables(replayed.con)
+            rebuilt_figures = figures(replayed)
+            replay_log = replayed.con.sql("SELECT * FROM erasure_log ORDER BY seq").pl()
+        finally:
+            replayed.close()
+        for table in TABLES:
+            assert_frame_equal(rebuilt[table], after[table], check_row_order=True)
+        assert_frame_equal(rebuilt_figures, after_figures)
+        assert_frame_equal(replay_log, log_rows)
+        handle = await open_nats(settings)
+        try:
+            log_ = EventLog(settings.archive_dir, nc=handle.nc)
+            with await replay(log_, progress=False) as answer:
+                assert_frame_equal(figures(answer), after_figures)
+                assert answer.counts()["playbacks"] == after["playback_events"].height
+        finally:
+            await handle.close()
+    finally:
+        server.stop()
+
+
+def tables_minus(
+    frames: dict[str, pl.DataFrame], erased: set[tuple[str, str]]
+) -> dict[str, pl.DataFrame]:
+    out = {}
+    for name, frame in frames.items():
+        pairs = list(zip(frame["server_id"], frame["user_id"], strict=True))
+        out[name] = frame.filter(pl.Series([p not in erased for p in pairs], dtype=pl.Boolean))
+    return out
