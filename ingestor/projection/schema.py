@@ -59,6 +59,10 @@ EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("secure", "BOOLEAN", pa.bool_()),
     ("local", "BOOLEAN", pa.bool_()),
     ("relayed", "BOOLEAN", pa.bool_()),
+    ("geo_country", "VARCHAR", pa.string()),
+    ("geo_city", "VARCHAR", pa.string()),
+    ("geo_latitude", "DOUBLE", pa.float64()),
+    ("geo_longitude", "DOUBLE", pa.float64()),
     ("raw_payload", "VARCHAR", pa.string()),
 ]
 

@@ -257,3 +257,105 @@ def tables_minus(
         pairs = list(zip(frame["server_id"], frame["user_id"], strict=True))
         out[name] = frame.filter(pl.Series([p not in erased for p in pairs], dtype=pl.Boolean))
     return out
+
+
+# --------------------------------------------------------------------------- IP_ANONYMIZE
+
+
+async def test_ip_anonymize_stores_a_truncated_address_located_from_the_full_one(
+    tmp_path: Path,
+) -> None:
+    import aiohttp
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    from ingestor.sources.config import PlexWebhookConfig
+    from tests.fakes.plex import multipart_body, webhook_payload
+
+    # a globally routable address (the geo database ignores documentation ranges)
+    address = "81.2.69.142"
+    # the full address is in London, its /24's network address in Paris: the stored place
+    # says which one was looked up
+    truncated = "81.2.69.0"
+    writer = MMDBWriter(ip_version=4, database_type="GeoLite2-City", languages=["en"])
+    for network, (country, city, point) in {
+        address: ("GB", "London", (51.5, -0.12)),
+        truncated: ("FR", "Paris", (48.86, 2.35)),
+    }.items():
+        record = {
+            "country": {"iso_code": country},
+            "city": {"names": {"en": city}},
+            "location": {"latitude": point[0], "longitude": point[1]},
+        }
+        writer.insert_network(IPSet([f"{network}/32"]), record)
+    geoip = tmp_path / "city.mmdb"
+    writer.to_db_file(str(geoip))
+
+    data = tmp_path / "data"
+    server = EmbeddedServer("127.0.0.1", free_port(), data / "nats" / "jetstream")
+    server.start()
+    try:
+        settings = Settings.from_env(
+            make_env(data, server.url, NATS_EMBEDDED="false", IP_ANONYMIZE="true")
+        )
+        assert settings.ip_anonymize
+        detection = DetectionConfig.from_env({"GEOIP_DB": str(geoip)})
+        stop, ready = asyncio.Event(), asyncio.Event()
+        service = asyncio.create_task(
+            run_service(
+                settings,
+                SourcesConfig(plex_webhook=PlexWebhookConfig()),
+                ready=ready.set,
+                stop=stop,
+                detection=detection,
+            )
+        )
+        await asyncio.wait_for(ready.wait(), 60)
+        url = f"http://{settings.http_host}:{settings.http_port}/webhooks/plex"
+        async with aiohttp.ClientSession() as http:
+            for kind, offset in (("media.play", None), ("media.stop", 60_000)):
+                payload = webhook_payload(kind, view_offset=offset, local=False)
+                payload["Player"]["publicAddress"] = address
+                body, content_type = multipart_body(payload)
+                async with http.post(
+                    url, data=body, headers={"Content-Type": content_type}
+                ) as response:
+                    assert response.status == 200, await response.text()
+        for _ in range(300):
+            status = await status_command(settings)
+            if status["stream_last_seq"] and status["checkpoint_seq"] == status["stream_last_seq"]:
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(service, 60)
+    finally:
+        server.stop()
+
+    projection = open_projection(settings.duckdb_path, read_only=True)
+    try:
+        events = projection.con.sql(
+            "SELECT ip_address, geo_country, geo_city, geo_latitude, raw_payload"
+            " FROM media_events_detail ORDER BY seq"
+        ).fetchall()
+        playbacks = projection.con.sql("SELECT ip_address FROM playback_events").fetchall()
+    finally:
+        projection.close()
+    assert len(events) == 2
+    for ip, country, city, latitude, raw in events:
+        assert (ip, country, city, latitude) == (truncated, "GB", "London", 51.5)
+        assert address not in raw and truncated in raw
+    assert playbacks == [(truncated,)]
+    assert byte_hits(data, [address.encode()]) == {}
+
+
+def test_a_bad_ip_anonymize_value_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import INGESTOR, subprocess_env
+
+    env = subprocess_env({"DATA_DIR": str(tmp_path), "IP_ANONYMIZE": "maybe"})
+    done = subprocess.run(
+        [*INGESTOR, "status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr == "ingestor: IP_ANONYMIZE='maybe' is invalid: expected true or false\n"
