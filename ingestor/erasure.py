@@ -532,6 +532,7 @@ async def erase(
         late = await scan_log(log_, target, found.last_seq + 1)
         seqs = found.seqs | {s for s in late.seqs if s < ack.seq}
         deleted = await delete_from_stream(handle.nc, STREAM, seqs)
+        sealed = (await log_.bounds()).archive_last_seq
     finally:
         await handle.close()
     segments = rows = 0
@@ -543,9 +544,15 @@ async def erase(
         f"messages deleted from {STREAM}, {dead} dead letters, {rows} rows in {segments} "
         f"archive segments rewritten; erasure record stored as message {ack.seq}. The "
         "projection forgets the user when an ingestor applies it (at once if `ingestor run` "
-        "is up, else at its next start). Messages the archiver has not sealed yet: run "
-        "erase again once they are."
+        "is up, else at its next start)."
     )
+    unsealed = sum(1 for seq in seqs if seq > sealed)
+    if archive is not None and unsealed:
+        out(
+            f"{unsealed} of those messages were not in a sealed archive segment yet: if "
+            "`ingestor run` is up, its archiver may hold them and seal them (a segment seals "
+            "after 10 minutes, and on stop); run erase again after that"
+        )
     return EraseReport(record, ack.seq, deleted, dead, segments, rows, [target.server_id])
 
 

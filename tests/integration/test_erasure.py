@@ -359,3 +359,35 @@ def test_a_bad_ip_anonymize_value_is_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr == "ingestor: IP_ANONYMIZE='maybe' is invalid: expected true or false\n"
+
+
+async def test_a_segment_whose_every_message_is_erased_still_covers_its_range(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime
+
+    from ingestor.archive import write_segment
+    from ingestor.erasure import Target, rewrite_segments
+    from ingestor.messages import Message
+
+    events = simulate(SimulationConfig(seed=3, users=2, days=1)).events[:40]
+    gone = events[0]
+    at = datetime(2026, 1, 5, tzinfo=UTC)
+    messages = [Message(i + 1, at, msgspec.json.encode(e), e.subject) for i, e in enumerate(events)]
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    theirs = [m for m, e in zip(messages, events, strict=True) if e.user_id == gone.user_id]
+    rest = [m for m, e in zip(messages, events, strict=True) if e.user_id != gone.user_id]
+    assert theirs and rest
+    # one segment of only theirs, one mixed
+    only = write_segment(archive, theirs[:1])
+    mixed = write_segment(archive, [m for m in messages if m.seq > only.last_seq])
+    segments, rows = rewrite_segments(archive, Target(gone.user_id, gone.server_id))
+    assert (segments, rows) == (2, len(theirs))
+    assert [s.path.name for s in archive_segments(archive)] == [only.path.name, mixed.path.name]
+    log_ = EventLog(archive)
+    bounds = await log_.bounds()
+    assert (bounds.first_seq, bounds.last_seq) == (1, messages[-1].seq)
+    read = [m.seq for chunk in [c async for c in log_.messages()] for m in chunk]
+    assert read == [m.seq for m in rest]
+    assert rewrite_segments(archive, Target(gone.user_id, gone.server_id)) == (0, 0)
