@@ -391,3 +391,48 @@ async def test_a_segment_whose_every_message_is_erased_still_covers_its_range(
     read = [m.seq for chunk in [c async for c in log_.messages()] for m in chunk]
     assert read == [m.seq for m in rest]
     assert rewrite_segments(archive, Target(gone.user_id, gone.server_id)) == (0, 0)
+
+
+async def test_erase_on_the_command_line_asks_for_the_server_when_the_id_is_on_two(
+    env: dict[str, str], settings: Settings
+) -> None:
+    import subprocess
+
+    from tests.conftest import INGESTOR, subprocess_env
+
+    events = simulate(SimulationConfig(seed=5, users=2, days=1)).events
+    one = events[0]
+    twin = msgspec.structs.replace(
+        one, event_id="f" * 32, server_id="other-server", session_key="s-twin"
+    )
+    handle = await open_nats(settings)
+    try:
+        await Publisher(handle.nc).publish_many([one, twin])
+    finally:
+        await handle.close()
+
+    def erase_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*INGESTOR, "erase", *args],
+            env=subprocess_env(env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    done = await asyncio.to_thread(erase_cli, "--user", one.user_id)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "name one with --server" in done.stderr
+    assert one.server_id in done.stderr and "other-server" in done.stderr
+    done = await asyncio.to_thread(erase_cli, "--user", one.user_id, "--server", "other-server")
+    assert done.returncode == 0, done.stderr
+    assert "erased user" in done.stdout and "1 messages deleted" in done.stdout
+    handle = await open_nats(settings)
+    try:
+        left = [
+            m for chunk in [c async for c in EventLog(None, nc=handle.nc).messages()] for m in chunk
+        ]
+    finally:
+        await handle.close()
+    assert [m.subject.split(".")[0] for m in left] == ["playback", "erasure"]
+    assert msgspec.json.decode(left[0].data)["server_id"] == one.server_id
