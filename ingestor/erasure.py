@@ -48,6 +48,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -347,19 +348,40 @@ def _accounts_in(message: Message, target: Target) -> tuple[str, list[str]]:
     if subject.startswith(IDENTITY_PREFIX):
         payload = _json(message.data)
         servers = [
-            str(a[0])
-            for a in (payload or {}).get("accounts", []) or []
-            if isinstance(a, list) and len(a) == 2 and target.matches(str(a[0]), str(a[1]))
+            server
+            for server, user in map(_account_pair, (payload or {}).get("accounts") or [])
+            if target.matches(server, user)
         ]
         return ("record", servers) if servers else ("", [])
     if record_subject(subject):
         return "", []
-    payload = _json(message.data)  # a media event, even one the router could not decode
-    if payload is not None and target.matches(
-        str(payload.get("server_id", "")), str(payload.get("user_id", ""))
-    ):
-        return "event", [str(payload.get("server_id", ""))]
-    return "", []
+    server = media_account(message.data, target)  # even one the router could not decode
+    return ("event", [server]) if server is not None else ("", [])
+
+
+def media_account(data: bytes, target: Target) -> str | None:
+    """The server id if ``data`` is a media event (or what is left of one: a truncated,
+    undecodable payload in the dead-letter stream) of the target's account, else None."""
+    payload = _json(data)
+    if payload is not None:
+        server = str(payload.get("server_id", ""))
+        return server if target.matches(server, str(payload.get("user_id", ""))) else None
+    # not JSON: the account's fields as the encoder writes them, if both are there
+    text = data.decode("utf-8", "replace")
+    user = re.search(r'"user_id"\s*:\s*"?([^",}]*)', text)
+    server_match = re.search(r'"server_id"\s*:\s*"([^"]*)"', text)
+    if user is None or server_match is None:
+        return None
+    server = server_match.group(1)
+    return server if target.matches(server, user.group(1)) else None
+
+
+def _account_pair(value: object) -> tuple[str, str]:
+    if isinstance(value, dict):
+        return str(value.get("server_id", "")), str(value.get("user_id", ""))
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return str(value[0]), str(value[1])
+    return "", ""
 
 
 def record_subject(subject: str) -> bool:
@@ -415,10 +437,7 @@ async def erase_dead_letters(js: Any, target: Target) -> int:
 
     doomed = []
     async for letter in DeadLetters(js).entries():
-        payload = _json(letter.data)
-        if payload is not None and target.matches(
-            str(payload.get("server_id", "")), str(payload.get("user_id", ""))
-        ):
+        if media_account(letter.data, target) is not None:
             doomed.append(letter.dlq_seq)
     return await delete_from_stream(js._nc, DLQ_STREAM, doomed)
 

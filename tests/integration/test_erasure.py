@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -27,6 +28,7 @@ from ingestor.events import MediaEvent
 from ingestor.nats.connection import open_nats
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer
+from ingestor.records import IdentityRecord, encode_record
 from ingestor.sources.config import SourcesConfig
 from ingestor.sources.simulator import SimulationConfig, simulate
 from tests.conftest import free_port, make_env
@@ -41,6 +43,7 @@ TABLES = {
     "playback_events": "SELECT * FROM playback_events ORDER BY correlation_key",
     "dedupe_audit_log": "SELECT * FROM dedupe_audit_log ORDER BY seq, audit_id",
     "detection_alerts": "SELECT * FROM detection_alerts ORDER BY seq",
+    "identity_links": "SELECT * FROM identity_links ORDER BY seq, server_id, user_id",
 }
 
 
@@ -171,21 +174,45 @@ async def test_an_erased_user_leaves_no_byte_under_data_dir_and_a_replay_agrees(
         # the search finds each of them before the erasure
         assert byte_hits(data, needles).keys() == {n.decode() for n in needles}
 
-        # one account erased while the ingestor runs: it applies the record at once
+        # more copies of them: a report the router dead-letters (cut short: undecodable), and
+        # an identity record merging their two accounts under their name
         (plex, jelly) = sorted(accounts, key=lambda a: len(a[1]))
+        broken = next(e for e in theirs if e.user_id == plex[1] and e.ip_address)
+        merge = IdentityRecord.make("merge", name, accounts, datetime.now(UTC), by="admin")
+        handle = await open_nats(settings)
+        try:
+            await handle.js.publish(broken.subject, msgspec.json.encode(broken)[:-40])
+            await handle.js.publish(merge.subject, encode_record(merge))
+        finally:
+            await handle.close()
+
+        # one account erased while the ingestor runs: it applies the record at once
         async with Service(settings) as service:
-            report = await erase(settings, plex[1], out=lambda _: None)
+            status = await service.caught_up()
+            assert status["dlq_messages"] == 1
+            while status["archive"]["buffered_messages"] < 2:  # read, not sealed yet
+                await asyncio.sleep(0.05)
+                status = await status_command(settings)
+            said: list[str] = []
+            report = await erase(settings, plex[1], out=said.append)
+            assert report.dead_letters == 1
+            # the running archiver had read the identity record and the cut-short report
+            # before erase deleted them: it will seal them, and erase says to run it again
+            assert "were not in a sealed archive segment yet" in said[-1]
             assert report.record is not None and report.record.events > 0
             assert report.record.accounts == (account_digest(*plex),)
             await service.caught_up(report.record_seq)
         # the other while it is down, without --server: the next run applies it
         report = await erase(settings, jelly[1], out=lambda _: None)
         assert report.servers == [jelly[0]] and report.stream_deleted > 0
+        # as the first erase said: again, now that the archiver sealed what it held
+        rerun = await erase(settings, plex[1], out=lambda _: None)
+        assert rerun.record is not None and (rerun.segments_rewritten, rerun.archive_rows) == (1, 1)
         async with Service(settings) as service:
-            await service.caught_up(report.record_seq)
+            await service.caught_up(rerun.record_seq)
         # erase is idempotent: the log holds nothing of them any more
-        again = await erase(settings, jelly[1], out=lambda _: None)
-        assert again.record is None
+        for _, user in accounts:
+            assert (await erase(settings, user, out=lambda _: None)).record is None
 
         projection = open_projection(settings.duckdb_path, read_only=True)
         try:
@@ -207,11 +234,17 @@ async def test_an_erased_user_leaves_no_byte_under_data_dir_and_a_replay_agrees(
                 )
             ),
         )
-        assert log_rows.height == 2 and set(log_rows["accounts"]) == {1}
+        assert log_rows.height == 3 and set(log_rows["accounts"]) == {1}
         # the records count what erase deleted: every stored event of theirs (JetStream kept
         # one message per event id) and the alerts naming them; no identifying column
-        assert log_rows["log_events"].sum() == len({e.event_id for e in theirs})
-        assert log_rows["log_records"].sum() == alerts.filter(pl.col("username") == name).height
+        # and the cut-short report twice: in the stream (the first erase), then in the
+        # segment the running archiver sealed on stop (the re-run)
+        assert log_rows["log_events"].sum() == len({e.event_id for e in theirs}) + 2
+        named = alerts.filter(pl.col("username") == name).height
+        # the identity record twice: deleted from the stream by the first erase, then found
+        # again by the second in the segment the running archiver sealed on stop
+        assert list(log_rows["log_records"]) == [named + 1, 1, 0]
+        assert log_rows["dead_letters"].sum() == 1
 
         # the byte search: stream store (the server stopped: its blocks flushed), archive,
         # the DuckDB file (compacted when the ingestor closed it), everything else
