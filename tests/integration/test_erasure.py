@@ -154,6 +154,11 @@ async def test_an_erased_user_leaves_no_byte_under_data_dir_and_a_replay_agrees(
         finally:
             projection.close()
         alerts = before["detection_alerts"]
+        # a notebook's replay of the log, kept while its log lives (workbench.replay)
+        notebook = await open_nats(settings)
+        notebook_log = EventLog(settings.archive_dir, nc=notebook.nc)
+        with await replay(notebook_log, progress=False) as answer:
+            assert_frame_equal(figures(answer), before_figures)
         assert alerts.height > 0 and before["dedupe_audit_log"].height > 0
 
         # the person to forget: one an alert names, with an account on each server
@@ -245,6 +250,12 @@ async def test_an_erased_user_leaves_no_byte_under_data_dir_and_a_replay_agrees(
         # again by the second in the segment the running archiver sealed on stop
         assert list(log_rows["log_records"]) == [named + 1, 1, 0]
         assert log_rows["dead_letters"].sum() == 1
+
+        # the notebook's kept projection applies the erasure records when it catches up
+        with await replay(notebook_log, progress=False) as answer:
+            assert answer.stats.messages > 0  # only what the log gained: the records
+            assert_frame_equal(figures(answer), after_figures)
+        await notebook.close()
 
         # the byte search: stream store (the server stopped: its blocks flushed), archive,
         # the DuckDB file (compacted when the ingestor closed it), everything else
