@@ -265,9 +265,11 @@ def compact_due(con: duckdb.DuckDBPyConnection) -> bool:
         return False
 
 
-def compact_database(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def compact_database(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
     """Rewrite the projection's file so that no byte of an erased row is left in it, and
     close ``con`` (the file's only connection: the caller is closing or just opened it).
+    False (logged) if the copy failed: the file is left as it was, still marked, and the
+    next open tries again.
 
     DuckDB deletes a row by marking it in its row group; the row group's bytes stay in the
     file, and blocks freed at a checkpoint are not overwritten either (measured: a name
@@ -276,16 +278,28 @@ def compact_database(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     renamed over the old one, and the directory fsynced: a crash leaves the old file (and
     its ``erasure_compact_due`` row, so the next open compacts again) or the new one.
     """
-    con.execute("DELETE FROM projection_meta WHERE name = ?", [COMPACT_DUE])
-    con.execute("CHECKPOINT")
     fresh = path.with_name(path.name + ".compact")
     for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
         leftover.unlink(missing_ok=True)
-    con.execute(f"ATTACH '{_sql_path(fresh)}' AS _compact")
     try:
-        con.execute("COPY FROM DATABASE " + _current_database(con) + " TO _compact")
-    finally:
-        con.execute("DETACH _compact")
+        con.execute("CHECKPOINT")
+        con.execute(f"ATTACH '{_sql_path(fresh)}' AS _compact")
+        try:
+            con.execute("COPY FROM DATABASE " + _current_database(con) + " TO _compact")
+            con.execute("DELETE FROM _compact.projection_meta WHERE name = ?", [COMPACT_DUE])
+        finally:
+            con.execute("DETACH _compact")
+    except duckdb.Error as exc:
+        log.error(
+            "could not compact %s after an erasure (%s): the erased rows' bytes stay in it "
+            "until it is next opened",
+            path,
+            exc,
+        )
+        con.close()
+        for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
+            leftover.unlink(missing_ok=True)
+        return False
     con.close()
     with open(fresh, "rb+") as handle:
         os.fsync(handle.fileno())
@@ -293,6 +307,7 @@ def compact_database(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     path.with_name(path.name + ".wal").unlink(missing_ok=True)
     _fsync_dir(path.parent)
     log.info("compacted %s: no erased row's bytes are left in it", path)
+    return True
 
 
 def _current_database(con: duckdb.DuckDBPyConnection) -> str:

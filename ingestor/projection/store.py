@@ -499,7 +499,7 @@ class Projection:
 
     def _compact_if_erased(self, *, reopen: bool = True) -> bool:
         """Rewrite the file if an erasure left deleted rows' bytes in it (ingestor.erasure);
-        True if it did (the connection is then closed, or reopened with ``reopen``)."""
+        True if it tried (the connection is then closed, or reopened with ``reopen``)."""
         from ingestor.erasure import compact_database, compact_due
 
         if str(self.path) in ("", ":memory:") or not compact_due(self.con):
