@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import duckdb
 
+from ingestor.anonymize import Anonymizer
 from ingestor.archive import Archiver
 from ingestor.broadcast import DEFAULT_QUEUE_LIMIT, BroadcastHub
 from ingestor.config import Settings
@@ -125,6 +126,7 @@ async def run_service(
         hub, monitor = await _observers(settings, handle, projection)
         on_batch = batch_handlers(hub.publish, monitor.observe_batch)
         sink: Sink
+        anonymizer = Anonymizer.open(settings.ip_anonymize, detection.geoip_db)
         # the projection drains a backlog before the archiver and the detector read on
         priority = Priority()
         if settings.event_sourcing:
@@ -140,10 +142,14 @@ async def run_service(
                 may_grow=lambda: hub.clients == 0,
                 priority=priority,
             )
-            sink = StreamSink(publisher)
+            sink = StreamSink(publisher, anonymizer)
         else:
             sink = DirectSink(
-                pipeline, publisher, batch_size=settings.nats_batch_size, on_batch=on_batch
+                pipeline,
+                publisher,
+                batch_size=settings.nats_batch_size,
+                on_batch=on_batch,
+                anonymizer=anonymizer,
             )
         sources = build_sources(sources_config, sink, settings.data_dir)
         monitor.sources = sources.health
@@ -745,14 +751,19 @@ async def _import_sink(settings: Settings) -> AsyncIterator[Sink]:
     try:
         if settings.event_sourcing:
             assert handle is not None
-            yield StreamSink(Publisher(handle.nc))
+            yield StreamSink(Publisher(handle.nc), Anonymizer.open(settings.ip_anonymize))
         else:
             projection = await asyncio.to_thread(
                 open_projection, settings.duckdb_path, stale_after=settings.stale_after
             )
             pipeline = await asyncio.to_thread(new_pipeline, settings, projection)
             publisher = Publisher(handle.nc) if handle is not None else None
-            yield DirectSink(pipeline, publisher, batch_size=settings.nats_batch_size)
+            yield DirectSink(
+                pipeline,
+                publisher,
+                batch_size=settings.nats_batch_size,
+                anonymizer=Anonymizer.open(settings.ip_anonymize),
+            )
     finally:
         if projection is not None:
             projection.close()
@@ -926,3 +937,10 @@ async def identity_list_command(
     if not rows:
         print("no accounts are merged into a person", file=sys.stderr)
     return 0
+
+
+async def erase_command(settings: Settings, user_id: str, server_id: str | None) -> int:
+    """``ingestor erase``: all of it is in :mod:`ingestor.erasure`."""
+    from ingestor.erasure import erase
+
+    return 0 if await erase(settings, user_id, server_id) is not None else 1

@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         act.add_argument("--notes", default="", help="why (kept with the record)")
     listing = actions.add_parser("list", help="the accounts merged into each person now")
     listing.add_argument("--json", action="store_true", help="print JSON lines")
+    erase = sub.add_parser(
+        "erase", help="forget a user: delete their events from the log, archive and projection"
+    )
+    erase.add_argument("--user", required=True, help="the user's id on their server")
+    erase.add_argument(
+        "--server", help="the server's id (needed when the user id is on several servers)"
+    )
     return parser
 
 
@@ -185,6 +192,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await app.identity_publish_command(
             settings, args.identity_action, args.person, accounts, by=args.by, notes=args.notes
         )
+    if command == "erase":
+        return await app.erase_command(settings, args.user, args.server)
     raise AssertionError(command)
 
 

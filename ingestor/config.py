@@ -70,6 +70,7 @@ class Settings:
     broadcast_token: str | None = None
     nats_replicas: int = 1
     stale_after: float = 1800.0
+    ip_anonymize: bool = False
 
     @property
     def nats_servers(self) -> list[str]:
@@ -152,6 +153,7 @@ class Settings:
             "nats_replicas": reader.get(
                 "NATS_REPLICAS", "1", _int_in(REPLICA_COUNTS), "1, 3 or 5 (JetStream replicas)"
             ),
+            "ip_anonymize": reader.get("IP_ANONYMIZE", "false", parse_bool, "true or false"),
         }
         if reader.problems:
             raise ConfigError(reader.problems)

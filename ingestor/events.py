@@ -142,6 +142,13 @@ class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     secure: bool | None = None
     local: bool | None = None
     relayed: bool | None = None
+    # where ip_address was, resolved at ingestion from the full address before IP_ANONYMIZE
+    # truncated it (ingestor/anonymize.py); empty: not resolved there (the detector looks
+    # the address up itself)
+    geo_country: str = ""
+    geo_city: str = ""
+    geo_latitude: float | None = None
+    geo_longitude: float | None = None
     # the upstream payload as received, for the audit trail
     raw_payload: str | None = None
 

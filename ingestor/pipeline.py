@@ -20,7 +20,14 @@ from ingestor.errors import InvalidEvent, PermanentError
 from ingestor.events import MediaEvent, decode_event_versioned, encode_event
 from ingestor.messages import Message, Rejected
 from ingestor.projection import PROJECTOR, AlertRow, BatchResult, Projection
-from ingestor.records import Alert, AuditDecision, IdentityRecord, decode_record, record_kind
+from ingestor.records import (
+    Alert,
+    AuditDecision,
+    ErasureRecord,
+    IdentityRecord,
+    decode_record,
+    record_kind,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +38,9 @@ class Outcome:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-Item = MediaEvent | AuditDecision | Alert | IdentityRecord
-"""What a stream message decodes to: a media event, a user's audit decision, an alert, or an
-identity record (accounts merged into a person, or unmerged)."""
+Item = MediaEvent | AuditDecision | Alert | IdentityRecord | ErasureRecord
+"""What a stream message decodes to: a media event, a user's audit decision, an alert, an
+identity record (accounts merged into a person, or unmerged), or an erasure."""
 
 
 def decode_messages(
@@ -97,9 +104,9 @@ class Pipeline:
         transaction. A user's audit decision changes what later events of the batch are
         decided against, so the batch is cut at each decision: the events before it commit,
         then the decision (each with its own checkpoint), then the rest. An identity record
-        cuts the batch the same way (its own transaction and checkpoint), so every record
-        commits at its own place in the stream's order. On any exception the dedup index
-        forgets the uncommitted part and nothing of it is committed.
+        and an erasure cut the batch the same way (their own transaction and checkpoint), so
+        every record commits at its own place in the stream's order. On any exception the
+        dedup index forgets the uncommitted part and nothing of it is committed.
         """
         started = time.perf_counter()
         if not isinstance(decoded, Decoded):
@@ -120,6 +127,13 @@ class Pipeline:
                 result.merge(self._project_part(events[lo:hi], alerts, part_seq, consumer))
             lo, alerts = hi, []
             committed = message.seq
+            if isinstance(record, ErasureRecord):  # ingestor.erasure: its own transaction
+                from ingestor.erasure import apply_erasure
+
+                apply_erasure(
+                    self.projection, self.index, message.seq, record, consumer, message.recorded_at
+                )
+                continue
             if isinstance(record, IdentityRecord):  # changes no playback: no fold state goes
                 result.identities.append(
                     self.projection.apply_identity(

@@ -1,5 +1,6 @@
 """The stream's other record kinds: dedup audit decisions (``audit.>``), detection alerts
-(``alert.>``) and identity records (``identity.>``: one person's accounts, merged or unmerged).
+(``alert.>``), identity records (``identity.>``: one person's accounts, merged or unmerged)
+and erasures (``erasure.>``: a user forgotten, named by digest only).
 
 They share ``MEDIA_EVENTS`` with the media events (``playback.>``) so that the log has one
 total order: a replay meets a user's *restore* after the link it undoes and before the
@@ -37,6 +38,7 @@ from ingestor.events import make_event_id, subject_token
 AUDIT_PREFIX = "audit."
 ALERT_PREFIX = "alert."
 IDENTITY_PREFIX = "identity."
+ERASURE_PREFIX = "erasure."
 DecisionAction = Literal["confirm", "restore"]
 DECISION_ACTIONS: tuple[str, ...] = ("confirm", "restore")
 IdentityAction = Literal["merge", "unmerge"]
@@ -204,23 +206,73 @@ def _account(value: Account | tuple[str, str]) -> Account:
     return Account(server_id, user_id)
 
 
-Record = AuditDecision | Alert | IdentityRecord
+class ErasureRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """``ingestor erase``: forget one user's accounts (:mod:`ingestor.erasure`).
+
+    It names the accounts only by digest (:func:`ingestor.erasure.account_digest`, SHA-256
+    of the server id and the user id), never by name, email, address or id: the record stays
+    in the log for good, and the log must keep no byte of the person. Applying it removes
+    from the projection every row of an account whose digest it lists, as of its place in
+    the stream (events of the account recorded later are kept: a new report is new
+    consent). The counts say what ``erase`` removed from the log, so the projection's
+    ``erasure_log`` row is the same live and at a replay.
+    """
+
+    record_id: str
+    accounts: tuple[str, ...]  # digests of (server_id, user_id), sorted, no repeats
+    occurred_at: datetime  # when erase ran (UTC)
+    events: int = 0  # media events deleted from the stream and the archive
+    records: int = 0  # alerts and identity records naming the accounts, deleted
+    dead_letters: int = 0  # dead letters holding their payloads, deleted
+    schema_version: int = 1
+
+    @classmethod
+    def make(
+        cls,
+        accounts: Iterable[str],
+        at: datetime,
+        *,
+        events: int = 0,
+        records: int = 0,
+        dead_letters: int = 0,
+    ) -> ErasureRecord:
+        digests = tuple(sorted(set(accounts)))
+        if not digests or not all(isinstance(d, str) and len(d) == 64 for d in digests):
+            raise ValueError("an erasure names at least one account digest (64 hex digits)")
+        at = _utc(at)
+        record_id = make_event_id("erasure", "", list(digests), at.isoformat())
+        return cls(
+            record_id=record_id,
+            accounts=digests,
+            occurred_at=at,
+            events=events,
+            records=records,
+            dead_letters=dead_letters,
+        )
+
+    @property
+    def subject(self) -> str:
+        return "erasure.user"
+
+
+Record = AuditDecision | Alert | IdentityRecord | ErasureRecord
 
 _decoders = {
     AuditDecision: msgspec.json.Decoder(AuditDecision),
     Alert: msgspec.json.Decoder(Alert),
     IdentityRecord: msgspec.json.Decoder(IdentityRecord),
+    ErasureRecord: msgspec.json.Decoder(ErasureRecord),
 }
 _encoder = msgspec.json.Encoder()
 
 
-RECORD_PREFIXES: tuple[str, ...] = (AUDIT_PREFIX, ALERT_PREFIX, IDENTITY_PREFIX)
+RECORD_PREFIXES: tuple[str, ...] = (AUDIT_PREFIX, ALERT_PREFIX, IDENTITY_PREFIX, ERASURE_PREFIX)
 """Subject prefixes of the records (every other subject carries a media event)."""
 
 
 def record_kind(
     subject: str,
-) -> type[AuditDecision] | type[Alert] | type[IdentityRecord] | None:
+) -> type[AuditDecision] | type[Alert] | type[IdentityRecord] | type[ErasureRecord] | None:
     """The record type a subject carries; None for media events (``playback.>`` or none)."""
     if subject.startswith(AUDIT_PREFIX):
         return AuditDecision
@@ -228,6 +280,8 @@ def record_kind(
         return Alert
     if subject.startswith(IDENTITY_PREFIX):
         return IdentityRecord
+    if subject.startswith(ERASURE_PREFIX):
+        return ErasureRecord
     return None
 
 
@@ -239,7 +293,7 @@ def decode_record(subject: str, data: bytes) -> Record:
     """Decode and check a record; :class:`InvalidEvent` (permanent) when it can never be read."""
     kind = record_kind(subject)
     if kind is None:
-        raise InvalidEvent(f"{subject!r} is not an audit, alert or identity subject")
+        raise InvalidEvent(f"{subject!r} is not an audit, alert, identity or erasure subject")
     try:
         record = _decoders[kind].decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -255,6 +309,10 @@ def decode_record(subject: str, data: bytes) -> Record:
         raise InvalidEvent("Alert needs an alert_id and a known severity")
     if isinstance(record, IdentityRecord):
         _check_identity(record)
+    if isinstance(record, ErasureRecord) and (
+        not record.record_id or not record.accounts or any(len(a) != 64 for a in record.accounts)
+    ):
+        raise InvalidEvent("ErasureRecord needs a record_id and account digests")
     return record
 
 
@@ -276,12 +334,14 @@ def _utc(at: datetime) -> datetime:
 __all__ = [
     "ALERT_PREFIX",
     "AUDIT_PREFIX",
+    "ERASURE_PREFIX",
     "IDENTITY_ACTIONS",
     "IDENTITY_PREFIX",
     "RECORD_PREFIXES",
     "Account",
     "Alert",
     "AuditDecision",
+    "ErasureRecord",
     "IdentityAction",
     "IdentityRecord",
     "Record",

@@ -8,6 +8,9 @@
 * NATS off (``NATS_ENABLED=false``): :class:`DirectSink` without a publisher; the projection
   is the only state.
 
+With ``IP_ANONYMIZE`` every sink locates, then truncates, the events' addresses before
+anything else sees them (:mod:`ingestor.anonymize`).
+
 Both direct variants go through the same :class:`ingestor.pipeline.Pipeline` as the router,
 so dedup and projection behave identically in every mode.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from ingestor.anonymize import Anonymizer
 from ingestor.events import MediaEvent, encode_event
 from ingestor.nats.publisher import Publisher, PublishStats
 from ingestor.pipeline import Message, Pipeline
@@ -44,10 +48,13 @@ class Sink(Protocol):
 class StreamSink:
     """Event sourcing: the stream is the source of truth."""
 
-    def __init__(self, publisher: Publisher) -> None:
+    def __init__(self, publisher: Publisher, anonymizer: Anonymizer | None = None) -> None:
         self.publisher = publisher
+        self.anonymizer = anonymizer  # IP_ANONYMIZE: every source's events pass here
 
     async def emit(self, events: Sequence[MediaEvent]) -> PublishStats:
+        if self.anonymizer is not None:
+            events = self.anonymizer.apply(events)
         for event in events:
             event.validate()
         return await self.publisher.publish_many(events)
@@ -62,8 +69,10 @@ class DirectSink:
         publisher: Publisher | None = None,
         batch_size: int = 1000,
         on_batch: Callable[[BatchResult], None] | None = None,
+        anonymizer: Anonymizer | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.anonymizer = anonymizer  # IP_ANONYMIZE: every source's events pass here
         self.publisher = publisher
         self.batch_size = batch_size
         # told of each committed chunk, as the router tells its on_batch (live feed, metrics)
@@ -72,6 +81,8 @@ class DirectSink:
 
     async def emit(self, events: Sequence[MediaEvent]) -> PublishStats:
         stats = PublishStats()
+        if self.anonymizer is not None:
+            events = self.anonymizer.apply(events)
         async with self._lock:
             for start in range(0, len(events), self.batch_size):
                 chunk = events[start : start + self.batch_size]

@@ -322,6 +322,10 @@ class Engine:
     def _place_of(self, event: MediaEvent) -> Place | None:
         if self.geo is None or not event.ip_address or event.location_type.lower() == "lan":
             return None
+        if event.geo_country or event.geo_latitude is not None:
+            # resolved at ingestion from the full address (IP_ANONYMIZE truncated it after)
+            lat, lon = event.geo_latitude, event.geo_longitude
+            return Place(event.geo_country, event.geo_city, lat, lon)
         return self.geo.locate(event.ip_address)
 
     def _current(self, key: CrossKey, at: datetime) -> Stream | None:

@@ -2,7 +2,8 @@
 
 ``MEDIA_EVENTS`` holds every media event (``playback.<source>.<media_type>``) and, in the
 same total order, audit decisions (``audit.>``), detection alerts (``alert.>``) and identity
-records (``identity.>``: accounts merged into one person, or unmerged).
+records (``identity.>``: accounts merged into one person, or unmerged) and erasures
+(``erasure.>``: a user forgotten, see :mod:`ingestor.erasure`).
 ``MEDIA_EVENTS_DLQ`` holds dead letters under ``dlq.>``, a subject family no consumer of
 ``MEDIA_EVENTS`` can match.
 
@@ -32,7 +33,14 @@ MEDIA_SUBJECTS = "playback.>"
 AUDIT_SUBJECTS = "audit.>"
 ALERT_SUBJECTS = "alert.>"
 IDENTITY_SUBJECTS = "identity.>"
-STREAM_SUBJECTS = [MEDIA_SUBJECTS, AUDIT_SUBJECTS, ALERT_SUBJECTS, IDENTITY_SUBJECTS]
+ERASURE_SUBJECTS = "erasure.>"
+STREAM_SUBJECTS = [
+    MEDIA_SUBJECTS,
+    AUDIT_SUBJECTS,
+    ALERT_SUBJECTS,
+    IDENTITY_SUBJECTS,
+    ERASURE_SUBJECTS,
+]
 DLQ_SUBJECT_PREFIX = "dlq.media_events"
 DUPLICATE_WINDOW_S = 120.0
 DLQ_MIN_RETENTION_DAYS = 30

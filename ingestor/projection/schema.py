@@ -59,6 +59,10 @@ EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("secure", "BOOLEAN", pa.bool_()),
     ("local", "BOOLEAN", pa.bool_()),
     ("relayed", "BOOLEAN", pa.bool_()),
+    ("geo_country", "VARCHAR", pa.string()),
+    ("geo_city", "VARCHAR", pa.string()),
+    ("geo_latitude", "DOUBLE", pa.float64()),
+    ("geo_longitude", "DOUBLE", pa.float64()),
     ("raw_payload", "VARCHAR", pa.string()),
 ]
 
@@ -285,6 +289,21 @@ IDENTITY_LINK_COLUMNS: list[tuple[str, str]] = [
 ]
 
 
+# erasure_log: one row per erasure record (``erasure.>``, ingestor.erasure): the counts the
+# record carries (what erase deleted from the log, so a replay writes the same row), never a
+# name, an id or an address
+ERASURE_COLUMNS: list[tuple[str, str]] = [
+    ("seq", "BIGINT NOT NULL"),  # the erasure record's stream sequence
+    ("recorded_at", "TIMESTAMPTZ"),
+    ("record_id", "VARCHAR NOT NULL"),
+    ("accounts", "INTEGER NOT NULL"),  # how many account digests it named
+    ("log_events", "BIGINT NOT NULL"),  # media events erase deleted from the log
+    ("log_records", "BIGINT NOT NULL"),  # alerts and identity records it deleted
+    ("dead_letters", "BIGINT NOT NULL"),
+    ("erased_at", "TIMESTAMPTZ"),  # the record's occurred_at
+]
+
+
 def _person_view(create: str = "CREATE OR REPLACE VIEW") -> str:
     """The current person of every merged account: its latest applied identity row, if that
     was a merge (an unmerge leaves the account to itself)."""
@@ -340,4 +359,5 @@ DDL: list[str] = [
 )""",
     _table("identity_links", IDENTITY_LINK_COLUMNS),
     PERSON_VIEW,
+    _table("erasure_log", ERASURE_COLUMNS),
 ]

@@ -425,6 +425,7 @@ class Projection:
         self.fault = fault
         self._watermark: datetime | None = None
         self._stale_after = stale_after
+        self._writable = not read_only
         if not read_only:
             try:
                 self._create_or_migrate()
@@ -433,6 +434,7 @@ class Projection:
             except BaseException:
                 self.con.close()
                 raise
+            self._compact_if_erased()  # killed before it compacted after an erasure
 
     def _create_or_migrate(self) -> None:
         """Create the tables of a new file, or bring an older file's up to this version.
@@ -474,6 +476,7 @@ class Projection:
         view.fault = None
         view._watermark = None
         view._stale_after = None
+        view._writable = False
         return view
 
     @property
@@ -490,7 +493,24 @@ class Projection:
         return self._watermark
 
     def close(self) -> None:
+        if self._writable and self._compact_if_erased(reopen=False):
+            return
         self.con.close()
+
+    def _compact_if_erased(self, *, reopen: bool = True) -> bool:
+        """Rewrite the file if an erasure left deleted rows' bytes in it (ingestor.erasure);
+        True if it tried (the connection is then closed, or reopened with ``reopen``)."""
+        from ingestor.erasure import compact_database, compact_due
+
+        if str(self.path) in ("", ":memory:") or not compact_due(self.con):
+            return False
+        compact_database(self.con, self.path)
+        if reopen:
+            self.con = duckdb.connect(str(self.path))
+            self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+            self.con.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
+        return True
 
     # ------------------------------------------------------------------ reads
 
