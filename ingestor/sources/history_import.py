@@ -3,7 +3,7 @@ jellystat``): the result they report, their error classes, a resume cursor kept 
 :class:`~ingestor.sources.base.StateFile`, a read-only SQLite opener, and the batch step that
 turns rows into events, skips bad ones and sends the rest through the one sink.
 
-Every importer follows ``import tautulli-db`` (:mod:`ingestor.sources.tautulli_import`):
+Every importer follows ``import tautulli-db`` (:mod:`ingestor.sources.tautulli.db_import`):
 
 * each row becomes one ``summary`` event whose ``event_id`` is a hash of the row's upstream
   identity (:func:`ingestor.events.make_event_id`), so a second import adds nothing (tier a);

@@ -9,7 +9,7 @@
   and Jellyfin webhooks on, its Jellyfin source on the fake server, its router projecting
   the stream into DuckDB; its log goes to a file that is read for tracebacks;
 * a fake Tautulli HTTP server answering whatever body the fuzzer sets, and a real
-  :class:`~ingestor.sources.tautulli.TautulliSync` (in this process) reading it, its events
+  :class:`~ingestor.sources.tautulli.sync.TautulliSync` (in this process) reading it, its events
   published to the same stream.
 
 An asyncio loop runs in a background thread, so hypothesis drives plain (sync) functions.
@@ -52,7 +52,7 @@ from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import DLQ_STREAM
 from ingestor.sink import StreamSink
 from ingestor.sources.base import CircuitBreaker, CircuitOpen
-from ingestor.sources.tautulli import TautulliError, TautulliSync
+from ingestor.sources.tautulli.sync import TautulliError, TautulliSync
 from tests.conftest import INGESTOR, free_port, make_env, subprocess_env
 from tests.fakes.jellyfin import FakeMediaServer, movie, notification, session
 from tests.fakes.plex import multipart_body, webhook_payload

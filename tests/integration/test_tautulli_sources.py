@@ -25,7 +25,9 @@ from ingestor.projection import Projection
 from ingestor.sink import DirectSink
 from ingestor.sources.base import Backoff, CircuitBreaker
 from ingestor.sources.config import TautulliConfig
-from ingestor.sources.tautulli import (
+from ingestor.sources.tautulli.db_import import TautulliImportError, import_tautulli_db
+from ingestor.sources.tautulli.mapping import summary_event_id
+from ingestor.sources.tautulli.sync import (
     ACTIVITY_SOURCE,
     NO_LIVE_ACTIVITY,
     TautulliClient,
@@ -34,8 +36,6 @@ from ingestor.sources.tautulli import (
     TautulliSync,
     TautulliUnavailable,
 )
-from ingestor.sources.tautulli_import import TautulliImportError, import_tautulli_db
-from ingestor.sources.tautulli_rows import summary_event_id
 from tests.fakes.tautulli import (
     API_KEY,
     OWNER_ID,
@@ -584,7 +584,7 @@ async def test_an_unreachable_tautulli_is_an_error_not_a_crash(
 
 
 def tautulli_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "ingestor.sources.tautulli"]
+    return [r for r in caplog.records if r.name.startswith("ingestor.sources.tautulli.")]
 
 
 async def test_a_plex_that_does_not_answer_is_a_state_of_the_source_not_an_error(

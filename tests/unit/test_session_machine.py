@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ingestor.events import EventType, MediaEvent
-from ingestor.sources.session_machine import (
+from ingestor.sources.jellyfin.session_machine import (
     MachineState,
     SessionMachine,
     UnreadableSession,

@@ -69,7 +69,7 @@ from ingestor.sources.base import (
     StateFile,
     receipt_time,
 )
-from ingestor.sources.plex_owner import OwnerMap
+from ingestor.sources.plex.owner import OwnerMap
 
 log = logging.getLogger(__name__)
 

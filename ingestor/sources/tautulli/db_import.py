@@ -4,7 +4,7 @@
 and ``session_history_media_info`` (one row each per finished stream, sharing ``id``), in
 ``id`` order, with Python's ``sqlite3`` opened read-only (``file:...?mode=ro``; a WAL file in
 a read-only directory is retried with ``immutable=1``). Each row becomes the same ``summary``
-event the API sync makes of it (:mod:`ingestor.sources.tautulli_rows`: same ``event_id``,
+event the API sync makes of it (:mod:`ingestor.sources.tautulli.mapping`: same ``event_id``,
 ``session_key``, times and durations), so importing a database whose rows the sync already
 brought in adds nothing (dedup tier a), and importing one file twice adds nothing.
 
@@ -40,7 +40,7 @@ from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent, percent_of
 from ingestor.sink import Sink
 from ingestor.sources.base import StateFile
-from ingestor.sources.tautulli_rows import InvalidHistoryRow, as_int, summary_from_history_row
+from ingestor.sources.tautulli.mapping import InvalidHistoryRow, as_int, summary_from_history_row
 
 log = logging.getLogger(__name__)
 

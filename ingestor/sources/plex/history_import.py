@@ -50,7 +50,7 @@ from ingestor.sources.history_import import (
     Progress,
     emit_rows,
 )
-from ingestor.sources.plex_owner import OwnerMap
+from ingestor.sources.plex.owner import OwnerMap
 
 log = logging.getLogger(__name__)
 

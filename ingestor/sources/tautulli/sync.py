@@ -7,7 +7,7 @@
    ``on_server_info`` (the Plex webhook adapter maps ``Account.id`` 1 to that id);
 2. every ``sync_interval``, pages ``get_history`` (``grouping=0``, ``order_column=started``,
    ``order_dir=asc``, ``start``/``length``) until a short page, each finished row becoming one
-   ``summary`` event (:mod:`ingestor.sources.tautulli_rows`);
+   ``summary`` event (:mod:`ingestor.sources.tautulli.mapping`);
 3. every ``activity_interval``, polls ``get_activity`` and emits ``play``/``pause``/
    ``resume``/``stop`` transitions of live sessions.
 
@@ -98,7 +98,7 @@ from ingestor.sources.base import (
     receipt_time,
 )
 from ingestor.sources.config import TautulliConfig
-from ingestor.sources.tautulli_rows import (
+from ingestor.sources.tautulli.mapping import (
     as_bool,
     as_float,
     as_id,

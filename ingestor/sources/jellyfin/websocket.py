@@ -6,7 +6,7 @@ server's sessions the way the official clients do: it opens ``/socket`` (Jellyfi
 ``Authorization: MediaBrowser Token="..."`` and ``X-Emby-Token`` headers, which newer
 Jellyfin servers require), subscribes with ``{"MessageType":"SessionsStart","Data":"0,1500"}``
 and turns every ``Sessions`` push into transitions through the session state machine
-(:mod:`ingestor.sources.session_machine`).
+(:mod:`ingestor.sources.jellyfin.session_machine`).
 
 On each connect it first asks ``GET /System/Info`` (Emby: ``/emby/System/Info``) for the
 server id (a rejected key stops here with "JELLYFIN_API_KEY rejected by <url>"), then
@@ -56,7 +56,7 @@ from ingestor.sources.base import (
     check_event_size,
     receipt_time,
 )
-from ingestor.sources.session_machine import (
+from ingestor.sources.jellyfin.session_machine import (
     DEFAULT_ECHO_WINDOW,
     DEFAULT_PROGRESS_INTERVAL,
     MachineState,

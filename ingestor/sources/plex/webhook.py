@@ -66,7 +66,7 @@ from ingestor.errors import InvalidEvent
 from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
 from ingestor.sink import Sink
 from ingestor.sources.base import SourceHealth, StateFile, check_event_size, receipt_time
-from ingestor.sources.plex_owner import OwnerMap
+from ingestor.sources.plex.owner import OwnerMap
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ PlaybackStart, PlaybackProgress and PlaybackStop. The plugin posts the JSON obje
 ``Content-Type: text/plain`` unless told otherwise; both that and ``application/json`` are read.
 
 The notifications go through the same session state machine as the WebSocket, in the same
-:class:`~ingestor.sources.jellyfin.PlaybackTracker` (give both the one tracker): a
+:class:`~ingestor.sources.jellyfin.websocket.PlaybackTracker` (give both the one tracker): a
 ``PlaybackStart`` or ``PlaybackProgress`` is that session's current state (play, pause,
 resume, progress as the state changes), a ``PlaybackStop`` closes it. A playback reported by
 the webhook and the WebSocket of the same server is therefore one playback (source
@@ -37,8 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from ingestor.sources.base import SourceHealth, receipt_time
-from ingestor.sources.jellyfin import PlaybackTracker
-from ingestor.sources.session_machine import (
+from ingestor.sources.jellyfin.session_machine import (
     PLAY_METHODS,
     Observation,
     PlaybackDetails,
@@ -48,6 +47,7 @@ from ingestor.sources.session_machine import (
     strip_port,
     ticks_to_ms,
 )
+from ingestor.sources.jellyfin.websocket import PlaybackTracker
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Where a Tautulli history row becomes a MediaEvent: the one mapping the API sync
-(:mod:`ingestor.sources.tautulli`) and the database import
-(:mod:`ingestor.sources.tautulli_import`) share, so both give the same event for one row.
+(:mod:`ingestor.sources.tautulli.sync`) and the database import
+(:mod:`ingestor.sources.tautulli.db_import`) share, so both give the same event for one row.
 
 A finished history row is one ``summary`` event:
 
