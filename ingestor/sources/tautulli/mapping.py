@@ -1,6 +1,10 @@
-"""Where a Tautulli history row becomes a MediaEvent: the one mapping the API sync
+"""Where a Tautulli history row or live session becomes a MediaEvent. Pure: no I/O, no clock.
+
+A history row's mapping (:func:`summary_from_history_row`) is the one the API sync
 (:mod:`ingestor.sources.tautulli.sync`) and the database import
 (:mod:`ingestor.sources.tautulli.db_import`) share, so both give the same event for one row.
+A ``get_activity`` session's (:func:`live_fields`, :func:`activity_event`) gives the
+transitions the activity poll (:mod:`ingestor.sources.tautulli.activity`) decided.
 
 A finished history row is one ``summary`` event:
 
@@ -48,9 +52,10 @@ from typing import Any
 import msgspec
 
 from ingestor.errors import InvalidEvent
-from ingestor.events import EventType, MediaEvent, make_event_id
+from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
 
 SOURCE = "tautulli"
+ACTIVITY_SOURCE = "tautulli_activity"
 
 # Tautulli shows this placeholder when a user has no avatar: it is no avatar.
 DEFAULT_USER_THUMB = "interfaces/default/images/gravatar-default-80x80.png"
@@ -312,11 +317,136 @@ def summary_from_history_row(
         raise InvalidHistoryRow(f"{where}: {exc}") from None
 
 
+# ---------------------------------------------------------------------------------------
+# live sessions (get_activity): the fields of one session, and one transition of it
+
+
+def live_session_key(session: Any) -> str | None:
+    """Tautulli's live identity of a ``get_activity`` session, ``"<session_key>:<rating_key>"``
+    (Plex reuses session keys); ``None`` for an entry without them.
+
+    >>> live_session_key({"session_key": "12", "rating_key": 54321}), live_session_key([])
+    ('12:54321', None)
+    """
+    if not isinstance(session, dict):
+        return None
+    key, item = as_id(session.get("session_key")), as_id(session.get("rating_key"))
+    if not key or not item:
+        return None
+    return f"{key}:{item}"
+
+
+def live_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The MediaEvent fields every transition of a live session carries (who, what, where,
+    the stream), from its ``get_activity`` entry; values not said are left out."""
+    length_ms = as_int(raw.get("duration"))
+    fields = {
+        "user_id": as_id(raw.get("user_id")),
+        "username": as_text(raw.get("username") or raw.get("user")),
+        "friendly_name": as_text(raw.get("friendly_name")),
+        "user_thumb": as_text(raw.get("user_thumb")),
+        "media_type": as_text(raw.get("media_type")),
+        "title": as_text(raw.get("title") or raw.get("full_title")),
+        "parent_title": as_text(raw.get("parent_title")),
+        "grandparent_title": as_text(raw.get("grandparent_title")),
+        "rating_key": as_id(raw.get("rating_key")),
+        "year": as_int(raw.get("year")) or None,
+        "media_duration": length_ms // 1000 if length_ms else None,
+        # PMS's librarySectionID / librarySectionTitle, as get_activity flattens them
+        "library_id": as_id(raw.get("section_id")),
+        "library_name": as_text(raw.get("library_name")),
+        "platform": as_text(raw.get("platform")),
+        "platform_name": as_text(raw.get("platform_name")),
+        "platform_version": as_text(raw.get("platform_version")),
+        "player": as_text(raw.get("player")),
+        "product": as_text(raw.get("product")),
+        "product_version": as_text(raw.get("product_version")),
+        "device": as_text(raw.get("device")),
+        "machine_id": as_text(raw.get("machine_id")),
+        "ip_address": as_text(raw.get("ip_address")),
+        "location_type": as_text(raw.get("location")).lower(),
+        "transcode_decision": transcode_decision(raw.get("transcode_decision")),
+        "video_resolution": as_text(raw.get("video_resolution")),
+        "video_codec": as_text(raw.get("video_codec")),
+        "video_dynamic_range": as_text(raw.get("video_dynamic_range")),
+        "audio_codec": as_text(raw.get("audio_codec")),
+        "audio_channels": as_int(raw.get("audio_channels")),
+        "stream_bitrate": as_int(raw.get("stream_bitrate")),
+        "bandwidth": as_int(raw.get("bandwidth")),
+        "secure": as_bool(raw.get("secure")),
+        "local": as_bool(raw.get("local")),
+        "relayed": as_bool(raw.get("relayed")),
+    }
+    return {k: v for k, v in fields.items() if v not in (None, "")}
+
+
+def live_percent(raw: Mapping[str, Any]) -> float | None:
+    """The exact share reached (``progress_percent`` is rounded to a whole number).
+
+    >>> live_percent({"view_offset": "2238300", "duration": "2640000", "progress_percent": "85"})
+    84.7840909090909
+    """
+    exact = percent_of(as_int(raw.get("view_offset")), as_int(raw.get("duration")))
+    return exact if exact is not None else as_float(raw.get("progress_percent"))
+
+
+def activity_event(
+    kind: EventType,
+    server_id: str,
+    *,
+    session_key: str,
+    started: int,
+    fields: Mapping[str, Any],
+    view_offset: int | None,
+    percent: float | None,
+    raw: Mapping[str, Any] | None,
+    at: datetime | None,
+) -> MediaEvent:
+    """One transition of a live session (source ``tautulli_activity``).
+
+    ``session_key`` is ``"<session_key>:<rating_key>:<started>"``, ``started`` Tautulli's own
+    start of the session (epoch seconds), ``fields`` :func:`live_fields` of its entry. A play
+    happens at ``started`` (``at`` None); a pause or resume is told apart from the others of
+    its session by the playhead (``view_offset``, else the time). ``raw`` is the entry (or the
+    history row that timed a stop) kept as the raw payload.
+
+    >>> event = activity_event(
+    ...     EventType.PLAY, "srv", session_key="12:54321:1767643200", started=1767643200,
+    ...     fields={"user_id": "8312457", "media_type": "movie", "title": "Heat"},
+    ...     view_offset=0, percent=0.0, raw=None, at=None)
+    >>> event.source, event.occurred_at == event.started_at, event.title
+    ('tautulli_activity', True, 'Heat')
+    """
+    started_at = datetime.fromtimestamp(started, UTC)
+    occurred = at or started_at
+    identity: tuple[Any, ...] = (session_key, kind.value)
+    if kind in (EventType.PAUSE, EventType.RESUME):
+        identity += (view_offset if view_offset is not None else int(occurred.timestamp() * 1000),)
+    event = MediaEvent(
+        event_id=make_event_id(ACTIVITY_SOURCE, server_id, *identity),
+        event_type=kind,
+        occurred_at=occurred,
+        source=ACTIVITY_SOURCE,
+        server_id=server_id,
+        session_key=session_key,
+        started_at=started_at,
+        stopped_at=occurred if kind is EventType.STOP else None,
+        position_ms=view_offset,
+        percent_complete=percent,
+        raw_payload=encode_raw(raw) if raw is not None else None,
+        **fields,
+    )
+    return event.validate()
+
+
 __all__ = [
+    "ACTIVITY_SOURCE",
     "DEFAULT_USER_THUMB",
     "SOURCE",
     "InvalidHistoryRow",
+    "activity_event",
     "as_bool",
+    "as_float",
     "as_id",
     "as_int",
     "as_text",
@@ -325,6 +455,9 @@ __all__ = [
     "history_row_id",
     "is_grouped",
     "is_in_progress",
+    "live_fields",
+    "live_percent",
+    "live_session_key",
     "summary_event_id",
     "summary_from_history_row",
     "transcode_decision",
