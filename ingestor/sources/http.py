@@ -75,11 +75,15 @@ class CredentialsRefused(UpstreamMisconfigured):
 
 
 class UpstreamUnavailable(UpstreamError):
-    """A transient failure: a refused connection, a timeout, 5xx, 429 (``retry_after``)."""
+    """A transient failure: a refused connection or a timeout (``status`` None), or an
+    answer of 5xx or 429 (``retry_after``: its ``Retry-After``)."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status
 
 
 class UpstreamBadResponse(UpstreamError):
@@ -260,6 +264,7 @@ class UpstreamClient:
             raise UpstreamUnavailable(
                 f"{self.name} at {self.url} answered HTTP {answer.status} to {path}",
                 answer.retry_after,
+                answer.status,
             )
         if answer.status != 200:
             raise UpstreamBadResponse(

@@ -1,14 +1,15 @@
 """Plex reports the server owner as user id 1 (its local admin id) in webhooks and in
-``/status/sessions``; Tautulli and plex.tv use the owner's real plex.tv id. One rule maps it,
-for every Plex adapter."""
+``/status/sessions``; Tautulli and plex.tv use the owner's real plex.tv id. One rule maps it
+(:func:`ingestor.sources.plex.mapping.plex_user_id`), for every Plex adapter; this is what an
+adapter knows of the owner, and the warning while it knows nothing."""
 
 from __future__ import annotations
 
 import logging
 
-log = logging.getLogger(__name__)
+from ingestor.sources.plex.mapping import OWNER_LOCAL_ID, plex_user_id
 
-OWNER_LOCAL_ID = "1"
+log = logging.getLogger(__name__)
 
 
 class OwnerMap:
@@ -25,16 +26,17 @@ class OwnerMap:
         log.info("%s: the server owner (user id 1) is user %s", self.adapter, self.owner_id)
 
     def user_id(self, raw: str | int) -> str:
-        user_id = str(raw).strip()
-        if user_id != OWNER_LOCAL_ID:
-            return user_id
-        if self.owner_id is not None:
-            return self.owner_id
-        if not self._warned:
-            self._warned = True
-            log.warning(
-                "%s: the server owner appears as user id 1 and PLEX_OWNER_ID is not set; "
-                "their events keep user id 1 and will not link with Tautulli's rows",
-                self.adapter,
-            )
+        user_id = plex_user_id(raw, self.owner_id)
+        self.check(user_id)
         return user_id
+
+    def check(self, user_id: str) -> None:
+        """Warn once when a mapped user id is still the owner's local id."""
+        if user_id != OWNER_LOCAL_ID or self.owner_id is not None or self._warned:
+            return
+        self._warned = True
+        log.warning(
+            "%s: the server owner appears as user id 1 and PLEX_OWNER_ID is not set; "
+            "their events keep user id 1 and will not link with Tautulli's rows",
+            self.adapter,
+        )
