@@ -18,11 +18,12 @@ from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
 from ingestor.sink import DirectSink
 from ingestor.sources.jellyfin.jellystat_import import JellystatImportError, import_jellystat
+from ingestor.sources.jellyfin.mapping import observe_session
 from ingestor.sources.jellyfin.playback_reporting_import import (
     PlaybackReportingImportError,
     import_playback_reporting,
 )
-from ingestor.sources.jellyfin.session_machine import SessionMachine, observe_session
+from ingestor.sources.jellyfin.session_machine import SessionMachine
 from ingestor.sources.plex.history_import import PlexHistoryImportError, import_plex_history
 from tests.fakes.history_sources import (
     DEVICE_ID,

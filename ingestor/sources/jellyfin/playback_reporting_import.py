@@ -55,7 +55,7 @@ from ingestor.sources.history_import import (
     open_sqlite_readonly,
     sqlite_tables,
 )
-from ingestor.sources.jellyfin.session_machine import PLAY_METHODS, media_type
+from ingestor.sources.jellyfin.mapping import PLAY_METHODS, media_type
 
 log = logging.getLogger(__name__)
 
