@@ -35,6 +35,8 @@ from typing import Any
 
 import msgspec
 
+from ingestor.events import MediaEvent
+
 TICKS_PER_MS = 10_000
 TICKS_PER_SECOND = 10_000_000
 
@@ -65,33 +67,56 @@ class UnreadableSession(ValueError):
     """A session entry that cannot be read (missing ids, wrong types): the reason says which."""
 
 
-class PlaybackDetails(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
-    """What a report says about the playback; field names are :class:`MediaEvent`'s."""
+DETAIL_FIELDS = (
+    "user_id",
+    "username",
+    "media_type",
+    "title",
+    "parent_title",
+    "grandparent_title",
+    "rating_key",
+    "year",
+    "media_duration",
+    "platform",
+    "player",
+    "product",
+    "product_version",
+    "device",
+    "machine_id",
+    "ip_address",
+    "transcode_decision",
+    "video_resolution",
+    "video_codec",
+    "audio_codec",
+    "audio_channels",
+    "stream_bitrate",
+)
+"""The :class:`~ingestor.events.MediaEvent` fields a Jellyfin or Emby report can say."""
 
-    user_id: str
-    username: str = ""
-    media_type: str
-    title: str
-    parent_title: str = ""
-    grandparent_title: str = ""
-    rating_key: str = ""
-    year: int | None = None
-    media_duration: int | None = None
-    # the exact length (media_duration is whole seconds): completion is position / this
-    media_duration_ms: int | None = None
-    platform: str = ""
-    player: str = ""
-    product: str = ""
-    product_version: str = ""
-    device: str = ""
-    machine_id: str = ""
-    ip_address: str = ""
-    transcode_decision: str = ""
-    video_resolution: str = ""
-    video_codec: str = ""
-    audio_codec: str = ""
-    audio_channels: int | None = None
-    stream_bitrate: int | None = None
+
+def _detail_fields() -> list[tuple[str, Any] | tuple[str, Any, Any]]:
+    """:data:`DETAIL_FIELDS` with MediaEvent's own types and defaults (one definition), and
+    the exact length (``media_duration`` is whole seconds; completion is position / this)."""
+    event = {f.name: f for f in msgspec.structs.fields(MediaEvent)}
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+        (name, event[name].type)
+        if event[name].required
+        else (name, event[name].type, event[name].default)
+        for name in DETAIL_FIELDS
+    ]
+    return [*fields, ("media_duration_ms", int | None, None)]
+
+
+PlaybackDetails = msgspec.defstruct(
+    "PlaybackDetails",
+    _detail_fields(),
+    kw_only=True,
+    frozen=True,
+    omit_defaults=True,
+    module=__name__,
+)
+PlaybackDetails.__doc__ = """What a report says about the playback: :data:`DETAIL_FIELDS`, typed
+and defaulted as in :class:`~ingestor.events.MediaEvent`, plus ``media_duration_ms``."""
 
 
 class Observation(msgspec.Struct, kw_only=True, frozen=True):
@@ -439,6 +464,7 @@ def _number(value: object) -> int | None:
 
 
 __all__ = [
+    "DETAIL_FIELDS",
     "MEDIA_TYPES",
     "PLAYBACK_NOTIFICATIONS",
     "PLAY_METHODS",

@@ -204,6 +204,51 @@ def encode_raw(raw: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------
 # the mapping
 
+# Columns a history row and a live session name alike (Tautulli flattens PMS's session the
+# same way in both), by the reader each needs; the event's field has the column's name.
+_TEXT_COLUMNS = (
+    "friendly_name",
+    "media_type",
+    "parent_title",
+    "grandparent_title",
+    "library_name",
+    "platform",
+    "platform_version",
+    "player",
+    "product",
+    "product_version",
+    "machine_id",
+    "ip_address",
+    "video_resolution",
+    "video_codec",
+    "video_dynamic_range",
+    "audio_codec",
+)
+_INT_COLUMNS = ("audio_channels", "stream_bitrate", "bandwidth")
+_BOOL_COLUMNS = ("secure", "relayed")
+
+
+def _session_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The event fields of what a history row and a live session say alike: who, what,
+    which library (an imported database row and a live session have it; get_history's
+    rows do not), where from, and the stream."""
+    thumb = as_text(row.get("user_thumb"))
+    fields: dict[str, Any] = {key: as_text(row.get(key)) for key in _TEXT_COLUMNS}
+    fields.update({key: as_int(row.get(key)) for key in _INT_COLUMNS})
+    fields.update({key: as_bool(row.get(key)) for key in _BOOL_COLUMNS})
+    fields.update(
+        user_id=as_id(row.get("user_id")),
+        user_thumb="" if thumb == DEFAULT_USER_THUMB else thumb,
+        title=as_text(row.get("title")) or as_text(row.get("full_title")),
+        rating_key=as_id(row.get("rating_key")),
+        year=as_int(row.get("year")) or None,
+        # PMS's librarySectionID, as Tautulli flattens it
+        library_id=as_id(row.get("section_id")),
+        location_type=as_text(row.get("location")).strip().lower(),
+        transcode_decision=transcode_decision(row.get("transcode_decision")),
+    )
+    return fields
+
 
 def summary_from_history_row(
     row: Mapping[str, Any],
@@ -255,12 +300,10 @@ def summary_from_history_row(
     if played is None:
         played = as_int(row.get("duration"))
     media_ms = as_int(row.get("media_duration_ms"))
-    location = as_text(row.get("location")).strip().lower()
+    fields = _session_fields(row)
     local = as_bool(row.get("local"))
-    if local is None and location in ("lan", "wan", "cellular"):
-        local = location == "lan"
-    thumb = as_text(row.get("user_thumb"))
-    title = as_text(row.get("title")) or as_text(row.get("full_title"))
+    if local is None and fields["location_type"] in ("lan", "wan", "cellular"):
+        local = fields["location_type"] == "lan"
     event = MediaEvent(
         event_id=summary_event_id(server_id, row_id),
         event_type=EventType.SUMMARY,
@@ -268,20 +311,8 @@ def summary_from_history_row(
         source=SOURCE,
         server_id=server_id,
         session_key=str(row_id),
-        user_id=as_id(row.get("user_id")),
         username=as_text(row.get("user")),
-        friendly_name=as_text(row.get("friendly_name")),
-        user_thumb="" if thumb == DEFAULT_USER_THUMB else thumb,
-        media_type=as_text(row.get("media_type")),
-        title=title,
-        parent_title=as_text(row.get("parent_title")),
-        grandparent_title=as_text(row.get("grandparent_title")),
-        rating_key=as_id(row.get("rating_key")),
-        year=as_int(row.get("year")) or None,
         media_duration=media_ms // 1000 if media_ms else None,
-        # an imported database row has them (tautulli_import); get_history's rows do not
-        library_id=as_id(row.get("section_id")),
-        library_name=as_text(row.get("library_name")),
         started_at=started,
         stopped_at=stopped,
         position_ms=as_int(row.get("view_offset")),
@@ -290,26 +321,9 @@ def summary_from_history_row(
         percent_complete=as_float(row.get("percent_complete")),
         play_duration=played,
         paused_counter=paused,
-        platform=as_text(row.get("platform")),
-        platform_version=as_text(row.get("platform_version")),
-        player=as_text(row.get("player")),
-        product=as_text(row.get("product")),
-        product_version=as_text(row.get("product_version")),
-        machine_id=as_text(row.get("machine_id")),
-        ip_address=as_text(row.get("ip_address")),
-        location_type=location,
-        transcode_decision=transcode_decision(row.get("transcode_decision")),
-        video_resolution=as_text(row.get("video_resolution")),
-        video_codec=as_text(row.get("video_codec")),
-        video_dynamic_range=as_text(row.get("video_dynamic_range")),
-        audio_codec=as_text(row.get("audio_codec")),
-        audio_channels=as_int(row.get("audio_channels")),
-        stream_bitrate=as_int(row.get("stream_bitrate")),
-        bandwidth=as_int(row.get("bandwidth")),
-        secure=as_bool(row.get("secure")),
         local=local,
-        relayed=as_bool(row.get("relayed")),
         raw_payload=encode_raw(row if raw is None else raw),
+        **fields,
     )
     try:
         return event.validate()
@@ -340,43 +354,14 @@ def live_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     """The MediaEvent fields every transition of a live session carries (who, what, where,
     the stream), from its ``get_activity`` entry; values not said are left out."""
     length_ms = as_int(raw.get("duration"))
-    fields = {
-        "user_id": as_id(raw.get("user_id")),
-        "username": as_text(raw.get("username") or raw.get("user")),
-        "friendly_name": as_text(raw.get("friendly_name")),
-        "user_thumb": as_text(raw.get("user_thumb")),
-        "media_type": as_text(raw.get("media_type")),
-        "title": as_text(raw.get("title") or raw.get("full_title")),
-        "parent_title": as_text(raw.get("parent_title")),
-        "grandparent_title": as_text(raw.get("grandparent_title")),
-        "rating_key": as_id(raw.get("rating_key")),
-        "year": as_int(raw.get("year")) or None,
-        "media_duration": length_ms // 1000 if length_ms else None,
-        # PMS's librarySectionID / librarySectionTitle, as get_activity flattens them
-        "library_id": as_id(raw.get("section_id")),
-        "library_name": as_text(raw.get("library_name")),
-        "platform": as_text(raw.get("platform")),
-        "platform_name": as_text(raw.get("platform_name")),
-        "platform_version": as_text(raw.get("platform_version")),
-        "player": as_text(raw.get("player")),
-        "product": as_text(raw.get("product")),
-        "product_version": as_text(raw.get("product_version")),
-        "device": as_text(raw.get("device")),
-        "machine_id": as_text(raw.get("machine_id")),
-        "ip_address": as_text(raw.get("ip_address")),
-        "location_type": as_text(raw.get("location")).lower(),
-        "transcode_decision": transcode_decision(raw.get("transcode_decision")),
-        "video_resolution": as_text(raw.get("video_resolution")),
-        "video_codec": as_text(raw.get("video_codec")),
-        "video_dynamic_range": as_text(raw.get("video_dynamic_range")),
-        "audio_codec": as_text(raw.get("audio_codec")),
-        "audio_channels": as_int(raw.get("audio_channels")),
-        "stream_bitrate": as_int(raw.get("stream_bitrate")),
-        "bandwidth": as_int(raw.get("bandwidth")),
-        "secure": as_bool(raw.get("secure")),
-        "local": as_bool(raw.get("local")),
-        "relayed": as_bool(raw.get("relayed")),
-    }
+    fields = _session_fields(raw)
+    fields.update(
+        username=as_text(raw.get("username") or raw.get("user")),
+        platform_name=as_text(raw.get("platform_name")),
+        device=as_text(raw.get("device")),
+        media_duration=length_ms // 1000 if length_ms else None,
+        local=as_bool(raw.get("local")),
+    )
     return {k: v for k, v in fields.items() if v not in (None, "")}
 
 
