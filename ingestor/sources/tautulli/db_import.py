@@ -40,6 +40,7 @@ from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent, percent_of
 from ingestor.sink import Sink
 from ingestor.sources.base import StateFile
+from ingestor.sources.history_import import PagedSqlite
 from ingestor.sources.tautulli.mapping import InvalidHistoryRow, as_int, summary_from_history_row
 
 log = logging.getLogger(__name__)
@@ -348,8 +349,10 @@ def event_from_record(record: Mapping[str, Any], server_id: str) -> MediaEvent:
 # the import
 
 
-class _Reader:
+class _Reader(PagedSqlite):
     """The open database and its page query, used from a worker thread."""
+
+    select_total, select_done = SELECT_TOTAL, SELECT_DONE
 
     def __init__(self, path: Path) -> None:
         self.con = open_readonly(path)
@@ -361,21 +364,10 @@ class _Reader:
                 raise TautulliImportError(
                     f"{path} is not a Tautulli database: no table {', '.join(missing)}"
                 )
-            self.query = history_query(schema)
+            self.select_page = history_query(schema)
         except BaseException:
             self.con.close()
             raise
-
-    def counts(self, after_id: int) -> tuple[int, int]:
-        total = self.con.execute(SELECT_TOTAL).fetchall()[0][0]
-        done = self.con.execute(SELECT_DONE, [after_id]).fetchall()[0][0]
-        return int(total), int(done)
-
-    def page(self, after_id: int, size: int) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.con.execute(self.query, [after_id, size]).fetchall()]
-
-    def close(self) -> None:
-        self.con.close()
 
 
 async def import_tautulli_db(
