@@ -317,7 +317,7 @@ def summary_from_history_row(
         stopped_at=stopped,
         position_ms=as_int(row.get("view_offset")),
         # the API's is Tautulli's whole-number display value; an imported database row's
-        # is exact (tautulli_import computes it from view_offset and the length)
+        # is exact (db_import computes it from view_offset and the length)
         percent_complete=as_float(row.get("percent_complete")),
         play_duration=played,
         paused_counter=paused,
