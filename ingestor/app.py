@@ -680,7 +680,7 @@ async def import_tautulli_command(
     """``ingestor import tautulli-db PATH``: a Tautulli database's history as summary events,
     through the mode's sink; resumable, and a second import of the same file adds nothing."""
     from ingestor.progress import Progress
-    from ingestor.sources.tautulli_import import import_tautulli_db
+    from ingestor.sources.tautulli.db_import import import_tautulli_db
 
     if not path.exists():
         raise IngestorError(f"{path}: no such file")
@@ -775,9 +775,9 @@ async def _history_importer(settings: Settings, args: Any, sources: SourcesConfi
     """The chosen importer with its arguments checked, as ``run(sink, progress, state)``."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from ingestor.sources.jellystat_import import import_jellystat
-    from ingestor.sources.playback_reporting_import import import_playback_reporting
-    from ingestor.sources.plex_history_import import import_plex_history
+    from ingestor.sources.jellyfin.jellystat_import import import_jellystat
+    from ingestor.sources.jellyfin.playback_reporting_import import import_playback_reporting
+    from ingestor.sources.plex.history_import import import_plex_history
 
     kind, path = args.kind, args.path
     if kind == "plex-history":

@@ -8,11 +8,12 @@ from pathlib import Path
 from ingestor.sink import Sink
 from ingestor.sources.base import Source, SourceHealth, WebhookSource
 from ingestor.sources.config import SourcesConfig
-from ingestor.sources.jellyfin import MediaServerSocket, PlaybackTracker
-from ingestor.sources.jellyfin_webhook import JellyfinWebhook
-from ingestor.sources.plex_poll import PlexSessionsPoller
-from ingestor.sources.plex_webhook import PlexWebhook
-from ingestor.sources.tautulli import TautulliSync
+from ingestor.sources.jellyfin.tracker import PlaybackTracker
+from ingestor.sources.jellyfin.webhook import JellyfinWebhook
+from ingestor.sources.jellyfin.websocket import MediaServerSocket
+from ingestor.sources.plex.poll import PlexSessionsPoller
+from ingestor.sources.plex.webhook import PlexWebhook
+from ingestor.sources.tautulli.sync import TautulliSync
 
 
 @dataclass

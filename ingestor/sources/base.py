@@ -173,6 +173,11 @@ class CircuitBreaker:
         if self._failures >= self.threshold or self._opened_at is not None:
             self._opened_at = self._clock()
 
+    def trip(self) -> None:
+        """Open now, as ``threshold`` failures would: the failure will not heal by itself."""
+        self._failures += self.threshold
+        self._opened_at = self._clock()
+
 
 class StateFile:
     """A small JSON document persisted atomically (written to a temporary name, renamed), for

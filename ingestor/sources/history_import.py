@@ -3,7 +3,7 @@ jellystat``): the result they report, their error classes, a resume cursor kept 
 :class:`~ingestor.sources.base.StateFile`, a read-only SQLite opener, and the batch step that
 turns rows into events, skips bad ones and sends the rest through the one sink.
 
-Every importer follows ``import tautulli-db`` (:mod:`ingestor.sources.tautulli_import`):
+Every importer follows ``import tautulli-db`` (:mod:`ingestor.sources.tautulli.db_import`):
 
 * each row becomes one ``summary`` event whose ``event_id`` is a hash of the row's upstream
   identity (:func:`ingestor.events.make_event_id`), so a second import adds nothing (tier a);
@@ -114,6 +114,31 @@ def open_sqlite_readonly(
     raise error(f"{path} is not {what} (not a readable SQLite file: {first})")
 
 
+class PagedSqlite:
+    """A read-only SQLite history read in key order, a page at a time, with the counts a
+    progress bar needs; used from a worker thread. A subclass opens :attr:`con` (rows as
+    :class:`sqlite3.Row`) and names its three queries, each taking the resume key (the
+    page query also the page size)."""
+
+    con: sqlite3.Connection
+    select_total: str  # all rows
+    select_done: str  # rows at or before the key
+    select_page: str  # the next rows after the key
+
+    def counts(self, after: Any) -> tuple[int, int]:
+        """(rows in total, rows at or before ``after``)."""
+        total = self.con.execute(self.select_total).fetchall()[0][0]
+        done = self.con.execute(self.select_done, [after]).fetchall()[0][0]
+        return int(total), int(done)
+
+    def page(self, after: Any, size: int) -> list[dict[str, Any]]:
+        """The next ``size`` rows after ``after``, as dicts."""
+        return [dict(row) for row in self.con.execute(self.select_page, [after, size]).fetchall()]
+
+    def close(self) -> None:
+        self.con.close()
+
+
 def sqlite_tables(con: sqlite3.Connection) -> set[str]:
     rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     return {row[0] for row in rows}
@@ -152,6 +177,7 @@ __all__ = [
     "HistoryImportError",
     "ImportResult",
     "InvalidRow",
+    "PagedSqlite",
     "Progress",
     "emit_rows",
     "open_sqlite_readonly",

@@ -9,7 +9,7 @@
   and Jellyfin webhooks on, its Jellyfin source on the fake server, its router projecting
   the stream into DuckDB; its log goes to a file that is read for tracebacks;
 * a fake Tautulli HTTP server answering whatever body the fuzzer sets, and a real
-  :class:`~ingestor.sources.tautulli.TautulliSync` (in this process) reading it, its events
+  :class:`~ingestor.sources.tautulli.sync.TautulliSync` (in this process) reading it, its events
   published to the same stream.
 
 An asyncio loop runs in a background thread, so hypothesis drives plain (sync) functions.
@@ -52,7 +52,8 @@ from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import DLQ_STREAM
 from ingestor.sink import StreamSink
 from ingestor.sources.base import CircuitBreaker, CircuitOpen
-from ingestor.sources.tautulli import TautulliError, TautulliSync
+from ingestor.sources.http import UpstreamError
+from ingestor.sources.tautulli.sync import TautulliSync
 from tests.conftest import INGESTOR, free_port, make_env, subprocess_env
 from tests.fakes.jellyfin import FakeMediaServer, movie, notification, session
 from tests.fakes.plex import multipart_body, webhook_payload
@@ -555,7 +556,7 @@ class TautulliTarget(Target):
             self.tally.accepted += 1
             if item.broken and self._status == 200:
                 self.h.fail(self.tally, f"{self._cmd} accepted a broken answer: {item!r}")
-        elif isinstance(outcome, TautulliError | CircuitOpen):
+        elif isinstance(outcome, UpstreamError | CircuitOpen):
             self.tally.rejected_4xx += 1
             if not str(outcome).strip():
                 self.h.fail(self.tally, f"{type(outcome).__name__} without a reason: {item!r}")

@@ -15,8 +15,8 @@ from ingestor.dedup import DedupIndex
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
 from ingestor.sink import DirectSink
-from ingestor.sources.plex_webhook import PlexWebhook
-from ingestor.sources.tautulli import TautulliSync
+from ingestor.sources.plex.webhook import PlexWebhook
+from ingestor.sources.tautulli.sync import TautulliSync
 from tests.fakes.plex import (
     OWNER_PLEX_ID,
     PLAYER_UUID,

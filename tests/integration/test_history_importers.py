@@ -17,13 +17,14 @@ from ingestor.events import decode_event
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
 from ingestor.sink import DirectSink
-from ingestor.sources.jellystat_import import JellystatImportError, import_jellystat
-from ingestor.sources.playback_reporting_import import (
+from ingestor.sources.jellyfin.jellystat_import import JellystatImportError, import_jellystat
+from ingestor.sources.jellyfin.mapping import observe_session
+from ingestor.sources.jellyfin.playback_reporting_import import (
     PlaybackReportingImportError,
     import_playback_reporting,
 )
-from ingestor.sources.plex_history_import import PlexHistoryImportError, import_plex_history
-from ingestor.sources.session_machine import SessionMachine, observe_session
+from ingestor.sources.jellyfin.session_machine import SessionMachine
+from ingestor.sources.plex.history_import import PlexHistoryImportError, import_plex_history
 from tests.fakes.history_sources import (
     DEVICE_ID,
     JELLYFIN_SERVER_ID,

@@ -22,8 +22,9 @@ from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
 from ingestor.sink import DirectSink
 from ingestor.sources.base import Backoff, CircuitBreaker, StateFile
-from ingestor.sources.jellyfin import MediaServerSocket, PlaybackTracker
-from ingestor.sources.jellyfin_webhook import JellyfinWebhook
+from ingestor.sources.jellyfin.tracker import PlaybackTracker
+from ingestor.sources.jellyfin.webhook import JellyfinWebhook
+from ingestor.sources.jellyfin.websocket import MediaServerSocket
 from tests.fakes.jellyfin import (
     FakeMediaServer,
     eventually,

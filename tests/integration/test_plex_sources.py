@@ -26,8 +26,8 @@ from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
 from ingestor.sink import DirectSink, Sink, StreamSink
 from ingestor.sources.base import Backoff, CircuitBreaker
-from ingestor.sources.plex_poll import PlexSessionsPoller
-from ingestor.sources.plex_webhook import PlexWebhook
+from ingestor.sources.plex.poll import PlexSessionsPoller
+from ingestor.sources.plex.webhook import PlexWebhook
 from tests.conftest import free_port
 from tests.fakes.plex import (
     DURATION_MS,

@@ -25,17 +25,12 @@ from ingestor.projection import Projection
 from ingestor.sink import DirectSink
 from ingestor.sources.base import Backoff, CircuitBreaker
 from ingestor.sources.config import TautulliConfig
-from ingestor.sources.tautulli import (
-    ACTIVITY_SOURCE,
-    NO_LIVE_ACTIVITY,
-    TautulliClient,
-    TautulliConfigError,
-    TautulliError,
-    TautulliSync,
-    TautulliUnavailable,
-)
-from ingestor.sources.tautulli_import import TautulliImportError, import_tautulli_db
-from ingestor.sources.tautulli_rows import summary_event_id
+from ingestor.sources.http import UpstreamError, UpstreamMisconfigured, UpstreamUnavailable
+from ingestor.sources.tautulli.activity import NO_LIVE_ACTIVITY
+from ingestor.sources.tautulli.client import TautulliClient
+from ingestor.sources.tautulli.db_import import TautulliImportError, import_tautulli_db
+from ingestor.sources.tautulli.mapping import ACTIVITY_SOURCE, summary_event_id
+from ingestor.sources.tautulli.sync import TautulliSync
 from tests.fakes.tautulli import (
     API_KEY,
     OWNER_ID,
@@ -533,7 +528,7 @@ async def test_an_unknown_command_is_a_configuration_error_not_a_retry(
     fake: FakeTautulli, sink: DirectSink, tmp_path: Path
 ) -> None:
     async with new_sync(fake.url, sink, tmp_path / "state.json") as sync:
-        with pytest.raises(TautulliConfigError) as info:
+        with pytest.raises(UpstreamMisconfigured) as info:
             await sync._api().call("get_recently_watched")
     assert str(info.value) == (
         f"Tautulli at {fake.url} does not know the command get_recently_watched: is it "
@@ -584,7 +579,7 @@ async def test_an_unreachable_tautulli_is_an_error_not_a_crash(
 
 
 def tautulli_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "ingestor.sources.tautulli"]
+    return [r for r in caplog.records if r.name.startswith("ingestor.sources.tautulli.")]
 
 
 async def test_a_plex_that_does_not_answer_is_a_state_of_the_source_not_an_error(
@@ -1047,6 +1042,6 @@ async def test_a_deeply_nested_answer_is_a_tautulli_error_not_a_recursion_error(
     async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
         url = str(server.make_url("")).rstrip("/")
         client = TautulliClient(url, "key", http, breaker=CircuitBreaker(), attempts=1)
-        with pytest.raises(TautulliError) as info:
+        with pytest.raises(UpstreamError) as info:
             await client.call("get_history")
-    assert type(info.value) is (TautulliConfigError if status == 200 else TautulliUnavailable)
+    assert type(info.value) is (UpstreamMisconfigured if status == 200 else UpstreamUnavailable)

@@ -4,7 +4,7 @@
 and ``session_history_media_info`` (one row each per finished stream, sharing ``id``), in
 ``id`` order, with Python's ``sqlite3`` opened read-only (``file:...?mode=ro``; a WAL file in
 a read-only directory is retried with ``immutable=1``). Each row becomes the same ``summary``
-event the API sync makes of it (:mod:`ingestor.sources.tautulli_rows`: same ``event_id``,
+event the API sync makes of it (:mod:`ingestor.sources.tautulli.mapping`: same ``event_id``,
 ``session_key``, times and durations), so importing a database whose rows the sync already
 brought in adds nothing (dedup tier a), and importing one file twice adds nothing.
 
@@ -40,7 +40,8 @@ from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent, percent_of
 from ingestor.sink import Sink
 from ingestor.sources.base import StateFile
-from ingestor.sources.tautulli_rows import InvalidHistoryRow, as_int, summary_from_history_row
+from ingestor.sources.history_import import PagedSqlite
+from ingestor.sources.tautulli.mapping import InvalidHistoryRow, as_int, summary_from_history_row
 
 log = logging.getLogger(__name__)
 
@@ -348,8 +349,10 @@ def event_from_record(record: Mapping[str, Any], server_id: str) -> MediaEvent:
 # the import
 
 
-class _Reader:
+class _Reader(PagedSqlite):
     """The open database and its page query, used from a worker thread."""
+
+    select_total, select_done = SELECT_TOTAL, SELECT_DONE
 
     def __init__(self, path: Path) -> None:
         self.con = open_readonly(path)
@@ -361,21 +364,10 @@ class _Reader:
                 raise TautulliImportError(
                     f"{path} is not a Tautulli database: no table {', '.join(missing)}"
                 )
-            self.query = history_query(schema)
+            self.select_page = history_query(schema)
         except BaseException:
             self.con.close()
             raise
-
-    def counts(self, after_id: int) -> tuple[int, int]:
-        total = self.con.execute(SELECT_TOTAL).fetchall()[0][0]
-        done = self.con.execute(SELECT_DONE, [after_id]).fetchall()[0][0]
-        return int(total), int(done)
-
-    def page(self, after_id: int, size: int) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.con.execute(self.query, [after_id, size]).fetchall()]
-
-    def close(self) -> None:
-        self.con.close()
 
 
 async def import_tautulli_db(

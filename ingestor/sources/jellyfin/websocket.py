@@ -1,4 +1,4 @@
-"""Jellyfin and Emby: the WebSocket client, and the tracker it shares with the webhook.
+"""Jellyfin and Emby: the WebSocket client.
 
 :class:`MediaServerSocket` (one class, ``flavour`` ``"jellyfin"`` or ``"emby"``) follows a
 server's sessions the way the official clients do: it opens ``/socket`` (Jellyfin) or
@@ -6,7 +6,7 @@ server's sessions the way the official clients do: it opens ``/socket`` (Jellyfi
 ``Authorization: MediaBrowser Token="..."`` and ``X-Emby-Token`` headers, which newer
 Jellyfin servers require), subscribes with ``{"MessageType":"SessionsStart","Data":"0,1500"}``
 and turns every ``Sessions`` push into transitions through the session state machine
-(:mod:`ingestor.sources.session_machine`).
+(:mod:`ingestor.sources.jellyfin.session_machine`).
 
 On each connect it first asks ``GET /System/Info`` (Emby: ``/emby/System/Info``) for the
 server id (a rejected key stops here with "JELLYFIN_API_KEY rejected by <url>"), then
@@ -19,13 +19,12 @@ least every half of the server's timeout); it gives up on a socket silent for
 once the new socket delivers a message). Connect failures feed a :class:`CircuitBreaker`, so
 a dead server is not hammered.
 
-:class:`PlaybackTracker` owns the state machine of one source name, its :class:`StateFile`
-and the sink. The WebSocket clients of that source (one per server) and the Jellyfin webhook
-receiver share one tracker, so a playback seen by both is one playback with one event per
-transition. It persists open playbacks (their ``session_key`` and ``started_at``) and an
-outbox of events not yet confirmed by the sink: events are saved to the outbox before
-``Sink.emit`` and removed after it returns, so a crash in between re-emits the same events
-(same ids: dedup tier a) and never loses or re-derives them.
+Its REST calls go through the shared client (:mod:`ingestor.sources.http`); the socket keeps
+aiohttp's ``ws_connect`` but says its failures in the same words, and one connect (the two
+calls and the upgrade) is one attempt of the shared
+:class:`~ingestor.sources.http.RetryPolicy`. What a ``Sessions`` entry says is read in
+:mod:`ingestor.sources.jellyfin.mapping`; the playbacks are the shared
+:class:`~ingestor.sources.jellyfin.tracker.PlaybackTracker`'s.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,26 +43,26 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from ingestor.errors import InvalidEvent
-from ingestor.events import MediaEvent, decode_event, encode_event
 from ingestor.sink import Sink
 from ingestor.sources.base import (
     Backoff,
     CircuitBreaker,
     CircuitOpen,
     SourceHealth,
-    StateFile,
-    check_event_size,
     receipt_time,
 )
-from ingestor.sources.session_machine import (
-    DEFAULT_ECHO_WINDOW,
-    DEFAULT_PROGRESS_INTERVAL,
-    MachineState,
-    Observation,
-    SessionMachine,
-    observe_sessions,
+from ingestor.sources.http import (
+    CredentialsRefused,
+    RetryPolicy,
+    UpstreamBadResponse,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamUnavailable,
+    describe,
 )
+from ingestor.sources.jellyfin.mapping import observe_sessions
+from ingestor.sources.jellyfin.session_machine import DEFAULT_PROGRESS_INTERVAL
+from ingestor.sources.jellyfin.tracker import PlaybackTracker
 
 log = logging.getLogger(__name__)
 
@@ -75,130 +74,6 @@ SESSIONS_START = {"MessageType": "SessionsStart", "Data": "0,1500"}
 KEEPALIVE = {"MessageType": "KeepAlive"}
 CLIENT_NAME = "mediaevents"
 CLIENT_VERSION = "0.1.0"
-
-
-class AuthRejected(Exception):
-    """The server refused the API key (HTTP 401/403)."""
-
-
-class UpstreamError(Exception):
-    """The server answered, but not with what the protocol says."""
-
-
-# ---------------------------------------------------------------------------------------
-# the tracker: machine + persisted state + outbox + sink
-
-
-class PlaybackTracker:
-    """One source's session state machine, persisted in ``state_path``, emitting to ``sink``.
-
-    Share one instance between every adapter of the source name (the WebSocket clients of
-    all Jellyfin servers and the Jellyfin webhook); two trackers over one file would
-    overwrite each other.
-    """
-
-    def __init__(
-        self,
-        source: str,
-        state_path: Path | str,
-        sink: Sink,
-        *,
-        progress_interval: float | None = DEFAULT_PROGRESS_INTERVAL,
-        echo_window: float = DEFAULT_ECHO_WINDOW,
-    ) -> None:
-        self.source = source
-        self.sink = sink
-        self.state_file = StateFile(Path(state_path))
-        stored = self.state_file.load()
-        try:
-            state = MachineState.load(stored.get("machine", {}))
-            outbox = [str(item) for item in stored.get("outbox", [])]
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ValueError(
-                f"{self.state_file.path} is not a {source} session state ({exc}); "
-                "remove it to start over"
-            ) from None
-        self.machine = SessionMachine(
-            source, progress_interval=progress_interval, echo_window=echo_window, state=state
-        )
-        self._outbox: list[str] = [item for item in outbox if _readable(item)]
-        self._lock = asyncio.Lock()
-
-    @property
-    def pending(self) -> int:
-        """Events saved but not yet confirmed stored by the sink."""
-        return len(self._outbox)
-
-    async def snapshot(
-        self,
-        server_id: str,
-        playing: Sequence[Observation],
-        now: datetime,
-        *,
-        unknown: Collection[str] = (),
-    ) -> int:
-        """Apply a full sessions snapshot; return the number of events emitted."""
-        return await self._apply(
-            lambda: self.machine.snapshot(server_id, playing, now, unknown=unknown)
-        )
-
-    async def report(self, server_id: str, observation: Observation, now: datetime) -> int:
-        """Apply one session's state; return the number of events emitted."""
-        return await self._apply(lambda: self.machine.report(server_id, observation, now))
-
-    async def end(self, server_id: str, observation: Observation, now: datetime) -> int:
-        """Apply one session's stop; return the number of events emitted."""
-        return await self._apply(lambda: self.machine.end(server_id, observation, now))
-
-    async def flush(self) -> int:
-        """Emit what an earlier run (or a failed emit) left in the outbox."""
-        async with self._lock:
-            return await self._flush()
-
-    async def save(self) -> None:
-        async with self._lock:
-            await self._save()
-
-    async def _apply(self, step: Callable[[], list[MediaEvent]]) -> int:
-        async with self._lock:
-            events = [event for event in step() if _valid(event)]
-            if not events and not self._outbox:
-                return 0
-            self._outbox += [encode_event(event).decode() for event in events]
-            await self._save()  # the transitions and the new state, before the sink sees them
-            return await self._flush()
-
-    async def _flush(self) -> int:
-        if not self._outbox:
-            return 0
-        events = [decode_event(item.encode()) for item in self._outbox]
-        await self.sink.emit(events)
-        self._outbox = []
-        await self._save()
-        return len(events)
-
-    async def _save(self) -> None:
-        document = {"machine": self.machine.state.dump(), "outbox": list(self._outbox)}
-        await asyncio.to_thread(self.state_file.save, document)
-
-
-def _readable(item: str) -> bool:
-    try:
-        decode_event(item.encode()).validate()
-    except InvalidEvent as exc:
-        log.error("dropped an unreadable event from the session state's outbox: %s", exc)
-        return False
-    return True
-
-
-def _valid(event: MediaEvent) -> bool:
-    """Keep an invalid event out of the outbox, where it would block every later one."""
-    try:
-        check_event_size(event.validate())
-    except InvalidEvent as exc:
-        log.error("%s: dropped an event the session machine built: %s", event.source, exc)
-        return False
-    return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,6 +130,8 @@ class MediaServerSocket:
         self.request_timeout = request_timeout
         self.backoff = backoff or Backoff(1.0, 32.0)
         self.breaker = breaker or CircuitBreaker(threshold=5, reset_timeout=60.0)
+        self.policy = RetryPolicy(self.breaker)  # one connect is one attempt
+        self._client: UpstreamClient | None = None
         self.clock = clock
         self.device_id = device_id or _device_id(self.url)
         self.health = SourceHealth(name=self.name, kind=flavour)
@@ -304,12 +181,7 @@ class MediaServerSocket:
             try:
                 await self._flush_outbox()
                 while not stop.is_set():
-                    try:
-                        self.breaker.check()
-                    except CircuitOpen as exc:
-                        self._failed(f"{self.url}: {exc}")
-                    else:
-                        await self._attempt(http, stopped)
+                    await self._attempt(http, stopped)
                     if stop.is_set() or await self.backoff.sleep(stop):
                         break
             finally:
@@ -319,41 +191,43 @@ class MediaServerSocket:
 
     async def _attempt(self, http: aiohttp.ClientSession, stopped: asyncio.Future[Any]) -> None:
         try:
-            ws = await self._connect(http)
-        except AuthRejected as exc:
-            self.breaker.failure()
+            ws = await self.policy.call(lambda: self._connect(http))
+        except CircuitOpen as exc:
+            self._failed(f"{self.url}: {exc}")
+            return
+        except CredentialsRefused as exc:  # the policy counted it, as every upstream error
             self._failed(str(exc), level=logging.ERROR)
             return
-        except (aiohttp.ClientError, UpstreamError, TimeoutError, OSError) as exc:
-            self.breaker.failure()
-            self._failed(f"cannot connect to {self.url}: {_describe(exc)}")
+        except UpstreamError as exc:
+            self._failed(f"cannot connect to {self.url}: {exc}")
             return
         except Exception as exc:  # a defect, not upstream trouble: log it, keep the source up
             self.breaker.failure()
             log.exception("%s: connecting to %s failed", self.health.name, self.url)
-            self._failed(f"cannot connect to {self.url}: {_describe(exc)}")
+            self._failed(f"cannot connect to {self.url}: {describe(exc)}")
             return
-        self.breaker.success()
         self.connections += 1
         try:
             await self._follow(ws, stopped)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self._failed(f"connection to {self.url} lost: {_describe(exc)}; reconnecting")
+            self._failed(f"connection to {self.url} lost: {describe(exc)}; reconnecting")
         except Exception as exc:
             log.exception("%s: reading %s failed", self.health.name, self.url)
-            self._failed(f"connection to {self.url} abandoned: {_describe(exc)}; reconnecting")
+            self._failed(f"connection to {self.url} abandoned: {describe(exc)}; reconnecting")
         finally:
             await ws.close()
 
     async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
-        info = await self._get_json(http, "System/Info")
+        rest = self._upstream(http)
+        prefix = "/" + API_PREFIXES[self.flavour]
+        info = await rest.get_json(prefix + "System/Info")
         server_id = info.get("Id") if isinstance(info, dict) else None
         if not isinstance(server_id, str) or not server_id.strip():
-            raise UpstreamError(f"{self.url}: System/Info has no server Id")
+            raise UpstreamBadResponse(f"{self.url}: System/Info has no server Id")
         self._set_server(server_id.strip())
-        sessions = await self._get_json(http, "Sessions")
+        sessions = await rest.get_json(prefix + "Sessions")
         if not isinstance(sessions, list):
-            raise UpstreamError(f"{self.url}: Sessions did not answer a list of sessions")
+            raise UpstreamBadResponse(f"{self.url}: Sessions did not answer a list of sessions")
         try:
             async with asyncio.timeout(self.request_timeout):  # the upgrade answer, too
                 ws = await http.ws_connect(
@@ -364,8 +238,10 @@ class MediaServerSocket:
                 )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in (401, 403):
-                raise AuthRejected(self._rejected(exc.status)) from None
-            raise
+                raise rest.refused(exc.status) from None
+            raise UpstreamUnavailable(describe(exc), status=exc.status) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise UpstreamUnavailable(describe(exc)) from None
         try:
             await ws.send_json(SESSIONS_START)
             await self._apply_sessions(sessions)
@@ -380,18 +256,18 @@ class MediaServerSocket:
         )
         return ws
 
-    async def _get_json(self, http: aiohttp.ClientSession, path: str) -> Any:
-        url = f"{self.url}/{API_PREFIXES[self.flavour]}{path}"
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout)
-        async with http.get(url, headers=self.headers, timeout=timeout) as response:
-            if response.status in (401, 403):
-                raise AuthRejected(self._rejected(response.status))
-            if response.status != 200:
-                raise UpstreamError(f"GET {url} answered HTTP {response.status}")
-            try:
-                return await response.json(content_type=None)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UpstreamError(f"GET {url} did not answer JSON: {exc}") from None
+    def _upstream(self, http: aiohttp.ClientSession) -> UpstreamClient:
+        """The shared client for the REST calls over ``http`` (one per session)."""
+        if self._client is None or self._client.session is not http:
+            self._client = UpstreamClient(
+                self.url,
+                http,
+                name=self.flavour,
+                credentials=self.key_variable,
+                headers=self.headers,
+                timeout=self.request_timeout,
+            )
+        return self._client
 
     async def _follow(
         self, ws: aiohttp.ClientWebSocketResponse, stopped: asyncio.Future[Any]
@@ -494,7 +370,7 @@ class MediaServerSocket:
             emitted = await self.tracker.snapshot(self.server_id, playing, now, unknown=unknown)
         except Exception as exc:  # the sink is down: the events wait in the outbox
             self._failed(
-                f"{self.flavour} events not stored yet ({_describe(exc)}); "
+                f"{self.flavour} events not stored yet ({describe(exc)}); "
                 f"{self.tracker.pending} kept for the next attempt",
                 level=logging.ERROR,
             )
@@ -506,7 +382,7 @@ class MediaServerSocket:
         try:
             emitted = await self.tracker.flush()
         except Exception as exc:
-            self._failed(f"{self.flavour} outbox not stored yet: {_describe(exc)}")
+            self._failed(f"{self.flavour} outbox not stored yet: {describe(exc)}")
             return
         if emitted:
             self.health.success(emitted)
@@ -517,9 +393,6 @@ class MediaServerSocket:
         self.server_id = server_id
         self.health.server_id = server_id
         self.health.name = f"{self.name}:{server_id}"
-
-    def _rejected(self, status: int) -> str:
-        return f"{self.key_variable} rejected by {self.url} (HTTP {status})"
 
     def _failed(self, error: str, *, level: int = logging.WARNING) -> None:
         if self.api_key:  # aiohttp errors quote the socket URL, whose query holds the key
@@ -541,15 +414,4 @@ def _device_id(url: str) -> str:
     return "mediaevents-" + hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-__all__ = [
-    "FLAVOURS",
-    "AuthRejected",
-    "MediaServerSocket",
-    "PlaybackTracker",
-    "UpstreamError",
-]
+__all__ = ["FLAVOURS", "MediaServerSocket"]

@@ -1,6 +1,10 @@
-"""Where a Tautulli history row becomes a MediaEvent: the one mapping the API sync
-(:mod:`ingestor.sources.tautulli`) and the database import
-(:mod:`ingestor.sources.tautulli_import`) share, so both give the same event for one row.
+"""Where a Tautulli history row or live session becomes a MediaEvent. Pure: no I/O, no clock.
+
+A history row's mapping (:func:`summary_from_history_row`) is the one the API sync
+(:mod:`ingestor.sources.tautulli.sync`) and the database import
+(:mod:`ingestor.sources.tautulli.db_import`) share, so both give the same event for one row.
+A ``get_activity`` session's (:func:`live_fields`, :func:`activity_event`) gives the
+transitions the activity poll (:mod:`ingestor.sources.tautulli.activity`) decided.
 
 A finished history row is one ``summary`` event:
 
@@ -48,9 +52,10 @@ from typing import Any
 import msgspec
 
 from ingestor.errors import InvalidEvent
-from ingestor.events import EventType, MediaEvent, make_event_id
+from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
 
 SOURCE = "tautulli"
+ACTIVITY_SOURCE = "tautulli_activity"
 
 # Tautulli shows this placeholder when a user has no avatar: it is no avatar.
 DEFAULT_USER_THUMB = "interfaces/default/images/gravatar-default-80x80.png"
@@ -199,6 +204,51 @@ def encode_raw(raw: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------
 # the mapping
 
+# Columns a history row and a live session name alike (Tautulli flattens PMS's session the
+# same way in both), by the reader each needs; the event's field has the column's name.
+_TEXT_COLUMNS = (
+    "friendly_name",
+    "media_type",
+    "parent_title",
+    "grandparent_title",
+    "library_name",
+    "platform",
+    "platform_version",
+    "player",
+    "product",
+    "product_version",
+    "machine_id",
+    "ip_address",
+    "video_resolution",
+    "video_codec",
+    "video_dynamic_range",
+    "audio_codec",
+)
+_INT_COLUMNS = ("audio_channels", "stream_bitrate", "bandwidth")
+_BOOL_COLUMNS = ("secure", "relayed")
+
+
+def _session_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The event fields of what a history row and a live session say alike: who, what,
+    which library (an imported database row and a live session have it; get_history's
+    rows do not), where from, and the stream."""
+    thumb = as_text(row.get("user_thumb"))
+    fields: dict[str, Any] = {key: as_text(row.get(key)) for key in _TEXT_COLUMNS}
+    fields.update({key: as_int(row.get(key)) for key in _INT_COLUMNS})
+    fields.update({key: as_bool(row.get(key)) for key in _BOOL_COLUMNS})
+    fields.update(
+        user_id=as_id(row.get("user_id")),
+        user_thumb="" if thumb == DEFAULT_USER_THUMB else thumb,
+        title=as_text(row.get("title")) or as_text(row.get("full_title")),
+        rating_key=as_id(row.get("rating_key")),
+        year=as_int(row.get("year")) or None,
+        # PMS's librarySectionID, as Tautulli flattens it
+        library_id=as_id(row.get("section_id")),
+        location_type=as_text(row.get("location")).strip().lower(),
+        transcode_decision=transcode_decision(row.get("transcode_decision")),
+    )
+    return fields
+
 
 def summary_from_history_row(
     row: Mapping[str, Any],
@@ -250,12 +300,10 @@ def summary_from_history_row(
     if played is None:
         played = as_int(row.get("duration"))
     media_ms = as_int(row.get("media_duration_ms"))
-    location = as_text(row.get("location")).strip().lower()
+    fields = _session_fields(row)
     local = as_bool(row.get("local"))
-    if local is None and location in ("lan", "wan", "cellular"):
-        local = location == "lan"
-    thumb = as_text(row.get("user_thumb"))
-    title = as_text(row.get("title")) or as_text(row.get("full_title"))
+    if local is None and fields["location_type"] in ("lan", "wan", "cellular"):
+        local = fields["location_type"] == "lan"
     event = MediaEvent(
         event_id=summary_event_id(server_id, row_id),
         event_type=EventType.SUMMARY,
@@ -263,48 +311,19 @@ def summary_from_history_row(
         source=SOURCE,
         server_id=server_id,
         session_key=str(row_id),
-        user_id=as_id(row.get("user_id")),
         username=as_text(row.get("user")),
-        friendly_name=as_text(row.get("friendly_name")),
-        user_thumb="" if thumb == DEFAULT_USER_THUMB else thumb,
-        media_type=as_text(row.get("media_type")),
-        title=title,
-        parent_title=as_text(row.get("parent_title")),
-        grandparent_title=as_text(row.get("grandparent_title")),
-        rating_key=as_id(row.get("rating_key")),
-        year=as_int(row.get("year")) or None,
         media_duration=media_ms // 1000 if media_ms else None,
-        # an imported database row has them (tautulli_import); get_history's rows do not
-        library_id=as_id(row.get("section_id")),
-        library_name=as_text(row.get("library_name")),
         started_at=started,
         stopped_at=stopped,
         position_ms=as_int(row.get("view_offset")),
         # the API's is Tautulli's whole-number display value; an imported database row's
-        # is exact (tautulli_import computes it from view_offset and the length)
+        # is exact (db_import computes it from view_offset and the length)
         percent_complete=as_float(row.get("percent_complete")),
         play_duration=played,
         paused_counter=paused,
-        platform=as_text(row.get("platform")),
-        platform_version=as_text(row.get("platform_version")),
-        player=as_text(row.get("player")),
-        product=as_text(row.get("product")),
-        product_version=as_text(row.get("product_version")),
-        machine_id=as_text(row.get("machine_id")),
-        ip_address=as_text(row.get("ip_address")),
-        location_type=location,
-        transcode_decision=transcode_decision(row.get("transcode_decision")),
-        video_resolution=as_text(row.get("video_resolution")),
-        video_codec=as_text(row.get("video_codec")),
-        video_dynamic_range=as_text(row.get("video_dynamic_range")),
-        audio_codec=as_text(row.get("audio_codec")),
-        audio_channels=as_int(row.get("audio_channels")),
-        stream_bitrate=as_int(row.get("stream_bitrate")),
-        bandwidth=as_int(row.get("bandwidth")),
-        secure=as_bool(row.get("secure")),
         local=local,
-        relayed=as_bool(row.get("relayed")),
         raw_payload=encode_raw(row if raw is None else raw),
+        **fields,
     )
     try:
         return event.validate()
@@ -312,11 +331,107 @@ def summary_from_history_row(
         raise InvalidHistoryRow(f"{where}: {exc}") from None
 
 
+# ---------------------------------------------------------------------------------------
+# live sessions (get_activity): the fields of one session, and one transition of it
+
+
+def live_session_key(session: Any) -> str | None:
+    """Tautulli's live identity of a ``get_activity`` session, ``"<session_key>:<rating_key>"``
+    (Plex reuses session keys); ``None`` for an entry without them.
+
+    >>> live_session_key({"session_key": "12", "rating_key": 54321}), live_session_key([])
+    ('12:54321', None)
+    """
+    if not isinstance(session, dict):
+        return None
+    key, item = as_id(session.get("session_key")), as_id(session.get("rating_key"))
+    if not key or not item:
+        return None
+    return f"{key}:{item}"
+
+
+def live_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The MediaEvent fields every transition of a live session carries (who, what, where,
+    the stream), from its ``get_activity`` entry; values not said are left out."""
+    length_ms = as_int(raw.get("duration"))
+    fields = _session_fields(raw)
+    fields.update(
+        username=as_text(raw.get("username") or raw.get("user")),
+        platform_name=as_text(raw.get("platform_name")),
+        device=as_text(raw.get("device")),
+        media_duration=length_ms // 1000 if length_ms else None,
+        local=as_bool(raw.get("local")),
+    )
+    return {k: v for k, v in fields.items() if v not in (None, "")}
+
+
+def live_percent(raw: Mapping[str, Any]) -> float | None:
+    """The exact share reached (``progress_percent`` is rounded to a whole number).
+
+    >>> live_percent({"view_offset": "2238300", "duration": "2640000", "progress_percent": "85"})
+    84.7840909090909
+    """
+    exact = percent_of(as_int(raw.get("view_offset")), as_int(raw.get("duration")))
+    return exact if exact is not None else as_float(raw.get("progress_percent"))
+
+
+def activity_event(
+    kind: EventType,
+    server_id: str,
+    *,
+    session_key: str,
+    started: int,
+    fields: Mapping[str, Any],
+    view_offset: int | None,
+    percent: float | None,
+    raw: Mapping[str, Any] | None,
+    at: datetime | None,
+) -> MediaEvent:
+    """One transition of a live session (source ``tautulli_activity``).
+
+    ``session_key`` is ``"<session_key>:<rating_key>:<started>"``, ``started`` Tautulli's own
+    start of the session (epoch seconds), ``fields`` :func:`live_fields` of its entry. A play
+    happens at ``started`` (``at`` None); a pause or resume is told apart from the others of
+    its session by the playhead (``view_offset``, else the time). ``raw`` is the entry (or the
+    history row that timed a stop) kept as the raw payload.
+
+    >>> event = activity_event(
+    ...     EventType.PLAY, "srv", session_key="12:54321:1767643200", started=1767643200,
+    ...     fields={"user_id": "8312457", "media_type": "movie", "title": "Heat"},
+    ...     view_offset=0, percent=0.0, raw=None, at=None)
+    >>> event.source, event.occurred_at == event.started_at, event.title
+    ('tautulli_activity', True, 'Heat')
+    """
+    started_at = datetime.fromtimestamp(started, UTC)
+    occurred = at or started_at
+    identity: tuple[Any, ...] = (session_key, kind.value)
+    if kind in (EventType.PAUSE, EventType.RESUME):
+        identity += (view_offset if view_offset is not None else int(occurred.timestamp() * 1000),)
+    event = MediaEvent(
+        event_id=make_event_id(ACTIVITY_SOURCE, server_id, *identity),
+        event_type=kind,
+        occurred_at=occurred,
+        source=ACTIVITY_SOURCE,
+        server_id=server_id,
+        session_key=session_key,
+        started_at=started_at,
+        stopped_at=occurred if kind is EventType.STOP else None,
+        position_ms=view_offset,
+        percent_complete=percent,
+        raw_payload=encode_raw(raw) if raw is not None else None,
+        **fields,
+    )
+    return event.validate()
+
+
 __all__ = [
+    "ACTIVITY_SOURCE",
     "DEFAULT_USER_THUMB",
     "SOURCE",
     "InvalidHistoryRow",
+    "activity_event",
     "as_bool",
+    "as_float",
     "as_id",
     "as_int",
     "as_text",
@@ -325,6 +440,9 @@ __all__ = [
     "history_row_id",
     "is_grouped",
     "is_in_progress",
+    "live_fields",
+    "live_percent",
+    "live_session_key",
     "summary_event_id",
     "summary_from_history_row",
     "transcode_decision",

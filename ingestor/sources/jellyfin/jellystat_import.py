@@ -61,13 +61,8 @@ from ingestor.sources.history_import import (
     Progress,
     emit_rows,
 )
-from ingestor.sources.playback_reporting_import import START_DELAY
-from ingestor.sources.session_machine import (
-    PLAY_METHODS,
-    TICKS_PER_MS,
-    media_type,
-    strip_port,
-)
+from ingestor.sources.jellyfin.mapping import PLAY_METHODS, TICKS_PER_MS, media_type, strip_port
+from ingestor.sources.jellyfin.playback_reporting_import import START_DELAY
 
 log = logging.getLogger(__name__)
 

@@ -32,126 +32,84 @@ those sources ran (``--until``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
 
-from ingestor.events import EventType, MediaEvent, make_event_id
+from ingestor.events import MediaEvent
 from ingestor.sink import Sink
 from ingestor.sources.history_import import (
     Cursor,
     HistoryImportError,
     ImportResult,
-    InvalidRow,
     Progress,
     emit_rows,
 )
-from ingestor.sources.plex_owner import OwnerMap
+from ingestor.sources.http import (
+    CredentialsRefused,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from ingestor.sources.plex.mapping import (
+    HISTORY_SOURCE,
+    PlexPayloadError,
+    epoch,
+    history_entry_id,
+    history_event,
+    read_history_page,
+    read_identity,
+)
+from ingestor.sources.plex.owner import OwnerMap
 
 log = logging.getLogger(__name__)
 
-SOURCE = "plex-history"
+SOURCE = HISTORY_SOURCE
 HISTORY_PATH = "/status/sessions/history/all"
 IDENTITY_PATH = "/identity"
-
-_json = msgspec.json.Encoder()
 
 
 class PlexHistoryImportError(HistoryImportError):
     """The server cannot be read: unreachable, token rejected, or an unreadable answer."""
 
 
-def history_id(entry: Mapping[str, Any]) -> str:
-    """The id in ``historyKey`` (``/status/sessions/history/1234`` -> ``1234``)."""
-    key = str(entry.get("historyKey") or "").strip().rstrip("/")
-    return key.rsplit("/", 1)[-1] if key else ""
-
-
-def _epoch(value: Any) -> int | None:
-    try:
-        return int(value) if value not in (None, "") and not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        return None
-
-
-def event_from_entry(entry: Mapping[str, Any], server_id: str, owner: OwnerMap) -> MediaEvent:
-    """The ``summary`` event of one history entry (raw payload: the entry)."""
-    hid = history_id(entry)
-    where = f"history entry {hid or '(no historyKey)'}"
-    if not hid:
-        raise InvalidRow(f"{where}: no historyKey")
-    viewed = _epoch(entry.get("viewedAt"))
-    if not viewed:
-        raise InvalidRow(f"{where}: no viewedAt")
-    account = entry.get("accountID")
-    if account is None or str(account).strip() == "":
-        raise InvalidRow(f"{where}: no accountID")
-    at = datetime.fromtimestamp(viewed, UTC)
-    return MediaEvent(
-        event_id=make_event_id(SOURCE, server_id, hid),
-        event_type=EventType.SUMMARY,
-        occurred_at=at,
-        source=SOURCE,
-        server_id=server_id,
-        session_key=hid,
-        user_id=owner.user_id(account),
-        media_type=str(entry.get("type") or "unknown"),
-        title=str(entry.get("title") or entry.get("ratingKey") or ""),
-        parent_title=str(entry.get("parentTitle") or ""),
-        grandparent_title=str(entry.get("grandparentTitle") or ""),
-        rating_key=str(entry.get("ratingKey") or ""),
-        # the section id only: history entries name no library title
-        library_id=str(entry.get("librarySectionID") or ""),
-        started_at=at,
-        raw_payload=_json.encode(dict(entry)).decode(),
-    )
-
-
 class PlexHistoryClient:
-    """Reads PMS over HTTP: ``/identity`` and the history pages, oldest first."""
+    """Reads PMS over HTTP (the shared client): ``/identity`` and the history pages, oldest
+    first. Every failure is a :class:`PlexHistoryImportError` saying what to do."""
 
     def __init__(self, http: aiohttp.ClientSession, url: str, token: str) -> None:
-        self.http, self.url = http, url.rstrip("/")
-        self.headers = {"X-Plex-Token": token, "Accept": "application/json"}
+        self.upstream = UpstreamClient(
+            url,
+            http,
+            name="Plex",
+            credentials="PLEX_TOKEN",
+            headers={"X-Plex-Token": token, "Accept": "application/json"},
+        )
+        self.url = self.upstream.url
 
-    async def _get(self, path: str, params: dict[str, str], headers: dict[str, str]) -> Any:
+    async def _get(self, path: str, params: dict[str, str], headers: dict[str, str]) -> bytes:
         try:
-            async with self.http.get(
-                self.url + path, params=params, headers={**self.headers, **headers}
-            ) as response:
-                if response.status in (401, 403):
-                    raise PlexHistoryImportError(
-                        f"the token was rejected by {self.url} (HTTP {response.status}): "
-                        "check --token / PLEX_TOKEN"
-                    )
-                if response.status != 200:
-                    raise PlexHistoryImportError(
-                        f"{self.url}{path} answered HTTP {response.status}"
-                    )
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PlexHistoryImportError(f"{self.url} does not answer: {exc}") from None
-        try:
-            document = msgspec.json.decode(body)
-            container = document["MediaContainer"]
-            if not isinstance(container, dict):
-                raise TypeError("MediaContainer is not an object")
-        except (msgspec.DecodeError, KeyError, TypeError) as exc:
+            return await self.upstream.get(path, params=params, headers=headers)
+        except CredentialsRefused as exc:
             raise PlexHistoryImportError(
-                f"{self.url}{path} answered something unreadable: {exc}"
+                f"the token was rejected by {self.url} (HTTP {exc.status}): "
+                "check --token / PLEX_TOKEN"
             ) from None
-        return container
+        except UpstreamUnavailable as exc:
+            if exc.status is None:
+                raise PlexHistoryImportError(f"{self.url} does not answer: {exc}") from None
+            raise PlexHistoryImportError(str(exc)) from None
+        except UpstreamError as exc:
+            raise PlexHistoryImportError(str(exc)) from None
 
     async def server_id(self) -> str:
-        container = await self._get(IDENTITY_PATH, {}, {})
-        machine = str(container.get("machineIdentifier") or "").strip()
-        if not machine:
-            raise PlexHistoryImportError(f"{self.url}{IDENTITY_PATH} gave no machineIdentifier")
-        return machine
+        body = await self._get(IDENTITY_PATH, {}, {})
+        try:
+            return read_identity(body)
+        except PlexPayloadError as exc:
+            raise PlexHistoryImportError(f"{self.url}{IDENTITY_PATH} {exc}") from None
 
     async def page(
         self, since: int | None, until: int | None, start: int, size: int
@@ -164,12 +122,11 @@ class PlexHistoryClient:
         if until is not None:
             params["viewedAt<"] = str(until)  # viewedAt<=N; the caller drops N itself
         headers = {"X-Plex-Container-Start": str(start), "X-Plex-Container-Size": str(size)}
-        container = await self._get(HISTORY_PATH, params, headers)
-        entries = container.get("Metadata") or []
-        if not isinstance(entries, list):
-            raise PlexHistoryImportError(f"{self.url}{HISTORY_PATH}: Metadata is not a list")
-        total = _epoch(container.get("totalSize")) or _epoch(container.get("size")) or 0
-        return [e for e in entries if isinstance(e, dict)], total
+        body = await self._get(HISTORY_PATH, params, headers)
+        try:
+            return read_history_page(body)
+        except PlexPayloadError as exc:
+            raise PlexHistoryImportError(f"{self.url}{HISTORY_PATH}: {exc}") from None
 
 
 async def import_plex_history(
@@ -201,6 +158,11 @@ async def import_plex_history(
         client = PlexHistoryClient(session, url, token)
         server_id = await client.server_id()
         owner = OwnerMap(owner_id, "plex history import")
+
+        def owned(event: MediaEvent) -> MediaEvent:
+            owner.check(event.user_id)
+            return event
+
         cursor = Cursor(state_path, "plex_history", server_id)
         saved = cursor.load(server_id) or {}
         since: int | None = saved.get("viewed_at")
@@ -218,13 +180,15 @@ async def import_plex_history(
             fresh = [
                 e
                 for e in entries
-                if not (_epoch(e.get("viewedAt")) == since and history_id(e) in seen_at_since)
-                and (limit is None or (_epoch(e.get("viewedAt")) or 0) < limit)
+                if not (epoch(e.get("viewedAt")) == since and history_entry_id(e) in seen_at_since)
+                and (limit is None or (epoch(e.get("viewedAt")) or 0) < limit)
             ]
-            await emit_rows(fresh, lambda e: event_from_entry(e, server_id, owner), sink, result)
+            await emit_rows(
+                fresh, lambda e: owned(history_event(e, server_id, owner.owner_id)), sink, result
+            )
             done += len(entries)
-            last = max((_epoch(e.get("viewedAt")) or 0 for e in entries), default=0)
-            ids_at_last = {history_id(e) for e in entries if _epoch(e.get("viewedAt")) == last}
+            last = max((epoch(e.get("viewedAt")) or 0 for e in entries), default=0)
+            ids_at_last = {history_entry_id(e) for e in entries if epoch(e.get("viewedAt")) == last}
             if last and last != saved_at:
                 saved_at, saved_ids = last, ids_at_last
             else:
@@ -245,7 +209,5 @@ __all__ = [
     "SOURCE",
     "PlexHistoryClient",
     "PlexHistoryImportError",
-    "event_from_entry",
-    "history_id",
     "import_plex_history",
 ]

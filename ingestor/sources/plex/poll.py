@@ -26,15 +26,19 @@ and the events of the last poll until the sink took them. The state is saved bef
 (the dedup drops any that did get through), and a restart neither re-opens nor loses a
 session that was open.
 
-Failures never stop the poller: a rejected token (401/403) is reported as ``PLEX_TOKEN
-rejected``, unreachable or 5xx servers and unreadable answers are retried with
+Failures never stop the poller. The shared client and policy (:mod:`ingestor.sources.http`)
+say them: a rejected token (401/403) is ``PLEX_TOKEN rejected``, unreachable or 5xx servers
+and unreadable answers are tried again at later polls, spaced by
 :class:`~ingestor.sources.base.Backoff`, and a :class:`~ingestor.sources.base.CircuitBreaker`
-stops calling a dead server until it half-opens. A session entry that cannot be read is
-skipped with an error in health; while any entry is unreadable no session is closed (the
-unreadable one may be one of them).
+stops calling a dead server until it half-opens (one poll is one attempt of the policy). A
+session entry that cannot be read is skipped with an error in health; while any entry is
+unreadable no session is closed (the unreadable one may be one of them).
 
 The server owner appears as ``User.id`` "1"; it is mapped to ``owner_id`` (``PLEX_OWNER_ID``,
-or :meth:`PlexSessionsPoller.set_owner_id`), as in the webhook adapter.
+or :meth:`PlexSessionsPoller.set_owner_id`), as in the webhook adapter. What an entry says
+becomes event fields in :mod:`ingestor.sources.plex.mapping`
+(:func:`~ingestor.sources.plex.mapping.session_event`, the mapping the webhook uses for the
+same objects); this module decides which transitions happened.
 """
 
 from __future__ import annotations
@@ -43,23 +47,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgspec
 
 from ingestor.errors import InvalidEvent
-from ingestor.events import (
-    EventType,
-    MediaEvent,
-    decode_event,
-    encode_event,
-    make_event_id,
-    percent_of,
-)
+from ingestor.events import EventType, MediaEvent, decode_event, encode_event
 from ingestor.sink import Sink
 from ingestor.sources.base import (
     Backoff,
@@ -69,145 +65,34 @@ from ingestor.sources.base import (
     StateFile,
     receipt_time,
 )
-from ingestor.sources.plex_owner import OwnerMap
+from ingestor.sources.http import RetryPolicy, UpstreamBadResponse, UpstreamClient, UpstreamError
+from ingestor.sources.plex.mapping import (
+    PlexPayloadError,
+    PlexSession,
+    SessionsSnapshot,
+    decode_session,
+    read_identity,
+    read_sessions,
+    scrobbled,
+    session_event,
+)
+from ingestor.sources.plex.owner import OwnerMap
 
 log = logging.getLogger(__name__)
 
-SOURCE = "plex_poll"
 SESSIONS_PATH = "/status/sessions"
 IDENTITY_PATH = "/identity"
 DEFAULT_INTERVAL = 10.0
 SCROBBLE_FRACTION = 0.9
 STATE_VERSION = 1
 
-
-# ---------------------------------------------------------------------------------------
-# the answers, as PMS sends them (JSON); values PMS sends as "1"/"0" or numbers-as-text are
-# accepted in either form
-
-
-class _IdentityContainer(msgspec.Struct, rename="camel"):
-    machine_identifier: str
-
-
-class _IdentityDoc(msgspec.Struct):
-    container: _IdentityContainer = msgspec.field(name="MediaContainer")
-
-
-class _SessionsContainer(msgspec.Struct):
-    size: int = 0
-    metadata: list[msgspec.Raw] = msgspec.field(name="Metadata", default_factory=list)
-
-
-class _SessionsDoc(msgspec.Struct):
-    container: _SessionsContainer = msgspec.field(name="MediaContainer")
-
-
-Number = int | str | None
-Flag = bool | int | str | None
-
-
-class PlexUser(msgspec.Struct, rename="camel"):
-    id: int | str
-    title: str = ""
-    thumb: str = ""
-
-
-class PlexPlayerInfo(msgspec.Struct, rename="camel"):
-    machine_identifier: str = ""
-    title: str = ""
-    platform: str = ""
-    platform_version: str = ""
-    product: str = ""
-    version: str = ""
-    device: str = ""
-    address: str = ""
-    state: str = ""
-    local: Flag = None
-    relayed: Flag = None
-    secure: Flag = None
-
-
-class PlexSessionInfo(msgspec.Struct, rename="camel"):
-    id: str = ""
-    bandwidth: Number = None
-    location: str = ""
-
-
-class PlexTranscodeSession(msgspec.Struct, rename="camel"):
-    video_decision: str = ""
-    audio_decision: str = ""
-
-
-class PlexMedia(msgspec.Struct, rename="camel"):
-    video_resolution: str = ""
-    video_codec: str = ""
-    audio_codec: str = ""
-    audio_channels: Number = None
-    bitrate: Number = None
-    selected: Flag = None
-
-
-class PlexSession(msgspec.Struct, rename="camel"):
-    """One entry of ``/status/sessions``: a library item plus who plays it where."""
-
-    session_key: int | str
-    rating_key: int | str
-    type: str
-    title: str
-    user: PlexUser = msgspec.field(name="User")
-    player: PlexPlayerInfo = msgspec.field(name="Player")
-    session: PlexSessionInfo | None = msgspec.field(name="Session", default=None)
-    transcode_session: PlexTranscodeSession | None = msgspec.field(
-        name="TranscodeSession", default=None
-    )
-    media: list[PlexMedia] = msgspec.field(name="Media", default_factory=list)
-    parent_title: str = ""
-    grandparent_title: str = ""
-    year: Number = None
-    duration: Number = None  # ms
-    view_offset: Number = None  # ms
-    guid: str = ""
-    library_section_id: Number = msgspec.field(name="librarySectionID", default=None)
-    library_section_title: str = ""
-
-    @property
-    def key(self) -> SessionId:
-        return (str(self.session_key), str(self.rating_key))
-
-
-_identity_decoder = msgspec.json.Decoder(_IdentityDoc)
-_sessions_decoder = msgspec.json.Decoder(_SessionsDoc)
-_session_decoder = msgspec.json.Decoder(PlexSession)
-
 SessionId = tuple[str, str]
 """A live session as PMS names it: (sessionKey, ratingKey)."""
 
 
-# ---------------------------------------------------------------------------------------
-# failures, classified
-
-
-class PollFailure(Exception):
-    """One poll failed; ``upstream`` failures count towards the circuit breaker."""
-
-    upstream = True
-
-
-class PlexTokenRejected(PollFailure):
-    pass
-
-
-class PlexUnavailable(PollFailure):
-    pass
-
-
-class PlexMalformed(PollFailure):
-    pass
-
-
-class SinkUnavailable(PollFailure):
-    upstream = False
+class SinkUnavailable(Exception):
+    """The sink did not take a poll's events; they are kept for the next poll (not an
+    upstream failure: the circuit does not count it)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -232,20 +117,8 @@ class Change:
     session: PlexSession
 
 
-@dataclass
-class Snapshot:
-    """The readable entries of one answer, and whether every entry was readable."""
-
-    sessions: list[tuple[PlexSession, str]] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.unreadable
-
-
 def diff(
-    open_sessions: dict[SessionId, Tracked], snapshot: Snapshot, now: datetime
+    open_sessions: dict[SessionId, Tracked], snapshot: SessionsSnapshot, now: datetime
 ) -> tuple[dict[SessionId, Tracked], list[Change]]:
     """The transitions from ``open_sessions`` to ``snapshot`` seen at ``now``, and the new
     open sessions. Pure: the same inputs give the same answer."""
@@ -256,7 +129,7 @@ def diff(
         if key in seen:
             continue
         if snapshot.complete:
-            changes.append(Change(EventType.STOP, tracked, _decode_entry(tracked.entry)))
+            changes.append(Change(EventType.STOP, tracked, decode_session(tracked.entry)))
         else:
             result[key] = tracked
     start_ms = int(now.timestamp() * 1000)
@@ -278,87 +151,11 @@ def diff(
         elif state == "playing" and tracked.paused:
             tracked = replace(tracked, paused=False)
             changes.append(Change(EventType.RESUME, tracked, session))
-        offset, duration = _int(session.view_offset), _int(session.duration)
-        if (
-            not tracked.scrobbled
-            and offset is not None
-            and duration
-            and offset >= SCROBBLE_FRACTION * duration
-        ):
+        if not tracked.scrobbled and scrobbled(session, SCROBBLE_FRACTION):
             tracked = replace(tracked, scrobbled=True)
             changes.append(Change(EventType.SCROBBLE, tracked, session))
         result[key] = tracked
     return result, changes
-
-
-def parse_sessions(body: bytes) -> Snapshot:
-    """Read one ``/status/sessions`` answer; raise :class:`PlexMalformed` if it is not one."""
-    try:
-        doc = _sessions_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise PlexMalformed(f"{SESSIONS_PATH} answered something unreadable: {exc}") from None
-    snapshot = Snapshot()
-    for i, raw in enumerate(doc.container.metadata):
-        text = bytes(raw).decode("utf-8", errors="replace")
-        try:
-            session = _decode_entry(text)
-        except PlexMalformed as exc:
-            snapshot.unreadable.append(f"Metadata[{i}]: {exc}")
-            continue
-        if session.guid.startswith("library://"):
-            continue  # theme music played while browsing, not a playback (as Tautulli)
-        snapshot.sessions.append((session, text))
-    return snapshot
-
-
-def _decode_entry(text: str) -> PlexSession:
-    try:
-        session = _session_decoder.decode(text)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise PlexMalformed(str(exc)) from None
-    for name, value in (
-        ("sessionKey", str(session.session_key)),
-        ("ratingKey", str(session.rating_key)),
-        ("type", session.type),
-        ("title", session.title),
-        ("User.id", str(session.user.id)),
-    ):
-        if not value.strip():
-            raise PlexMalformed(f"{name} is empty")
-    return session
-
-
-def _int(value: Number) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(value.strip())
-    except ValueError:
-        return None
-
-
-def _flag(value: Flag) -> bool | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("1", "true")
-
-
-def transcode_decision(session: PlexSession) -> str:
-    """Tautulli's rule: ``transcode`` if video or audio is transcoded, else ``copy`` if either
-    is copied, else ``direct play`` (also when there is no TranscodeSession)."""
-    ts = session.transcode_session
-    if ts is None:
-        return "direct play"
-    decisions = {ts.video_decision, ts.audio_decision}
-    if "transcode" in decisions:
-        return "transcode"
-    if "copy" in decisions:
-        return "copy"
-    return "direct play"
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,6 +215,8 @@ class PlexSessionsPoller:
         self._pending: list[MediaEvent] = [
             decode_event(text.encode()) for text in state.get("pending", [])
         ]
+        self.policy = RetryPolicy(self.breaker)  # one poll is one attempt
+        self._client: UpstreamClient | None = None
         self._breaker_was_open = False
         self._last_failure = "Plex failing"
 
@@ -448,7 +247,7 @@ class PlexSessionsPoller:
     async def _cycle(self, http: aiohttp.ClientSession) -> float:
         """One poll, with its failure handling; returns the delay before the next."""
         try:
-            self.breaker.check()
+            await self.policy.call(lambda: self.poll_once(http))
         except CircuitOpen as exc:
             self.stats.refused += 1
             self.health.failure(f"{self._last_failure} ({exc})")
@@ -456,12 +255,8 @@ class PlexSessionsPoller:
                 self._breaker_was_open = True
                 log.error("plex poll %s: %s; not calling it until then", self.url, exc)
             return self.interval
-        try:
-            await self.poll_once(http)
-        except PollFailure as exc:
+        except (UpstreamError, SinkUnavailable) as exc:  # the policy counted upstream ones
             self.stats.failures += 1
-            if exc.upstream:
-                self.breaker.failure()
             self._last_failure = str(exc)
             self.health.failure(self._last_failure)
             delay = self.backoff.next()
@@ -473,7 +268,6 @@ class PlexSessionsPoller:
             self.health.failure(self._last_failure)
             log.exception("plex poll %s failed unexpectedly", self.url)
             return self.backoff.next()
-        self.breaker.success()
         self.backoff.reset()
         if self._breaker_was_open:
             self._breaker_was_open = False
@@ -482,7 +276,8 @@ class PlexSessionsPoller:
 
     async def poll_once(self, http: aiohttp.ClientSession) -> int:
         """Emit what an earlier poll left, poll once, emit its transitions; returns the
-        number of events the sink took. Raises :class:`PollFailure`."""
+        number of events the sink took. Raises an
+        :class:`~ingestor.sources.http.UpstreamError` or :class:`SinkUnavailable`."""
         emitted = await self._flush()
         if self.server_id is None:
             self.server_id = await self._identity(http)
@@ -497,14 +292,21 @@ class PlexSessionsPoller:
                 self._open = {}
             self._state_server = self.server_id
             self.health.server_id = self.server_id
-        body = await self._get(http, SESSIONS_PATH)
+        body = await self._upstream(http).get(SESSIONS_PATH)
         now = self.clock()
-        snapshot = parse_sessions(body)
+        try:
+            snapshot = read_sessions(body)
+        except PlexPayloadError as exc:
+            raise UpstreamBadResponse(
+                f"{SESSIONS_PATH} answered something unreadable: {exc}"
+            ) from None
         open_sessions, changes = diff(self._open, snapshot, now)
         try:
             events = [self._event(change, now) for change in changes]
         except InvalidEvent as exc:
-            raise PlexMalformed(f"{SESSIONS_PATH}: {exc}") from None
+            raise UpstreamBadResponse(f"{SESSIONS_PATH}: {exc}") from None
+        for event in events:
+            self.owner.check(event.user_id)
         self._open = open_sessions
         self._pending.extend(events)
         self._save()  # written ahead: a crash re-emits these events with the same ids
@@ -534,31 +336,19 @@ class PlexSessionsPoller:
         return len(events)
 
     async def _identity(self, http: aiohttp.ClientSession) -> str:
-        body = await self._get(http, IDENTITY_PATH)
+        body = await self._upstream(http).get(IDENTITY_PATH)
         try:
-            server = _identity_decoder.decode(body).container.machine_identifier
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise PlexMalformed(f"{IDENTITY_PATH} answered something unreadable: {exc}") from None
-        if not server.strip():
-            raise PlexMalformed(f"{IDENTITY_PATH} gave an empty machineIdentifier")
-        return server
+            return read_identity(body)
+        except PlexPayloadError as exc:
+            raise UpstreamBadResponse(f"{IDENTITY_PATH} {exc}") from None
 
-    async def _get(self, http: aiohttp.ClientSession, path: str) -> bytes:
-        url = self.url + path
-        try:
-            async with http.get(url, headers=self._headers) as response:
-                if response.status in (401, 403):
-                    raise PlexTokenRejected(
-                        f"PLEX_TOKEN rejected by {self.url} (HTTP {response.status} on {path}); "
-                        "check PLEX_TOKEN"
-                    )
-                if response.status != 200:
-                    raise PlexUnavailable(f"{url} answered HTTP {response.status}")
-                return await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise PlexUnavailable(
-                f"cannot reach Plex at {self.url}: {type(exc).__name__}: {exc}"
-            ) from None
+    def _upstream(self, http: aiohttp.ClientSession) -> UpstreamClient:
+        """The shared client over ``http`` (one per session)."""
+        if self._client is None or self._client.session is not http:
+            self._client = UpstreamClient(
+                self.url, http, name="Plex", credentials="PLEX_TOKEN", headers=self._headers
+            )
+        return self._client
 
     def _save(self) -> None:
         self._state.save(
@@ -585,67 +375,16 @@ class PlexSessionsPoller:
 
     def _event(self, change: Change, now: datetime) -> MediaEvent:
         assert self.server_id is not None
-        session, tracked, player = change.session, change.tracked, change.session.player
-        info = session.session or PlexSessionInfo()
-        media = next((m for m in session.media if _flag(m.selected)), None) or (
-            session.media[0] if session.media else PlexMedia()
-        )
-        duration = _int(session.duration)
-        local = _flag(player.local)
-        location = info.location or ("" if local is None else ("lan" if local else "wan"))
-        event = MediaEvent(
-            event_id=make_event_id(
-                SOURCE,
-                self.server_id,
-                str(change.event_type),
-                tracked.session_key,
-                int(now.timestamp() * 1000),
-            ),
-            event_type=change.event_type,
-            occurred_at=now,
-            source=SOURCE,
+        return session_event(
+            change.session,
+            change.event_type,
             server_id=self.server_id,
-            session_key=tracked.session_key,
-            user_id=self.owner.user_id(session.user.id),
-            username=session.user.title,
-            user_thumb=session.user.thumb,
-            media_type=session.type,
-            title=session.title,
-            parent_title=session.parent_title,
-            grandparent_title=session.grandparent_title,
-            rating_key=str(session.rating_key),
-            year=_int(session.year),
-            media_duration=round(duration / 1000) if duration is not None else None,
-            library_id=""
-            if session.library_section_id is None
-            else str(session.library_section_id),
-            library_name=session.library_section_title,
-            started_at=tracked.started_at,
-            stopped_at=now if change.event_type is EventType.STOP else None,
-            position_ms=_int(session.view_offset),
-            percent_complete=percent_of(_int(session.view_offset), duration),
-            platform=player.platform,
-            platform_version=player.platform_version,
-            player=player.title,
-            product=player.product,
-            product_version=player.version,
-            device=player.device,
-            machine_id=player.machine_identifier,
-            ip_address=player.address,
-            location_type=location,
-            transcode_decision=transcode_decision(session),
-            video_resolution=media.video_resolution,
-            video_codec=media.video_codec,
-            audio_codec=media.audio_codec,
-            audio_channels=_int(media.audio_channels),
-            stream_bitrate=_int(media.bitrate),
-            bandwidth=_int(info.bandwidth),
-            secure=_flag(player.secure),
-            local=local,
-            relayed=_flag(player.relayed),
-            raw_payload=tracked.entry,
+            session_key=change.tracked.session_key,
+            started_at=change.tracked.started_at,
+            polled_at=now,
+            raw=change.tracked.entry,
+            owner_id=self.owner.owner_id,
         )
-        return event.validate()
 
 
 def _load_sessions(state: dict[str, Any]) -> dict[SessionId, Tracked]:

@@ -50,12 +50,13 @@ from ingestor.sources.history_import import (
     HistoryImportError,
     ImportResult,
     InvalidRow,
+    PagedSqlite,
     Progress,
     emit_rows,
     open_sqlite_readonly,
     sqlite_tables,
 )
-from ingestor.sources.session_machine import PLAY_METHODS, media_type
+from ingestor.sources.jellyfin.mapping import PLAY_METHODS, media_type
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,11 @@ def event_from_row(row: dict[str, Any], server_id: str, tz: tzinfo) -> MediaEven
     )
 
 
-class _Reader:
+class _Reader(PagedSqlite):
+    """The open database, used from a worker thread."""
+
+    select_total, select_done, select_page = SELECT_TOTAL, SELECT_DONE, SELECT_PAGE
+
     def __init__(self, path: Path) -> None:
         self.con = open_sqlite_readonly(
             path, "a Playback Reporting database", PlaybackReportingImportError
@@ -205,14 +210,6 @@ class _Reader:
         except BaseException:
             self.con.close()
             raise
-
-    def counts(self, after: int) -> tuple[int, int]:
-        total = self.con.execute(SELECT_TOTAL).fetchall()[0][0]
-        done = self.con.execute(SELECT_DONE, [after]).fetchall()[0][0]
-        return int(total), int(done)
-
-    def page(self, after: int, size: int) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.con.execute(SELECT_PAGE, [after, size]).fetchall()]
 
 
 async def import_playback_reporting(
@@ -258,7 +255,7 @@ async def import_playback_reporting(
                 progress(done, total)
         return result
     finally:
-        reader.con.close()
+        reader.close()
 
 
 __all__ = [

@@ -39,7 +39,10 @@ never become a second transition):
   stopped: its end is unknown); a later report of its key opens a new one.
 
 ``event_id = make_event_id("plex", Server.uuid, kind, session_key, receipt_ms)``: the receipt
-time is recorded once, so the event keeps its id however often it is re-emitted.
+time is recorded once, so the event keeps its id however often it is re-emitted. What a
+document says becomes event fields in :mod:`ingestor.sources.plex.mapping`
+(:func:`~ingestor.sources.plex.mapping.webhook_events`); this module decides which
+transitions happened.
 
 The server owner appears as ``Account.id`` 1. It is mapped to the owner's plex.tv id
 (``owner_id``, from ``PLEX_OWNER_ID``, or taught later by :meth:`PlexWebhook.set_owner_id`, for
@@ -58,87 +61,32 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ingestor.errors import InvalidEvent
-from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
+from ingestor.events import EventType
 from ingestor.sink import Sink
-from ingestor.sources.base import SourceHealth, StateFile, check_event_size, receipt_time
-from ingestor.sources.plex_owner import OwnerMap
+from ingestor.sources.base import SourceHealth, StateFile, receipt_time
+from ingestor.sources.plex.mapping import (
+    KINDS,
+    SUPERSEDED,
+    PlexPayloadError,
+    PlexWebhookPayload,
+    WebhookTransition,
+    decode_webhook,
+    webhook_events,
+    webhook_kind,
+)
+from ingestor.sources.plex.owner import OwnerMap
 
 log = logging.getLogger(__name__)
 
-SOURCE = "plex"
 PATH = "/webhooks/plex"
 DEFAULT_MAX_BODY = 2 * 1024 * 1024  # the JSON and the thumb together
 DEFAULT_DUPLICATE_WINDOW = 10.0  # seconds
 DEFAULT_STALE_AFTER = 86_400.0  # seconds
 STATE_VERSION = 1
-
-KINDS: dict[str, EventType] = {
-    "media.play": EventType.PLAY,
-    "media.pause": EventType.PAUSE,
-    "media.resume": EventType.RESUME,
-    "media.stop": EventType.STOP,
-    "media.scrobble": EventType.SCROBBLE,
-}
-SUPERSEDED = "superseded"  # the identity kind of a stop the adapter infers from a new play
-
-
-# ---------------------------------------------------------------------------------------
-# the payload, as Plex sends it (only the fields the adapter reads; the rest is kept raw)
-
-
-class _Envelope(msgspec.Struct):
-    event: str
-
-
-class PlexAccount(msgspec.Struct, rename="camel"):
-    id: int | str
-    title: str = ""
-    thumb: str = ""
-
-
-class PlexServer(msgspec.Struct, rename="camel"):
-    uuid: str
-    title: str = ""
-
-
-class PlexPlayer(msgspec.Struct, rename="camel"):
-    uuid: str
-    title: str = ""
-    public_address: str = ""
-    local: bool | None = None
-
-
-class PlexMetadata(msgspec.Struct, rename="camel"):
-    rating_key: str | int
-    type: str
-    title: str
-    parent_title: str = ""
-    grandparent_title: str = ""
-    year: int | None = None
-    duration: int | None = None  # ms
-    view_offset: int | None = None  # ms; absent when the item has no saved progress
-    library_section_title: str = ""
-    # an int in PMS's JSON; absent for items outside a library (VOD, trailers)
-    library_section_id: int | str | None = msgspec.field(name="librarySectionID", default=None)
-
-
-class PlexWebhookPayload(msgspec.Struct):
-    """The part of a ``media.*`` webhook document the adapter maps."""
-
-    event: str
-    account: PlexAccount = msgspec.field(name="Account")
-    server: PlexServer = msgspec.field(name="Server")
-    player: PlexPlayer = msgspec.field(name="Player")
-    metadata: PlexMetadata = msgspec.field(name="Metadata")
-
-
-_envelope_decoder = msgspec.json.Decoder(_Envelope)
-_payload_decoder = msgspec.json.Decoder(PlexWebhookPayload)
 
 
 class BadRequest(Exception):
@@ -373,12 +321,15 @@ class PlexWebhook:
         now = self.clock()
         try:
             payload = await self._read_payload(request)
-            kind = _decode_kind(payload)
+            kind = webhook_kind(payload)
             if kind not in KINDS:
                 self.health.success(0)
                 return web.Response(text=f"ignored {kind}")
-            parsed = _decode_payload(payload)
+            parsed = decode_webhook(payload)
             steps = await self._ingest(parsed, payload, now)
+        except PlexPayloadError as exc:
+            self._reject(request, 400, str(exc))
+            return web.Response(status=400, text=str(exc))
         except BadRequest as exc:
             self._reject(request, exc.status, str(exc))
             return web.Response(status=exc.status, text=str(exc))
@@ -455,7 +406,19 @@ class PlexWebhook:
                 self.health.success(0)
                 return steps
             try:
-                events = [self._event(step, parsed, payload, now) for step in steps]
+                events = webhook_events(
+                    parsed,
+                    [
+                        WebhookTransition(
+                            s.event_type, s.kind, s.playback.session_key, s.playback.started_at
+                        )
+                        for s in steps
+                    ],
+                    received_at=now,
+                    raw=payload,
+                    owner_id=self.owner.owner_id,
+                )
+                self.owner.check(events[0].user_id)
             except InvalidEvent as exc:
                 self._book = before
                 raise BadRequest(str(exc)) from None
@@ -480,87 +443,9 @@ class PlexWebhook:
         self.health.success(len(events))
         return steps
 
-    # -- mapping
-
-    def _event(
-        self, step: Step, parsed: PlexWebhookPayload, payload: bytes, now: datetime
-    ) -> MediaEvent:
-        meta, player, playback = parsed.metadata, parsed.player, step.playback
-        position = meta.view_offset
-        if step.event_type is EventType.PLAY and position is None:
-            position = 0  # absent on play: no saved progress, it starts at the beginning
-        if step.kind == SUPERSEDED:
-            position = None  # the old playback's end position is unknown
-        local = player.local
-        event = MediaEvent(
-            event_id=make_event_id(
-                SOURCE, parsed.server.uuid, step.kind, playback.session_key, _epoch_ms(now)
-            ),
-            event_type=step.event_type,
-            occurred_at=now,
-            source=SOURCE,
-            server_id=parsed.server.uuid,
-            session_key=playback.session_key,
-            user_id=self.owner.user_id(parsed.account.id),
-            username=parsed.account.title,
-            user_thumb=parsed.account.thumb,
-            media_type=meta.type,
-            title=meta.title,
-            parent_title=meta.parent_title,
-            grandparent_title=meta.grandparent_title,
-            rating_key=str(meta.rating_key),
-            year=meta.year,
-            media_duration=round(meta.duration / 1000) if meta.duration is not None else None,
-            library_id="" if meta.library_section_id is None else str(meta.library_section_id),
-            library_name=meta.library_section_title,
-            started_at=playback.started_at,
-            stopped_at=now if step.event_type is EventType.STOP else None,
-            position_ms=position,
-            percent_complete=percent_of(position, meta.duration),
-            player=player.title,
-            machine_id=player.uuid,
-            ip_address=player.public_address,
-            local=local,
-            location_type="" if local is None else ("lan" if local else "wan"),
-            raw_payload=payload.decode("utf-8", errors="replace"),
-        )
-        return check_event_size(event.validate())
-
 
 class _SinkFailed(Exception):
     pass
-
-
-_TOO_DEEP = "payload is nested too deeply to be a Plex webhook"
-
-
-def _decode_kind(payload: bytes) -> str:
-    try:
-        return _envelope_decoder.decode(payload).event
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid payload: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"payload is not valid JSON: {exc}") from None
-    except RecursionError:  # msgspec gives up on deep nesting, even in fields it skips
-        raise BadRequest(_TOO_DEEP) from None
-
-
-def _decode_payload(payload: bytes) -> PlexWebhookPayload:
-    try:
-        parsed = _payload_decoder.decode(payload)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid payload: {exc}") from None
-    except RecursionError:
-        raise BadRequest(_TOO_DEEP) from None
-    for name, value in (
-        ("Server.uuid", parsed.server.uuid),
-        ("Player.uuid", parsed.player.uuid),
-        ("Metadata.ratingKey", str(parsed.metadata.rating_key)),
-        ("Account.id", str(parsed.account.id)),
-    ):
-        if not value.strip():
-            raise BadRequest(f"invalid payload: {name} is empty")
-    return parsed
 
 
 def _playback_key(parsed: PlexWebhookPayload) -> PlaybackKey:
