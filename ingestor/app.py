@@ -20,12 +20,12 @@ from typing import Any
 import aiohttp
 import duckdb
 
-from ingestor.archive import Archiver
+from ingestor.archive import ARCHIVER, Archiver
 from ingestor.broadcast import DEFAULT_QUEUE_LIMIT, BroadcastHub
 from ingestor.config import Settings
 from ingestor.dedup import DedupIndex
 from ingestor.detection.config import DetectionConfig
-from ingestor.detection.detector import Detector
+from ingestor.detection.detector import DETECTOR, Detector
 from ingestor.errors import IngestorError
 from ingestor.eventlog import EventLog
 from ingestor.events import MediaEvent
@@ -50,6 +50,7 @@ from ingestor.projection import PROJECTOR, BatchResult, Projection
 from ingestor.rebuild import DEFAULT_CHUNK, rebuild
 from ingestor.records import IdentityAction, IdentityRecord, encode_record
 from ingestor.router import Router, RouterStats
+from ingestor.servers import check_projection
 from ingestor.sink import DIRECT, DirectSink, Sink, StreamSink
 from ingestor.sources import simulator
 from ingestor.sources.assemble import build_sources
@@ -78,7 +79,12 @@ def open_projection(path: Path, *, read_only: bool = False, **kwargs: Any) -> Pr
 
 
 def new_pipeline(settings: Settings, projection: Projection) -> Pipeline:
-    return Pipeline(projection, DedupIndex(tolerance=settings.dedup_tolerance))
+    """The write path over ``projection`` (writable), after checking that the file is this
+    ``PROJECT_SERVERS`` set's (ingestor/servers.py)."""
+    check_projection(projection.con, settings.partition, settings.duckdb_path)
+    return Pipeline(
+        projection, DedupIndex(tolerance=settings.dedup_tolerance), partition=settings.partition
+    )
 
 
 def install_stop_signals(stop: Callable[[], None]) -> None:
@@ -139,6 +145,8 @@ async def run_service(
                 # while nobody listens
                 may_grow=lambda: hub.clients == 0,
                 priority=priority,
+                consumer=settings.partition.durable(PROJECTOR),
+                filter_subjects=settings.partition.filters(),
             )
             sink = StreamSink(publisher)
         else:
@@ -155,6 +163,8 @@ async def run_service(
                 settings.archive_dir,
                 batch_size=settings.nats_batch_size,
                 priority=priority,
+                consumer=settings.partition.durable(ARCHIVER),
+                filter_subjects=settings.partition.filters(),
             )
             if handle is not None
             else None
@@ -163,7 +173,14 @@ async def run_service(
         # detection: its own durable consumer; alerts go to the stream, so the router projects
         # them and a replay has them (legacy mode has no router reading the stream)
         detector = (
-            Detector(handle.nc, detection, batch_size=settings.nats_batch_size, priority=priority)
+            Detector(
+                handle.nc,
+                detection,
+                batch_size=settings.nats_batch_size,
+                priority=priority,
+                consumer=settings.partition.durable(DETECTOR),
+                partition=settings.partition,
+            )
             if handle is not None and settings.event_sourcing
             else None
         )
@@ -262,7 +279,7 @@ async def _observers(
     monitor = Monitor(
         mode=_mode(settings),
         handle=handle,
-        consumer=PROJECTOR if settings.event_sourcing else None,
+        consumer=settings.partition.durable(PROJECTOR) if settings.event_sourcing else None,
         probe=probe,
         max_lag=settings.ready_max_lag,
     )
@@ -303,7 +320,7 @@ async def collect_status(
         with contextlib.suppress(Exception):
             status["dlq_messages"] = await DeadLetters(js).count()
         with contextlib.suppress(Exception):
-            consumer = await js.consumer_info(STREAM, PROJECTOR)
+            consumer = await js.consumer_info(STREAM, settings.partition.durable(PROJECTOR))
             status["consumer_pending"] = (consumer.num_pending or 0) + (
                 consumer.num_ack_pending or 0
             )
@@ -424,6 +441,8 @@ async def run_demo(
                 pipeline,
                 batch_size=settings.nats_batch_size,
                 flush_interval=min(settings.nats_flush_interval, 0.2),
+                consumer=settings.partition.durable(PROJECTOR),
+                filter_subjects=settings.partition.filters(),
             )
             task = asyncio.create_task(router.run())
             # the archive too, so the data directory can be replayed offline afterwards
@@ -432,6 +451,8 @@ async def run_demo(
                 settings.archive_dir,
                 batch_size=settings.nats_batch_size,
                 segment_max_age=0.5,  # seal promptly: the demo ends when the feed is in
+                consumer=settings.partition.durable(ARCHIVER),
+                filter_subjects=settings.partition.filters(),
             )
             archiving = asyncio.create_task(archiver.run())
             while not await router.wait_for_seq(target, timeout=2):
@@ -634,6 +655,7 @@ async def replay_command(
             until_recorded=until if clock == "recorded" else None,
             chunk=chunk,
             progress=progress,
+            partition=settings.partition,
         )
         if occurred:
             assert until is not None

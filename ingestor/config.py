@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ingestor.errors import ConfigError
+from ingestor.servers import ALL_SERVERS, Partition
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -70,6 +71,7 @@ class Settings:
     broadcast_token: str | None = None
     nats_replicas: int = 1
     stale_after: float = 1800.0
+    partition: Partition = ALL_SERVERS  # PROJECT_SERVERS (ingestor/servers.py)
 
     @property
     def nats_servers(self) -> list[str]:
@@ -151,6 +153,12 @@ class Settings:
             ),
             "nats_replicas": reader.get(
                 "NATS_REPLICAS", "1", _int_in(REPLICA_COUNTS), "1, 3 or 5 (JetStream replicas)"
+            ),
+            "partition": reader.get(
+                "PROJECT_SERVERS",
+                "",
+                Partition.parse,
+                "media server ids separated by commas, without spaces or wildcards (empty: all)",
             ),
         }
         if reader.problems:
