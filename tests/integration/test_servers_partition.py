@@ -1,0 +1,336 @@
+"""Two ingestors on one stream, each projecting its own servers (``PROJECT_SERVERS``), and a
+workbench reading their files as one: the same report as one ingestor over every server
+(docs/architecture.md, "Several ingestors").
+
+One real nats-server; the simulated feed (a Plex server reported by Plex and Tautulli, and a
+Jellyfin server) published once, a part of it under the subjects written before servers were
+in them (``playback.<source>.<media_type>``); three in-process ``ingestor run`` services, each
+with its own ``DATA_DIR``: the Plex server, the Jellyfin server, and every server. Midway they
+are stopped, verdicts and an identity record are published, and they are started again from
+their checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import nats
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from ingestor.app import run_service
+from ingestor.config import Settings
+from ingestor.detection.config import DetectionConfig
+from ingestor.detection.detector import DETECTOR
+from ingestor.events import MediaEvent, encode_event, parse_media_subject, subject_token
+from ingestor.nats.publisher import OutgoingMessage, Publisher
+from ingestor.nats.server import EmbeddedServer
+from ingestor.nats.streams import STREAM, ensure_streams
+from ingestor.projection import PROJECTOR
+from ingestor.records import AuditDecision, IdentityRecord, encode_record
+from ingestor.sources.config import SourcesConfig
+from ingestor.sources.simulator import SimulationConfig, simulate
+from tests.conftest import make_env
+from workbench import open_data_dir, open_data_dirs, stats
+
+pytestmark = pytest.mark.integration
+
+OLD_EVERY = 5  # every fifth event is published under the old three-token subject
+
+
+def old_subject(event: MediaEvent) -> str:
+    return f"playback.{subject_token(event.source)}.{subject_token(event.media_type)}"
+
+
+def feed() -> tuple[list[MediaEvent], str, str]:
+    sim = simulate(SimulationConfig(users=6, days=3))
+    servers = {e.server_id: e.source for e in sim.events if e.source != "tautulli"}
+    plex = next(s for s, source in servers.items() if source == "plex")
+    jellyfin = next(s for s, source in servers.items() if source == "jellyfin")
+    return sim.events, plex, jellyfin
+
+
+async def publish(url: str, messages: list[OutgoingMessage]) -> None:
+    nc = await nats.connect(url)
+    try:
+        await ensure_streams(nc.jetstream(), 7)
+        async for result in Publisher(nc).iter_publish(messages):
+            assert result is not None
+    finally:
+        await nc.close()
+
+
+async def settle(url: str, durables: list[str], timeout: float = 90.0) -> None:
+    """Until every durable has nothing pending or unacked and the stream stopped growing
+    (detectors publish alerts, which the projectors then read)."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last, quiet_since = -1, loop.time()
+    try:
+        while True:
+            assert loop.time() < deadline, "the ingestors did not catch up"
+            seq = (await js.stream_info(STREAM)).state.last_seq
+            idle = True
+            for name in durables:
+                try:
+                    info = await js.consumer_info(STREAM, name)
+                except nats.js.errors.NotFoundError:
+                    idle = False
+                    break
+                if (info.num_pending or 0) + (info.num_ack_pending or 0):
+                    idle = False
+                    break
+            if seq != last or not idle:
+                last, quiet_since = seq, loop.time()
+            elif loop.time() - quiet_since > 1.5:
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def run_all(all_settings: list[Settings], url: str) -> None:
+    """Run the ingestors until they have projected everything, then stop them."""
+    stop = asyncio.Event()
+    services = []
+    for settings in all_settings:
+        ready = asyncio.Event()
+        services.append(
+            asyncio.create_task(
+                run_service(
+                    settings,
+                    SourcesConfig(),
+                    ready=ready.set,
+                    stop=stop,
+                    detection=DetectionConfig(),
+                )
+            )
+        )
+        await asyncio.wait_for(ready.wait(), 30)
+    try:
+        durables = [
+            s.partition.durable(base) for s in all_settings for base in (PROJECTOR, DETECTOR)
+        ]
+        await settle(url, durables)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*services), 60)
+
+
+@pytest.fixture
+async def deployment(
+    tmp_path: Path, nats_server: EmbeddedServer
+) -> AsyncIterator[tuple[dict[str, Settings], list[MediaEvent], str, str]]:
+    events, plex, jellyfin = feed()
+    url = nats_server.url
+    settings = {
+        name: Settings.from_env(
+            make_env(tmp_path / name, url, NATS_EMBEDDED="false", PROJECT_SERVERS=servers)
+        )
+        for name, servers in (("plex", plex), ("jellyfin", jellyfin), ("all", ""))
+    }
+    yield settings, events, plex, jellyfin
+
+
+def media_ids(path: Path) -> set[str]:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {r[0] for r in con.execute("SELECT event_id FROM media_events").fetchall()}
+    finally:
+        con.close()
+
+
+def table(con: duckdb.DuckDBPyConnection, name: str, key: str) -> pl.DataFrame:
+    frame = con.sql(f"SELECT * FROM {name}").pl()
+    return frame.select(sorted(frame.columns)).sort(key.split(","))
+
+
+async def test_two_partitioned_ingestors_read_as_one_equal_one_ingestor_over_all(
+    deployment: tuple[dict[str, Settings], list[MediaEvent], str, str],
+    nats_server: EmbeddedServer,
+) -> None:
+    settings, events, plex, jellyfin = deployment
+    url = nats_server.url
+    first, second = events[: len(events) // 2], events[len(events) // 2 :]
+    old = {e.event_id for i, e in enumerate(events) if i % OLD_EVERY == 0}
+    assert {e.server_id for e in events if e.event_id in old} == {plex, jellyfin}
+
+    def outgoing(part: list[MediaEvent]) -> list[OutgoingMessage]:
+        return [
+            OutgoingMessage(old_subject(e), encode_event(e), e.event_id)
+            if e.event_id in old
+            else OutgoingMessage.of(e)
+            for e in part
+        ]
+
+    await publish(url, outgoing(first))
+    everyone = list(settings.values())
+    await run_all(everyone, url)
+
+    # while they are stopped: a verdict on an audit entry of each server, an identity record
+    # joining a Plex account and a Jellyfin account, and the rest of the feed
+    con = duckdb.connect(str(settings["all"].duckdb_path), read_only=True)
+    entries = con.execute(
+        "SELECT server_id, min(audit_id) FROM dedupe_audit_log GROUP BY server_id ORDER BY 1"
+    ).fetchall()
+    accounts = con.execute(
+        "SELECT server_id, min(user_id) FROM playback_events GROUP BY server_id ORDER BY 1"
+    ).fetchall()
+    con.close()
+    at = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    records: list[OutgoingMessage] = [
+        OutgoingMessage(d.subject, encode_record(d), d.record_id)
+        for d in (AuditDecision.make(audit_id, "confirm", at, by="t") for _, audit_id in entries)
+    ]
+    merge = IdentityRecord.make("merge", "Ana", accounts, at, by="t")
+    records.append(OutgoingMessage(merge.subject, encode_record(merge), merge.record_id))
+    assert len(entries) >= 1 and {s for s, _ in accounts} == {plex, jellyfin}
+    await publish(url, records + outgoing(second))
+    await run_all(everyone, url)  # again, each from its own checkpoint
+
+    # every event is projected exactly once across the two, by the ingestor of its server
+    parts = {name: media_ids(settings[name].duckdb_path) for name in ("plex", "jellyfin")}
+    single = media_ids(settings["all"].duckdb_path)
+    assert parts["plex"].isdisjoint(parts["jellyfin"])
+    assert parts["plex"] | parts["jellyfin"] == single
+    by_id = {e.event_id: e for e in events}
+    assert {by_id[i].server_id for i in parts["plex"]} == {plex}
+    assert {by_id[i].server_id for i in parts["jellyfin"]} == {jellyfin}
+    # the old-subject messages were taken by the ingestor of the server in their payload
+    for name, server in (("plex", plex), ("jellyfin", jellyfin)):
+        olds = {i for i in old if by_id[i].server_id == server}
+        assert olds and olds & single <= parts[name]
+    # the partitions read through filter subjects; detection ran per server and found some
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().consumer_info(
+            STREAM, settings["plex"].partition.durable(PROJECTOR)
+        )
+        assert info.config.filter_subjects == settings["plex"].partition.filters()
+    finally:
+        await nc.close()
+    subjects = await stream_subjects(url)
+    assert any(parse_media_subject(s).server is None for s in subjects if s.startswith("play"))
+
+    union = open_data_dirs([settings["plex"].data_dir, settings["jellyfin"].data_dir])
+    one = open_data_dir(settings["all"].data_dir)
+    async with union, one:
+        assert (union.mode, one.mode) == ("file", "file")
+        u, s = await union.snapshot(), await one.snapshot()
+        for name, key in (
+            ("playback_events", "correlation_key"),
+            ("media_events", "event_id"),
+            ("dedupe_audit_log", "audit_id"),
+            ("detection_alerts", "alert_id"),
+            ("audit_decisions", "seq"),
+            ("identity_links", "seq,server_id"),
+            ("person_accounts", "server_id,user_id"),
+        ):
+            assert_frame_equal(table(u, name, key), table(s, name, key))
+        assert u.sql("SELECT count(*) FROM audit_decisions WHERE applied").fetchall()[0][0] == (
+            len(entries)
+        )
+        # the report's figures, through the statistics functions unchanged
+        assert_frame_equal(stats.plays(u), stats.plays(s))
+        assert_frame_equal(stats.by_user(u), stats.by_user(s))
+        assert_frame_equal(stats.by_server(u), stats.by_server(s))
+        assert_frame_equal(stats.by_person(u), stats.by_person(s))
+        assert_frame_equal(stats.max_concurrent_streams(u), stats.max_concurrent_streams(s))
+        audit = "SELECT tier, status, count(*) FROM dedupe_audit_log GROUP BY ALL ORDER BY ALL"
+        assert u.sql(audit).fetchall() == s.sql(audit).fetchall()
+        assert u.sql(audit).fetchall()  # the feed has drops and links to compare
+        playbacks = "SELECT count(*) FROM playback_events"
+        assert u.sql(playbacks).fetchall() == s.sql(playbacks).fetchall() != [(0,)]
+        # an as-of answer over the union equals the single one's
+        cut = "2026-01-06T12:00:00Z"
+        with await union.as_of(cut, clock="occurred") as ua, await one.as_of(cut, "occurred") as sa:
+            assert ua.counts() == sa.counts()
+
+
+def dropped(projection: object) -> set[str]:
+    con = projection.con  # type: ignore[attr-defined]
+    return {r[0] for r in con.execute("SELECT event_id FROM dedupe_audit_log").fetchall()}
+
+
+async def stream_subjects(url: str) -> set[str]:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(STREAM, subjects_filter=">")
+        return set((info.state.subjects or {}).keys())
+    finally:
+        await nc.close()
+
+
+async def test_a_restart_with_another_server_set_stops_with_one_line(
+    deployment: tuple[dict[str, Settings], list[MediaEvent], str, str],
+    nats_server: EmbeddedServer,
+) -> None:
+    settings, events, plex, jellyfin = deployment
+    await publish(nats_server.url, [OutgoingMessage.of(e) for e in events[:50]])
+    await run_all([settings["plex"]], nats_server.url)
+    moved = Settings.from_env(
+        make_env(
+            settings["plex"].data_dir,
+            nats_server.url,
+            NATS_EMBEDDED="false",
+            PROJECT_SERVERS=f"{plex},{jellyfin}",
+        )
+    )
+    from ingestor.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        await run_service(moved, SourcesConfig(), stop=asyncio.Event())
+    (line,) = info.value.problems
+    assert f"holds the projection of servers {plex}" in line
+
+
+async def test_a_filtered_router_reads_its_servers_without_restarts_and_resumes(
+    deployment: tuple[dict[str, Settings], list[MediaEvent], str, str],
+    nats_server: EmbeddedServer,
+) -> None:
+    """Stream sequences of one server jump over the other's by design: the router checks
+    its deliveries by delivery sequence, so it never takes a jump for a lost message."""
+    from ingestor.app import new_pipeline, open_projection
+    from ingestor.router import Router
+
+    settings, events, plex, _ = deployment
+    jelly = settings["jellyfin"]
+    half = len(events) // 2
+    await publish(nats_server.url, [OutgoingMessage.of(e) for e in events[:half]])
+    mine = {e.event_id for e in events if e.server_id == jelly.partition.servers[0]}
+    nc = await nats.connect(nats_server.url)
+    projection = open_projection(jelly.duckdb_path)
+    try:
+        for part in (events[:half], events[half:]):
+            if part is not events[:half]:
+                await publish(nats_server.url, [OutgoingMessage.of(e) for e in part])
+            router = Router(
+                nc,
+                new_pipeline(jelly, projection),
+                batch_size=7,  # many batches, each acked with AckAll
+                flush_interval=0.05,
+                consumer=jelly.partition.durable(PROJECTOR),
+                filter_subjects=jelly.partition.filters(),
+            )
+            task = asyncio.create_task(router.run())
+            await settle(nats_server.url, [jelly.partition.durable(PROJECTOR)])
+            router.stop()
+            stats = await task
+            assert stats.restarts == 0, stats.last_error
+            assert stats.batches >= 1
+        rows = projection.con.execute("SELECT event_id FROM media_events").fetchall()
+        ids = {r[0] for r in rows}
+        assert ids and ids <= mine  # the Jellyfin server's events only
+        assert plex not in {e.server_id for e in events if e.event_id in ids}
+        later = {e.event_id for e in events[half:] if e.event_id in mine}
+        assert ids >= later - dropped(projection)  # resumed from its checkpoint
+    finally:
+        projection.close()
+        await nc.close()
