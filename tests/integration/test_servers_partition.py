@@ -23,11 +23,18 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from ingestor.app import run_service
+from ingestor.app import replay_command, run_service
+from ingestor.archive import archive_segments, read_segment
 from ingestor.config import Settings
 from ingestor.detection.config import DetectionConfig
 from ingestor.detection.detector import DETECTOR
-from ingestor.events import MediaEvent, encode_event, parse_media_subject, subject_token
+from ingestor.events import (
+    MediaEvent,
+    decode_event,
+    encode_event,
+    parse_media_subject,
+    subject_token,
+)
 from ingestor.nats.publisher import OutgoingMessage, Publisher
 from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import STREAM, ensure_streams
@@ -219,6 +226,20 @@ async def test_two_partitioned_ingestors_read_as_one_equal_one_ingestor_over_all
     subjects = await stream_subjects(url)
     assert any(parse_media_subject(s).server is None for s in subjects if s.startswith("play"))
 
+    # each partition's archive holds its servers' messages, and its log replays to its file
+    for name, server in (("plex", plex), ("jellyfin", jellyfin)):
+        named, archived = archived_events(settings[name].archive_dir)
+        assert named and {by_id[i].server_id for i in named} == {server}
+        assert parts[name] <= archived
+        output = settings[name].data_dir / "replayed.duckdb"
+        await replay_command(settings[name], output, out=lambda _: None)
+        live, rebuilt = (duckdb.connect(str(p), read_only=True) for p in
+                         (settings[name].duckdb_path, output))  # fmt: skip
+        for what, key in (("playback_events", "correlation_key"), ("dedupe_audit_log", "audit_id")):
+            assert_frame_equal(table(rebuilt, what, key), table(live, what, key))
+        live.close()
+        rebuilt.close()
+
     union = open_data_dirs([settings["plex"].data_dir, settings["jellyfin"].data_dir])
     one = open_data_dir(settings["all"].data_dir)
     async with union, one:
@@ -252,6 +273,21 @@ async def test_two_partitioned_ingestors_read_as_one_equal_one_ingestor_over_all
         cut = "2026-01-06T12:00:00Z"
         with await union.as_of(cut, clock="occurred") as ua, await one.as_of(cut, "occurred") as sa:
             assert ua.counts() == sa.counts()
+
+
+def archived_events(archive_dir: Path) -> tuple[set[str], set[str]]:
+    """The ids of the media events in an archive's sealed segments: those under a subject
+    naming their server, and all (an old-form subject is every server's: kept as stored)."""
+    named, every = set(), set()
+    for segment in archive_segments(archive_dir):
+        for row in read_segment(segment.path).to_pylist():
+            subject = parse_media_subject(row["subject"])
+            if subject is not None:
+                event_id = decode_event(row["data"]).event_id
+                every.add(event_id)
+                if subject.server is not None:
+                    named.add(event_id)
+    return named, every
 
 
 def dropped(projection: object) -> set[str]:
