@@ -14,6 +14,10 @@ and at every start the durable is recreated at the last sealed sequence + 1, rea
 file names; so the archive, not the server's ack floor, decides where archiving resumes. A
 ``kill -9`` loses nothing and doubles nothing: the unsealed messages are simply read again.
 
+With ``PROJECT_SERVERS`` (:mod:`ingestor.servers`) the durable is named for the server set and
+filtered to its servers' subjects, the old-form media subjects and every record: the archive
+holds the messages that ingestor reads, so its ``DATA_DIR`` replays to its own projection.
+
 The archive is the log, not the projection: duplicates, audit decisions and alerts are all
 kept, exactly as the stream stored them. Gaps in ``seq`` (messages deleted from the stream)
 are kept as gaps.

@@ -19,6 +19,10 @@ stream recorded within the engine's horizon plus ``DETECTION_MAX_LATENESS`` befo
 point, and feeds them to a fresh engine. A window that spans the restart therefore still
 fires, and nothing it fired before the restart fires again.
 
+With ``PROJECT_SERVERS`` (:mod:`ingestor.servers`) its durable is named for the server set,
+filtered to those servers' subjects and the old-form ones, and it judges those servers' events
+only (every rule judges a user on one server, so partitions find the same alerts).
+
 Without ``GEOIP_DB`` it logs one line at start saying the location rules are off and why.
 """
 
