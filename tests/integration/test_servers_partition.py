@@ -13,12 +13,15 @@ their checkpoints.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import nats
+import nbformat
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -42,11 +45,12 @@ from ingestor.projection import PROJECTOR
 from ingestor.records import AuditDecision, IdentityRecord, encode_record
 from ingestor.sources.config import SourcesConfig
 from ingestor.sources.simulator import SimulationConfig, simulate
-from tests.conftest import make_env
+from tests.conftest import make_env, subprocess_env
 from workbench import open_data_dir, open_data_dirs, stats
 
 pytestmark = pytest.mark.integration
 
+WORKBENCH = [sys.executable, "-m", "workbench.cli"]
 OLD_EVERY = 5  # every fifth event is published under the old three-token subject
 
 
@@ -162,8 +166,10 @@ def table(con: duckdb.DuckDBPyConnection, name: str, key: str) -> pl.DataFrame:
 async def test_two_partitioned_ingestors_read_as_one_equal_one_ingestor_over_all(
     deployment: tuple[dict[str, Settings], list[MediaEvent], str, str],
     nats_server: EmbeddedServer,
+    tmp_path: Path,
 ) -> None:
     settings, events, plex, jellyfin = deployment
+    tmp = tmp_path
     url = nats_server.url
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
     old = {e.event_id for i, e in enumerate(events) if i % OLD_EVERY == 0}
@@ -274,6 +280,14 @@ async def test_two_partitioned_ingestors_read_as_one_equal_one_ingestor_over_all
         with await union.as_of(cut, clock="occurred") as ua, await one.as_of(cut, "occurred") as sa:
             assert ua.counts() == sa.counts()
 
+    # the overview report, unchanged, over the two directories as one and over the single one
+    both = f"{settings['plex'].data_dir},{settings['jellyfin'].data_dir}"
+    texts = [
+        await asyncio.to_thread(report_text, data_dir, out)
+        for data_dir, out in ((both, tmp / "union"), (str(settings["all"].data_dir), tmp / "one"))
+    ]
+    assert texts[0] == texts[1] and "plays" in texts[0].lower()
+
 
 def archived_events(archive_dir: Path) -> tuple[set[str], set[str]]:
     """The ids of the media events in an archive's sealed segments: those under a subject
@@ -288,6 +302,27 @@ def archived_events(archive_dir: Path) -> tuple[set[str], set[str]]:
                 if subject.server is not None:
                     named.add(event_id)
     return named, every
+
+
+def report_text(data_dir: str, out: Path) -> str:
+    """The plain-text outputs of the overview notebook run by ``workbench report``."""
+    notebook = Path(__file__).parents[2] / "notebooks" / "overview.ipynb"
+    result = subprocess.run(
+        [*WORKBENCH, "report", str(notebook), "-p", "data_dir", data_dir, "--out", str(out)],
+        env=subprocess_env({"WORKBENCH_HTTP_URL": "", "WORKBENCH_NATS_URL": ""}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    executed = nbformat.read(out / "overview.ipynb", as_version=4)
+    return "".join(
+        output.get("text", "")
+        for cell in executed.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "stream"
+    )
 
 
 def dropped(projection: object) -> set[str]:
