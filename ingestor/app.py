@@ -26,7 +26,7 @@ from ingestor.config import Settings
 from ingestor.dedup import DedupIndex
 from ingestor.detection.config import DetectionConfig
 from ingestor.detection.detector import DETECTOR, Detector
-from ingestor.errors import IngestorError
+from ingestor.errors import ConfigError, IngestorError
 from ingestor.eventlog import EventLog
 from ingestor.events import MediaEvent
 from ingestor.gctune import tune_gc
@@ -410,6 +410,8 @@ async def run_demo(
     settings: Settings, config: simulator.SimulationConfig, out: Out = print
 ) -> DemoReport:
     """Embedded server + simulator + projection, checked against the simulator's truth."""
+    if not settings.partition.all:
+        raise ConfigError(["PROJECT_SERVERS is for `ingestor run`: the demo projects every server"])
     started = time.monotonic()
     tune_gc()
     sim = simulator.simulate(config)
@@ -441,8 +443,6 @@ async def run_demo(
                 pipeline,
                 batch_size=settings.nats_batch_size,
                 flush_interval=min(settings.nats_flush_interval, 0.2),
-                consumer=settings.partition.durable(PROJECTOR),
-                filter_subjects=settings.partition.filters(),
             )
             task = asyncio.create_task(router.run())
             # the archive too, so the data directory can be replayed offline afterwards
@@ -451,8 +451,6 @@ async def run_demo(
                 settings.archive_dir,
                 batch_size=settings.nats_batch_size,
                 segment_max_age=0.5,  # seal promptly: the demo ends when the feed is in
-                consumer=settings.partition.durable(ARCHIVER),
-                filter_subjects=settings.partition.filters(),
             )
             archiving = asyncio.create_task(archiver.run())
             while not await router.wait_for_seq(target, timeout=2):

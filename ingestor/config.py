@@ -161,6 +161,13 @@ class Settings:
                 "media server ids separated by commas, without spaces or wildcards (empty: all)",
             ),
         }
+        if not values["partition"].all and not (
+            values["nats_enabled"] and values["nats_event_sourcing"]
+        ):
+            reader.problems.append(
+                "PROJECT_SERVERS is set, but it partitions the stream: it needs "
+                "NATS_ENABLED=true and NATS_EVENT_SOURCING=true (or leave it empty)"
+            )
         if reader.problems:
             raise ConfigError(reader.problems)
         values.update(overrides)

@@ -156,3 +156,24 @@ def test_a_file_from_before_project_servers_holding_rows_counts_as_every_server(
         check_projection(db.con, Partition.parse(PLEX), path)
     check_projection(db.con, Partition(), path)
     db.close()
+
+
+@pytest.mark.parametrize("mode", [{"NATS_ENABLED": "false"}, {"NATS_EVENT_SOURCING": "false"}])
+def test_project_servers_needs_the_stream_it_partitions(mode: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"PROJECT_SERVERS": PLEX, **mode})
+    assert info.value.problems == [
+        "PROJECT_SERVERS is set, but it partitions the stream: it needs NATS_ENABLED=true "
+        "and NATS_EVENT_SOURCING=true (or leave it empty)"
+    ]
+    assert Settings.from_env(mode).partition.all  # without it, every mode is as before
+
+
+async def test_the_demo_refuses_a_partition(tmp_path: Path) -> None:
+    from ingestor.app import run_demo
+    from ingestor.sources.simulator import SimulationConfig
+
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path), "PROJECT_SERVERS": PLEX})
+    with pytest.raises(ConfigError, match="PROJECT_SERVERS is for `ingestor run`"):
+        await run_demo(settings, SimulationConfig(users=1, days=1), out=lambda _: None)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
