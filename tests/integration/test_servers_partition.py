@@ -2,12 +2,13 @@
 workbench reading their files as one: the same report as one ingestor over every server
 (docs/architecture.md, "Several ingestors").
 
-One real nats-server; the simulated feed (a Plex server reported by Plex and Tautulli, and a
-Jellyfin server) published once, a part of it under the subjects written before servers were
-in them (``playback.<source>.<media_type>``); three in-process ``ingestor run`` services, each
-with its own ``DATA_DIR``: the Plex server, the Jellyfin server, and every server. Midway they
-are stopped, verdicts and an identity record are published, and they are started again from
-their checkpoints.
+A real three-node nats-server cluster (the stream with three replicas); the simulated feed (a
+Plex server reported by Plex and Tautulli, and a Jellyfin server) published once, a part of it
+under the subjects written before servers were in them (``playback.<source>.<media_type>``);
+three in-process ``ingestor run`` services, each with its own ``DATA_DIR``: the Plex server,
+the Jellyfin server, and every server. Midway they are stopped, verdicts and an identity
+record are published, and they are started again from their checkpoints. The other tests use
+one nats-server.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from ingestor.projection import PROJECTOR
 from ingestor.records import AuditDecision, IdentityRecord, encode_record
 from ingestor.sources.config import SourcesConfig
 from ingestor.sources.simulator import SimulationConfig, simulate
+from tests.cluster import NatsCluster, nats_cluster
 from tests.conftest import make_env, subprocess_env
 from workbench import open_data_dir, open_data_dirs, stats
 
@@ -67,9 +69,9 @@ def feed() -> tuple[list[MediaEvent], str, str]:
 
 
 async def publish(url: str, messages: list[OutgoingMessage]) -> None:
-    nc = await nats.connect(url)
+    nc = await nats.connect(servers=url.split(","))
     try:
-        await ensure_streams(nc.jetstream(), 7)
+        await ensure_streams(nc.jetstream(), 7, 3 if "," in url else 1)
         async for result in Publisher(nc).iter_publish(messages):
             assert result is not None
     finally:
@@ -79,7 +81,7 @@ async def publish(url: str, messages: list[OutgoingMessage]) -> None:
 async def settle(url: str, durables: list[str], timeout: float = 90.0) -> None:
     """Until every durable has nothing pending or unacked and the stream stopped growing
     (detectors publish alerts, which the projectors then read)."""
-    nc = await nats.connect(url)
+    nc = await nats.connect(servers=url.split(","))
     js = nc.jetstream()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -135,19 +137,31 @@ async def run_all(all_settings: list[Settings], url: str) -> None:
         await asyncio.wait_for(asyncio.gather(*services), 60)
 
 
-@pytest.fixture
-async def deployment(
-    tmp_path: Path, nats_server: EmbeddedServer
-) -> AsyncIterator[tuple[dict[str, Settings], list[MediaEvent], str, str]]:
+Deployment = tuple[dict[str, Settings], list[MediaEvent], str, str]
+
+
+def deploy(root: Path, url: str, **extra: str) -> Deployment:
+    """Settings of the three ingestors (the Plex server, the Jellyfin server, all) on ``url``."""
     events, plex, jellyfin = feed()
-    url = nats_server.url
     settings = {
         name: Settings.from_env(
-            make_env(tmp_path / name, url, NATS_EMBEDDED="false", PROJECT_SERVERS=servers)
+            make_env(root / name, url, NATS_EMBEDDED="false", PROJECT_SERVERS=servers, **extra)
         )
         for name, servers in (("plex", plex), ("jellyfin", jellyfin), ("all", ""))
     }
-    yield settings, events, plex, jellyfin
+    return settings, events, plex, jellyfin
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, nats_server: EmbeddedServer) -> Deployment:
+    return deploy(tmp_path, nats_server.url)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A real three-node nats-server cluster (tests/cluster.py)."""
+    with nats_cluster(tmp_path / "cluster") as running:
+        yield running
 
 
 def media_ids(path: Path) -> set[str]:
@@ -164,13 +178,11 @@ def table(con: duckdb.DuckDBPyConnection, name: str, key: str) -> pl.DataFrame:
 
 
 async def test_two_partitioned_ingestors_read_as_one_equal_one_ingestor_over_all(
-    deployment: tuple[dict[str, Settings], list[MediaEvent], str, str],
-    nats_server: EmbeddedServer,
-    tmp_path: Path,
+    cluster: NatsCluster, tmp_path: Path
 ) -> None:
-    settings, events, plex, jellyfin = deployment
+    url = cluster.url  # every node: the stream has three replicas
+    settings, events, plex, jellyfin = deploy(tmp_path, url, NATS_REPLICAS="3")
     tmp = tmp_path
-    url = nats_server.url
     first, second = events[: len(events) // 2], events[len(events) // 2 :]
     old = {e.event_id for i, e in enumerate(events) if i % OLD_EVERY == 0}
     assert {e.server_id for e in events if e.event_id in old} == {plex, jellyfin}
@@ -221,7 +233,7 @@ async def test_two_partitioned_ingestors_read_as_one_equal_one_ingestor_over_all
         olds = {i for i in old if by_id[i].server_id == server}
         assert olds and olds & single <= parts[name]
     # the partitions read through filter subjects; detection ran per server and found some
-    nc = await nats.connect(url)
+    nc = await nats.connect(servers=url.split(","))
     try:
         info = await nc.jetstream().consumer_info(
             STREAM, settings["plex"].partition.durable(PROJECTOR)
@@ -331,7 +343,7 @@ def dropped(projection: object) -> set[str]:
 
 
 async def stream_subjects(url: str) -> set[str]:
-    nc = await nats.connect(url)
+    nc = await nats.connect(servers=url.split(","))
     try:
         info = await nc.jetstream().stream_info(STREAM, subjects_filter=">")
         return set((info.state.subjects or {}).keys())
@@ -340,7 +352,7 @@ async def stream_subjects(url: str) -> set[str]:
 
 
 async def test_a_restart_with_another_server_set_stops_with_one_line(
-    deployment: tuple[dict[str, Settings], list[MediaEvent], str, str],
+    deployment: Deployment,
     nats_server: EmbeddedServer,
 ) -> None:
     settings, events, plex, jellyfin = deployment
@@ -363,7 +375,7 @@ async def test_a_restart_with_another_server_set_stops_with_one_line(
 
 
 async def test_a_filtered_router_reads_its_servers_without_restarts_and_resumes(
-    deployment: tuple[dict[str, Settings], list[MediaEvent], str, str],
+    deployment: Deployment,
     nats_server: EmbeddedServer,
 ) -> None:
     """Stream sequences of one server jump over the other's by design: the router checks
@@ -376,7 +388,7 @@ async def test_a_filtered_router_reads_its_servers_without_restarts_and_resumes(
     half = len(events) // 2
     await publish(nats_server.url, [OutgoingMessage.of(e) for e in events[:half]])
     mine = {e.event_id for e in events if e.server_id == jelly.partition.servers[0]}
-    nc = await nats.connect(nats_server.url)
+    nc = await nats.connect(servers=nats_server.url.split(","))
     projection = open_projection(jelly.duckdb_path)
     try:
         for part in (events[:half], events[half:]):
