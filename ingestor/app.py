@@ -331,7 +331,12 @@ async def collect_status(
         finally:
             cursor.close()
         status.update(counts)
-        if status["consumer_pending"] is None and status["stream_last_seq"] is not None:
+        # (a partition's checkpoint stops at its own servers' last message: no estimate)
+        if (
+            status["consumer_pending"] is None
+            and status["stream_last_seq"] is not None
+            and settings.partition.all
+        ):
             status["consumer_pending"] = max(
                 0, status["stream_last_seq"] - status["checkpoint_seq"]
             )

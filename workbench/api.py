@@ -422,10 +422,12 @@ class Workbench:
 
     def _log(self) -> EventLog:
         if self.log is None:
-            raise WorkbenchError(
-                "no event log here: this data directory has no archive/ (give nats_url to "
-                "read the stream)"
+            where = (
+                "several data directories read as one have no common archive"
+                if self.db_path is None and self._file is not None
+                else "this data directory has no archive/"
             )
+            raise WorkbenchError(f"no event log here: {where} (give nats_url to read the stream)")
         return self.log
 
     def _file_readable(self) -> bool:
@@ -542,6 +544,12 @@ def open_data_dirs(
         con = attach_union([root / "analytics.duckdb" for root in roots])
     except (ValueError, duckdb.Error) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "lock" in first.lower():
+            first = (
+                "a file is held by a running ingestor (DuckDB lets nobody read next to its "
+                "writer): stop it, or read that directory live with open_data_dir(dir, "
+                f"http_url=...) ({first})"
+            )
         raise WorkbenchError(f"cannot read {', '.join(map(str, roots))} as one: {first}") from None
     stream = nats_url if nats_url and _any_answers(nats_url) else None
     wb = Workbench(

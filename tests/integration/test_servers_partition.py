@@ -27,7 +27,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from ingestor.app import replay_command, run_service
+from ingestor.app import replay_command, run_service, status_command
 from ingestor.archive import archive_segments, read_segment
 from ingestor.config import Settings
 from ingestor.detection.config import DetectionConfig
@@ -42,13 +42,13 @@ from ingestor.events import (
 from ingestor.nats.publisher import OutgoingMessage, Publisher
 from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import STREAM, ensure_streams
-from ingestor.projection import PROJECTOR
+from ingestor.projection import PROJECTOR, Projection
 from ingestor.records import AuditDecision, IdentityRecord, encode_record
 from ingestor.sources.config import SourcesConfig
 from ingestor.sources.simulator import SimulationConfig, simulate
 from tests.cluster import NatsCluster, nats_cluster
 from tests.conftest import make_env, subprocess_env
-from workbench import open_data_dir, open_data_dirs, stats
+from workbench import WorkbenchError, open_data_dir, open_data_dirs, stats
 
 pytestmark = pytest.mark.integration
 
@@ -356,8 +356,14 @@ async def test_a_restart_with_another_server_set_stops_with_one_line(
     nats_server: EmbeddedServer,
 ) -> None:
     settings, events, plex, jellyfin = deployment
-    await publish(nats_server.url, [OutgoingMessage.of(e) for e in events[:50]])
+    # the stream ends with another server's message
+    end = next(i for i, e in enumerate(events) if i > 50 and e.server_id != plex)
+    feed_part = events[: end + 1]
+    await publish(nats_server.url, [OutgoingMessage.of(e) for e in feed_part])
     await run_all([settings["plex"]], nats_server.url)
+    # `ingestor status` asks the partition's own durable: nothing pending for it
+    status = await status_command(settings["plex"])
+    assert status["consumer_pending"] == 0 and status["checkpoint_seq"] < status["stream_last_seq"]
     moved = Settings.from_env(
         make_env(
             settings["plex"].data_dir,
@@ -417,3 +423,46 @@ async def test_a_filtered_router_reads_its_servers_without_restarts_and_resumes(
     finally:
         projection.close()
         await nc.close()
+
+
+def two_data_dirs(root: Path) -> list[Path]:
+    dirs = [root / "a", root / "b"]
+    for d in dirs:
+        Projection(d / "analytics.duckdb").close()
+    return dirs
+
+
+async def test_the_union_says_in_one_line_what_it_cannot_read(tmp_path: Path) -> None:
+    dirs = two_data_dirs(tmp_path)
+    with pytest.raises(WorkbenchError, match=r"nowhere/analytics.duckdb does not exist"):
+        open_data_dirs([dirs[0], tmp_path / "nowhere"])
+    async with open_data_dirs(dirs) as wb:  # no log offline: said, not a traceback
+        assert wb.mode == "file"
+        with pytest.raises(WorkbenchError, match="several data directories read as one"):
+            await wb.events()
+
+
+def test_a_file_held_by_a_running_ingestor_is_named_in_one_line(tmp_path: Path) -> None:
+    dirs = two_data_dirs(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(dirs[1] / "analytics.duckdb")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        with pytest.raises(WorkbenchError) as info:
+            open_data_dir(f"{dirs[0]},{dirs[1]}")  # WORKBENCH_DATA_DIR's form
+        assert "held by a running ingestor" in str(info.value)
+        assert len(str(info.value).splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("holding", flush=True)
+time.sleep(60)
+"""
