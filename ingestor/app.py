@@ -21,13 +21,13 @@ import aiohttp
 import duckdb
 
 from ingestor.anonymize import Anonymizer
-from ingestor.archive import Archiver
+from ingestor.archive import ARCHIVER, Archiver
 from ingestor.broadcast import DEFAULT_QUEUE_LIMIT, BroadcastHub
 from ingestor.config import Settings
 from ingestor.dedup import DedupIndex
 from ingestor.detection.config import DetectionConfig
-from ingestor.detection.detector import Detector
-from ingestor.errors import IngestorError
+from ingestor.detection.detector import DETECTOR, Detector
+from ingestor.errors import ConfigError, IngestorError
 from ingestor.eventlog import EventLog
 from ingestor.events import MediaEvent
 from ingestor.gctune import tune_gc
@@ -51,6 +51,7 @@ from ingestor.projection import PROJECTOR, BatchResult, Projection
 from ingestor.rebuild import DEFAULT_CHUNK, rebuild
 from ingestor.records import IdentityAction, IdentityRecord, encode_record
 from ingestor.router import Router, RouterStats
+from ingestor.servers import check_projection
 from ingestor.sink import DIRECT, DirectSink, Sink, StreamSink
 from ingestor.sources import simulator
 from ingestor.sources.assemble import build_sources
@@ -79,7 +80,12 @@ def open_projection(path: Path, *, read_only: bool = False, **kwargs: Any) -> Pr
 
 
 def new_pipeline(settings: Settings, projection: Projection) -> Pipeline:
-    return Pipeline(projection, DedupIndex(tolerance=settings.dedup_tolerance))
+    """The write path over ``projection`` (writable), after checking that the file is this
+    ``PROJECT_SERVERS`` set's (ingestor/servers.py)."""
+    check_projection(projection.con, settings.partition, settings.duckdb_path)
+    return Pipeline(
+        projection, DedupIndex(tolerance=settings.dedup_tolerance), partition=settings.partition
+    )
 
 
 def install_stop_signals(stop: Callable[[], None]) -> None:
@@ -141,6 +147,8 @@ async def run_service(
                 # while nobody listens
                 may_grow=lambda: hub.clients == 0,
                 priority=priority,
+                consumer=settings.partition.durable(PROJECTOR),
+                filter_subjects=settings.partition.filters(),
             )
             sink = StreamSink(publisher, anonymizer)
         else:
@@ -161,6 +169,8 @@ async def run_service(
                 settings.archive_dir,
                 batch_size=settings.nats_batch_size,
                 priority=priority,
+                consumer=settings.partition.durable(ARCHIVER),
+                filter_subjects=settings.partition.filters(),
             )
             if handle is not None
             else None
@@ -169,7 +179,14 @@ async def run_service(
         # detection: its own durable consumer; alerts go to the stream, so the router projects
         # them and a replay has them (legacy mode has no router reading the stream)
         detector = (
-            Detector(handle.nc, detection, batch_size=settings.nats_batch_size, priority=priority)
+            Detector(
+                handle.nc,
+                detection,
+                batch_size=settings.nats_batch_size,
+                priority=priority,
+                consumer=settings.partition.durable(DETECTOR),
+                partition=settings.partition,
+            )
             if handle is not None and settings.event_sourcing
             else None
         )
@@ -268,7 +285,7 @@ async def _observers(
     monitor = Monitor(
         mode=_mode(settings),
         handle=handle,
-        consumer=PROJECTOR if settings.event_sourcing else None,
+        consumer=settings.partition.durable(PROJECTOR) if settings.event_sourcing else None,
         probe=probe,
         max_lag=settings.ready_max_lag,
     )
@@ -309,7 +326,7 @@ async def collect_status(
         with contextlib.suppress(Exception):
             status["dlq_messages"] = await DeadLetters(js).count()
         with contextlib.suppress(Exception):
-            consumer = await js.consumer_info(STREAM, PROJECTOR)
+            consumer = await js.consumer_info(STREAM, settings.partition.durable(PROJECTOR))
             status["consumer_pending"] = (consumer.num_pending or 0) + (
                 consumer.num_ack_pending or 0
             )
@@ -320,7 +337,12 @@ async def collect_status(
         finally:
             cursor.close()
         status.update(counts)
-        if status["consumer_pending"] is None and status["stream_last_seq"] is not None:
+        # (a partition's checkpoint stops at its own servers' last message: no estimate)
+        if (
+            status["consumer_pending"] is None
+            and status["stream_last_seq"] is not None
+            and settings.partition.all
+        ):
             status["consumer_pending"] = max(
                 0, status["stream_last_seq"] - status["checkpoint_seq"]
             )
@@ -399,6 +421,8 @@ async def run_demo(
     settings: Settings, config: simulator.SimulationConfig, out: Out = print
 ) -> DemoReport:
     """Embedded server + simulator + projection, checked against the simulator's truth."""
+    if not settings.partition.all:
+        raise ConfigError(["PROJECT_SERVERS is for `ingestor run`: the demo projects every server"])
     started = time.monotonic()
     tune_gc()
     sim = simulator.simulate(config)
@@ -640,6 +664,7 @@ async def replay_command(
             until_recorded=until if clock == "recorded" else None,
             chunk=chunk,
             progress=progress,
+            partition=settings.partition,
         )
         if occurred:
             assert until is not None

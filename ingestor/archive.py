@@ -14,6 +14,10 @@ and at every start the durable is recreated at the last sealed sequence + 1, rea
 file names; so the archive, not the server's ack floor, decides where archiving resumes. A
 ``kill -9`` loses nothing and doubles nothing: the unsealed messages are simply read again.
 
+With ``PROJECT_SERVERS`` (:mod:`ingestor.servers`) the durable is named for the server set and
+filtered to its servers' subjects, the old-form media subjects and every record: the archive
+holds the messages that ingestor reads, so its ``DATA_DIR`` replays to its own projection.
+
 The archive is the log, not the projection: duplicates, audit decisions and alerts are all
 kept, exactly as the stream stored them. Gaps in ``seq`` (messages deleted from the stream)
 are kept as gaps.
@@ -43,7 +47,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from ingestor.errors import IngestorError
-from ingestor.nats.continuity import Continuity
+from ingestor.nats.continuity import Continuity, delivery_seq
 from ingestor.nats.reader import message_of, pull_status
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message
@@ -237,6 +241,7 @@ class Archiver:
         segment_max_age: float = 600.0,
         consumer: str = ARCHIVER,
         priority: Priority | None = None,
+        filter_subjects: list[str] | None = None,
     ) -> None:
         if segment_max_messages < 1 or segment_max_bytes < 1 or batch_size < 1:
             raise ValueError("batch_size and segment limits must be positive")
@@ -261,7 +266,10 @@ class Archiver:
         self._outstanding = 0
         self._reconnects = 0
         self._lost: str | None = None
-        self._continuity = Continuity(nc.stats["reconnects"])
+        # PROJECT_SERVERS: the archive of those servers' messages (and every record), checked
+        # by delivery sequence since stream sequences jump (ingestor/servers.py)
+        self.filter_subjects = filter_subjects
+        self._continuity = Continuity(nc.stats["reconnects"], by_delivery=bool(filter_subjects))
         self._sealed = asyncio.Condition()
 
     # ------------------------------------------------------------------ lifecycle
@@ -368,6 +376,7 @@ class Archiver:
                 max_deliver=-1,
                 max_ack_pending=self.segment_max_messages + 2 * self.batch_size,
                 max_waiting=4,
+                filter_subjects=self.filter_subjects,
             ),
         )
         log.info("archiver reads %s from sequence %d into %s", STREAM, start, self.archive_dir)
@@ -421,7 +430,8 @@ class Archiver:
         if message.seq <= self._high_water:
             self.stats.redeliveries_skipped += 1
             return
-        if not self._continuity.accept(message.seq, self.nc.stats["reconnects"]):
+        checked = delivery_seq(msg.reply) if self.filter_subjects else message.seq
+        if not self._continuity.accept(checked, self.nc.stats["reconnects"]):
             # a delivery before it may be lost (a reconnect, a cluster node gone): take
             # nothing more and read again after the last sealed segment
             self._lost = self._continuity.lost

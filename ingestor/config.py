@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ingestor.errors import ConfigError
+from ingestor.servers import ALL_SERVERS, Partition
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -71,6 +72,7 @@ class Settings:
     nats_replicas: int = 1
     stale_after: float = 1800.0
     ip_anonymize: bool = False
+    partition: Partition = ALL_SERVERS  # PROJECT_SERVERS (ingestor/servers.py)
 
     @property
     def nats_servers(self) -> list[str]:
@@ -154,7 +156,20 @@ class Settings:
                 "NATS_REPLICAS", "1", _int_in(REPLICA_COUNTS), "1, 3 or 5 (JetStream replicas)"
             ),
             "ip_anonymize": reader.get("IP_ANONYMIZE", "false", parse_bool, "true or false"),
+            "partition": reader.get(
+                "PROJECT_SERVERS",
+                "",
+                Partition.parse,
+                "media server ids separated by commas, without spaces or wildcards (empty: all)",
+            ),
         }
+        if not values["partition"].all and not (
+            values["nats_enabled"] and values["nats_event_sourcing"]
+        ):
+            reader.problems.append(
+                "PROJECT_SERVERS is set, but it partitions the stream: it needs "
+                "NATS_ENABLED=true and NATS_EVENT_SOURCING=true (or leave it empty)"
+            )
         if reader.problems:
             raise ConfigError(reader.problems)
         values.update(overrides)

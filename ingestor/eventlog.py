@@ -294,7 +294,8 @@ class EventLog:
         ::
 
             frame = await log.frame()
-            frame.group_by(pl.col("subject").str.split(".").list.get(1)).len()
+            # messages per source: the token before the media type, in either subject form
+            frame.group_by(pl.col("subject").str.split(".").list.get(-2)).len()
         """
         parts: list[pl.DataFrame] = []
         async for chunk in self.messages(start_seq, until_seq):

@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -154,8 +154,9 @@ class MediaEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     @property
     def subject(self) -> str:
-        """The JetStream subject, ``playback.<source>.<media_type>``."""
-        return f"playback.{subject_token(self.source)}.{subject_token(self.media_type)}"
+        """The JetStream subject, ``playback.<server>.<source>.<media_type>``
+        (:func:`media_subject`)."""
+        return media_subject(self.server_id, self.source, self.media_type)
 
     @property
     def playback_start(self) -> datetime:
@@ -288,11 +289,80 @@ def make_event_id(source: str, server_id: str, *identity: object) -> str:
 
 
 _SUBJECT_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+MEDIA_SUBJECT_ROOT = "playback"
+NO_SERVER_TOKEN = "unknown"
+"""The server token of an event without a server id (such an event is invalid and ends in the
+dead-letter stream, but its subject must still be a valid one)."""
 
 
 def subject_token(value: str) -> str:
-    """Make ``value`` usable as one NATS subject token."""
-    return _SUBJECT_UNSAFE.sub("_", value) or "unknown"
+    """Make ``value`` usable as one NATS subject token: every run of characters other than
+    letters, digits, ``_`` and ``-`` (so ``.``, ``*``, ``>``, spaces) becomes ``_``; an empty
+    value becomes ``unknown``.
+
+    >>> subject_token("a.b *>c"), subject_token("")
+    ('a_b_c', 'unknown')
+    """
+    return _SUBJECT_UNSAFE.sub("_", value) or NO_SERVER_TOKEN
+
+
+def media_subject(server_id: str, source: str, media_type: str) -> str:
+    """The subject of a media event: ``playback.<server>.<source>.<media_type>``, each part
+    one token (:func:`subject_token`). The server comes first after the root so that one
+    ingestor can take one server's events with one filter, ``playback.<server>.>``
+    (``PROJECT_SERVERS``, docs/architecture.md "Several ingestors").
+
+    >>> media_subject("8f2a" * 10, "plex", "movie") == "playback." + "8f2a" * 10 + ".plex.movie"
+    True
+    >>> media_subject("", "jelly.fin", "episode")
+    'playback.unknown.jelly_fin.episode'
+    """
+    server = subject_token(server_id)
+    return f"{MEDIA_SUBJECT_ROOT}.{server}.{subject_token(source)}.{subject_token(media_type)}"
+
+
+class MediaSubject(NamedTuple):
+    """A media event's subject, read. ``server`` is the server's token, or None for a subject
+    written before servers were in it (``playback.<source>.<media_type>``, until 2026-12):
+    such a message's server is the ``server_id`` of its payload (:meth:`upcast`)."""
+
+    server: str | None
+    source: str
+    media_type: str
+
+    def upcast(self, server_id: str) -> MediaSubject:
+        """This subject in the current form, the server taken from the decoded event when the
+        subject did not name one."""
+        if self.server is not None:
+            return self
+        return MediaSubject(subject_token(server_id), self.source, self.media_type)
+
+    def __str__(self) -> str:
+        if self.server is None:
+            return f"{MEDIA_SUBJECT_ROOT}.{self.source}.{self.media_type}"
+        return f"{MEDIA_SUBJECT_ROOT}.{self.server}.{self.source}.{self.media_type}"
+
+
+def parse_media_subject(subject: str) -> MediaSubject | None:
+    """Read a media event's subject of either form; None for anything else (a record's
+    subject, a malformed one).
+
+    >>> parse_media_subject("playback.8f2a.plex.movie")
+    MediaSubject(server='8f2a', source='plex', media_type='movie')
+    >>> old = parse_media_subject("playback.plex.movie")
+    >>> old, str(old.upcast("8f2a"))
+    (MediaSubject(server=None, source='plex', media_type='movie'), 'playback.8f2a.plex.movie')
+    >>> parse_media_subject("audit.confirm"), parse_media_subject("playback.a.b.c.d")
+    (None, None)
+    """
+    tokens = subject.split(".")
+    if tokens[0] != MEDIA_SUBJECT_ROOT or not all(tokens):
+        return None
+    if len(tokens) == 4:
+        return MediaSubject(tokens[1], tokens[2], tokens[3])
+    if len(tokens) == 3:
+        return MediaSubject(None, tokens[1], tokens[2])
+    return None
 
 
 def _epoch_ms(value: datetime) -> int:

@@ -28,6 +28,7 @@ from ingestor.records import (
     decode_record,
     record_kind,
 )
+from ingestor.servers import Partition
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,18 @@ class Pipeline:
     """Decode, decide and project batches into one :class:`Projection`."""
 
     def __init__(
-        self, projection: Projection, index: DedupIndex, *, load_index: bool = True
+        self,
+        projection: Projection,
+        index: DedupIndex,
+        *,
+        load_index: bool = True,
+        partition: Partition | None = None,
     ) -> None:
         self.projection = projection
         self.index = index
+        # PROJECT_SERVERS: the events and alerts of other servers are passed over (they
+        # arrive under subjects written before servers were in them: ingestor/servers.py)
+        self.partition = partition if partition is not None and not partition.all else None
         if load_index:
             projection.load_index(index)
 
@@ -112,6 +121,9 @@ class Pipeline:
         if not isinstance(decoded, Decoded):
             decoded = _decoded_items(decoded)
         events = decoded.frame()
+        partition = self.partition
+        if partition is not None:
+            events = events.filter(pl.col("server_id").is_in(list(partition.servers)))
         result = BatchResult(last_seq=last_seq)
         seqs = events["seq"]
         lo = 0
@@ -119,6 +131,8 @@ class Pipeline:
         committed: int | None = None  # the last record committed in a transaction of its own
         for message, record in decoded.records:
             if isinstance(record, Alert):
+                if partition is not None and not partition.keeps(record.server_id):
+                    continue
                 alerts.append(AlertRow(message.seq, message.recorded_at, record))
                 continue
             hi = seqs.search_sorted(message.seq)

@@ -27,6 +27,7 @@ from ingestor.eventlog import EventLog
 from ingestor.gctune import tuned_gc
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
+from ingestor.servers import Partition
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ async def rebuild(
     until_recorded: datetime | None = None,
     chunk: int = DEFAULT_CHUNK,
     progress: RebuildProgress | None = None,
+    partition: Partition | None = None,
 ) -> RebuildStats:
     """Project the log's messages after ``projection``'s checkpoint into it.
 
@@ -65,6 +67,8 @@ async def rebuild(
     or before the first message recorded after ``until_recorded`` (a prefix of the log: the
     state the live projection passed through at that instant). Rejected messages are
     skipped, as the router skips them (they are in the dead-letter stream), and counted.
+    ``partition``: project only these servers' events (``PROJECT_SERVERS``), as that
+    ingestor's router does.
     """
     started = time.perf_counter()
     checkpoint = await asyncio.to_thread(projection.checkpoint)
@@ -81,7 +85,11 @@ async def rebuild(
     last_seq = checkpoint
     with tuned_gc():
         pipeline = await asyncio.to_thread(
-            Pipeline, projection, DedupIndex(tolerance=tolerance), load_index=checkpoint > 0
+            Pipeline,
+            projection,
+            DedupIndex(tolerance=tolerance),
+            load_index=checkpoint > 0,
+            partition=partition,
         )
         if stop > checkpoint:
             tables = log_.tables(checkpoint + 1, stop, batch=chunk)

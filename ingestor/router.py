@@ -138,6 +138,7 @@ class Router:
         on_batch: Callable[[BatchResult], None] | None = None,
         may_grow: Callable[[], bool] | None = None,
         priority: Priority | None = None,
+        filter_subjects: list[str] | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
@@ -162,7 +163,10 @@ class Router:
         self._stopping = asyncio.Event()
         self._unknown_attempts: dict[int, int] = {}
         self._committed = asyncio.Condition()
-        self._continuity = Continuity(nc.stats["reconnects"])
+        # PROJECT_SERVERS: the servers' subjects only (streams.consumer_filter_subjects);
+        # stream sequences then jump by design, so deliveries are checked by their own
+        self.filter_subjects = filter_subjects
+        self._continuity = Continuity(nc.stats["reconnects"], by_delivery=bool(filter_subjects))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -228,6 +232,7 @@ class Router:
             max_deliver=-1,
             max_ack_pending=max(4 * self.max_batch, 20_000),
             max_waiting=16,
+            filter_subjects=self.filter_subjects,
         )
         await self.js.add_consumer(STREAM, config)
         log.info("consumer %s reads %s from sequence %d", self.consumer, STREAM, start)
@@ -274,7 +279,8 @@ class Router:
         if seq <= self._high_water:
             self.stats.redeliveries_skipped += 1
             return  # redelivered after ack_wait while we still held it: already ours
-        if not self._continuity.accept(seq, self.nc.stats["reconnects"]):
+        checked = int(tokens[offset + 1]) if self.filter_subjects else seq
+        if not self._continuity.accept(checked, self.nc.stats["reconnects"]):
             # a delivery before it may be lost: never ack past it (AckAll would), handle what
             # is held and read again from the checkpoint (ingestor/nats/continuity.py)
             self._arrived.set()

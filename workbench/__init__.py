@@ -19,7 +19,7 @@ expects::
 Every name below has runnable examples in its module's docstrings.
 """
 
-from workbench.api import Workbench, WorkbenchError, connect, open_data_dir
+from workbench.api import Workbench, WorkbenchError, connect, open_data_dir, open_data_dirs
 from workbench.audit import AuditError, confirm, entries, restore, side_by_side, summary
 from workbench.log import EventLog, LogGapError
 from workbench.replay import Replay, replay, simulated_log
@@ -78,6 +78,7 @@ __all__ = [
     "max_concurrent_bandwidth",
     "max_concurrent_streams",
     "open_data_dir",
+    "open_data_dirs",
     "playback_history",
     "plays",
     "popular_titles",

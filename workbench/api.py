@@ -66,6 +66,7 @@ import logging
 import socket
 import time
 import weakref
+from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -421,10 +422,12 @@ class Workbench:
 
     def _log(self) -> EventLog:
         if self.log is None:
-            raise WorkbenchError(
-                "no event log here: this data directory has no archive/ (give nats_url to "
-                "read the stream)"
+            where = (
+                "several data directories read as one have no common archive"
+                if self.db_path is None and self._file is not None
+                else "this data directory has no archive/"
             )
+            raise WorkbenchError(f"no event log here: {where} (give nats_url to read the stream)")
         return self.log
 
     def _file_readable(self) -> bool:
@@ -470,7 +473,7 @@ async def connect(
 
 
 def open_data_dir(
-    path: Path | str = "data",
+    path: Path | str | Sequence[Path | str] = "data",
     *,
     http_url: str | None = None,
     nats_url: str | None = None,
@@ -482,8 +485,15 @@ def open_data_dir(
     the stream's tail to the log when it answers now, and is where verdicts are published
     (connected when the first one is given, so an ingestor started later serves it).
 
+    Several directories (a list, or one string separated by commas, as
+    ``WORKBENCH_DATA_DIR=dir1,dir2`` gives it): the data directories of ingestors that
+    partition the servers (``PROJECT_SERVERS``), read as one by :func:`open_data_dirs`.
+
     Raises :class:`WorkbenchError` when the directory holds neither an archive nor a file.
     """
+    if not isinstance(path, str | Path) or "," in str(path):
+        paths = path.split(",") if isinstance(path, str) else list(path)  # type: ignore[union-attr]
+        return open_data_dirs(paths, nats_url=nats_url, tolerance=tolerance)
     root = Path(path)
     archive = root / "archive"
     db_path = root / "analytics.duckdb"
@@ -506,6 +516,49 @@ def open_data_dir(
         tolerance=tolerance,
         verdict_url=nats_url,
     )
+
+
+def open_data_dirs(
+    paths: Sequence[Path | str],
+    *,
+    nats_url: str | None = None,
+    tolerance: float = 10.0,
+) -> Workbench:
+    """Read the ``DATA_DIR`` of several ingestors that partition the servers
+    (``PROJECT_SERVERS``) as one: their DuckDB files, attached read-only, as one projection
+    (:func:`workbench.union.attach_union`), so statistics, audit, alerts and as-of answers
+    read every server's rows. No ingestor may hold a file (stop them, or read each one
+    live on its own). The log, when ``nats_url`` answers, is the whole stream (every
+    server's events); the archives of the directories are not merged into one log, so
+    without ``nats_url`` there is no log (:meth:`Workbench.events` and ``replay`` say so).
+
+    Raises :class:`WorkbenchError` when a directory has no ``analytics.duckdb`` or a file
+    cannot be opened.
+    """
+    roots = [Path(str(p).strip()) for p in paths if str(p).strip()]
+    if len(roots) == 1:
+        return open_data_dir(roots[0], nats_url=nats_url, tolerance=tolerance)
+    from workbench.union import attach_union
+
+    try:
+        con = attach_union([root / "analytics.duckdb" for root in roots])
+    except (ValueError, duckdb.Error) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "lock" in first.lower():
+            first = (
+                "a file is held by a running ingestor (DuckDB lets nobody read next to its "
+                "writer): stop it, or read that directory live with open_data_dir(dir, "
+                f"http_url=...) ({first})"
+            )
+        raise WorkbenchError(f"cannot read {', '.join(map(str, roots))} as one: {first}") from None
+    stream = nats_url if nats_url and _any_answers(nats_url) else None
+    wb = Workbench(
+        EventLog(None, nats_url=stream) if stream else None,
+        tolerance=tolerance,
+        verdict_url=nats_url,
+    )
+    wb._file = con
+    return wb
 
 
 # --------------------------------------------------------------------------- helpers
@@ -570,4 +623,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-__all__ = ["Workbench", "WorkbenchError", "connect", "free_port", "open_data_dir"]
+__all__ = [
+    "Workbench",
+    "WorkbenchError",
+    "connect",
+    "free_port",
+    "open_data_dir",
+    "open_data_dirs",
+]

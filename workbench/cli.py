@@ -306,6 +306,8 @@ def _point_at_running_ingestor(
     except ConfigError:
         return  # the notebook reads its own parameters; nothing to point it at
     given = parameters.get("data_dir") or os.environ.get("WORKBENCH_DATA_DIR")
+    if given and "," in str(given):
+        return  # several data directories, read as one from their files (open_data_dirs)
     cwd = args.cwd or args.notebook.resolve().parent
     data_dir = Path(str(given)) if given else cwd / ".." / "data"
     if not data_dir.is_absolute():

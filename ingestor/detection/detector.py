@@ -19,6 +19,10 @@ stream recorded within the engine's horizon plus ``DETECTION_MAX_LATENESS`` befo
 point, and feeds them to a fresh engine. A window that spans the restart therefore still
 fires, and nothing it fired before the restart fires again.
 
+With ``PROJECT_SERVERS`` (:mod:`ingestor.servers`) its durable is named for the server set,
+filtered to those servers' subjects and the old-form ones, and it judges those servers' events
+only (every rule judges a user on one server, so partitions find the same alerts).
+
 Without ``GEOIP_DB`` it logs one line at start saying the location rules are off and why.
 """
 
@@ -46,10 +50,11 @@ from ingestor.detection.rules import Engine
 from ingestor.events import MediaEvent
 from ingestor.nats.publisher import OutgoingMessage, Publisher, PublishOutcome
 from ingestor.nats.reader import message_of, pull_status, read_range, stream_bounds
-from ingestor.nats.streams import MEDIA_SUBJECTS, STREAM
+from ingestor.nats.streams import MEDIA_SUBJECTS, STREAM, consumer_filter_subjects
 from ingestor.pipeline import Message, decode_messages
 from ingestor.priority import Priority
 from ingestor.records import Alert, encode_record
+from ingestor.servers import Partition
 from ingestor.sources.base import Backoff
 from ingestor.waiting import wait_until
 
@@ -113,6 +118,7 @@ class Detector:
         geo: Locator | None = None,
         fault: Callable[[str], None] | None = None,
         priority: Priority | None = None,
+        partition: Partition | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
@@ -121,6 +127,9 @@ class Detector:
         self.config = config
         self.batch_size = batch_size
         self.consumer = consumer
+        # PROJECT_SERVERS: the rules judge these servers' events only (a user belongs to one
+        # server, so no rule needs another's); ingestor/servers.py
+        self.partition = partition if partition is not None and not partition.all else None
         # a seam for failure tests: called with "published" once a batch's alerts are stored
         # and before the batch is acked; it may raise (a crash at the worst moment)
         self.fault = fault
@@ -285,7 +294,8 @@ class Detector:
             media = [m for m in batch if m.subject.startswith(_MEDIA_PREFIX)]
             decoded, _ = decode_messages(media)
             for _, item in decoded:
-                if isinstance(item, MediaEvent):
+                if self._mine(item):
+                    assert isinstance(item, MediaEvent)
                     self.stats.warmup_events += 1
                     with contextlib.suppress(Exception):
                         self.engine.feed(item)  # alerts already published before the restart
@@ -328,7 +338,8 @@ class Detector:
                 description="detection: the rules over playback events",
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
                 opt_start_seq=start if start > 1 else None,
-                filter_subject=MEDIA_SUBJECTS,
+                filter_subject=MEDIA_SUBJECTS if self.partition is None else None,
+                filter_subjects=None if self.partition is None else self._filters(),
                 ack_policy=AckPolicy.ALL,
                 ack_wait=ACK_WAIT_S,
                 max_deliver=-1,
@@ -337,6 +348,16 @@ class Detector:
             ),
         )
         log.info("detector reads %s (%s) from sequence %d", STREAM, MEDIA_SUBJECTS, start)
+
+    def _filters(self) -> list[str] | None:
+        assert self.partition is not None
+        return consumer_filter_subjects(self.partition.servers, records=False)
+
+    def _mine(self, item: object) -> bool:
+        """A media event this detector judges (of its servers, when it has some)."""
+        if not isinstance(item, MediaEvent):
+            return False
+        return self.partition is None or self.partition.keeps(item.server_id)
 
     # ------------------------------------------------------------------ consumer
 
@@ -432,8 +453,9 @@ class Detector:
         self.stats.skipped += len(rejected)
         alerts: list[Alert] = []
         for message, item in decoded:
-            if not isinstance(item, MediaEvent):
+            if not self._mine(item):
                 continue
+            assert isinstance(item, MediaEvent)
             self.stats.events += 1
             try:
                 alerts.extend(self.engine.feed(item))

@@ -28,6 +28,19 @@ False
 >>> guard.restart(expect=8, reconnects=0)
 >>> guard.accept(20, reconnects=0)  # missing again, from the same place: not in the stream
 True
+
+A consumer with filter subjects (``PROJECT_SERVERS``: ingestor/servers.py) skips the stream
+sequences of other servers by design, so its guard is made ``by_delivery``: the caller passes
+the consumer's delivery sequence (:func:`delivery_seq`), which a new consumer starts at 1 and
+never skips; any jump in it is a lost delivery.
+
+>>> guard = Continuity(reconnects=0, by_delivery=True)
+>>> guard.restart(expect=40, reconnects=0)  # the stream start does not matter
+>>> guard.allow_start_at(45)
+>>> guard.accept(1, reconnects=0), guard.accept(2, reconnects=0), guard.accept(4, reconnects=0)
+(True, True, False)
+>>> guard.lost
+'deliveries 3-3 did not arrive'
 """
 
 from __future__ import annotations
@@ -44,21 +57,23 @@ electing one), a request timeout, a closed or reconnecting connection."""
 class Continuity:
     """Tells a consumer when its deliveries may have lost a message."""
 
-    def __init__(self, reconnects: int) -> None:
+    def __init__(self, reconnects: int, *, by_delivery: bool = False) -> None:
         self._reconnects = reconnects
+        self.by_delivery = by_delivery  # sequences are delivery sequences (a filtered consumer)
         self._expect: int | None = None
         self._hole_at: int | None = None  # where the last jump was seen
         self.lost: str | None = None  # why nothing more is taken, until restart()
 
     def restart(self, expect: int, reconnects: int) -> None:
         """The consumer was (re)created to deliver from ``expect`` on."""
-        self._expect = expect
+        self._expect = 1 if self.by_delivery else expect
+        self._hole_at = None if self.by_delivery else self._hole_at
         self._reconnects = reconnects
         self.lost = None
 
     def allow_start_at(self, first_seq: int) -> None:
         """The stream begins at ``first_seq`` (earlier messages aged out): start there."""
-        if self._expect is not None and first_seq > self._expect:
+        if not self.by_delivery and self._expect is not None and first_seq > self._expect:
             self._expect = first_seq
 
     def accept(self, seq: int, reconnects: int) -> bool:
@@ -69,7 +84,8 @@ class Continuity:
             self.lost = "NATS reconnected, a delivery may have been lost"
             return False
         expect = self._expect
-        if expect is not None and seq > expect and expect != self._hole_at:
+        gap_known = expect == self._hole_at and not self.by_delivery
+        if expect is not None and seq > expect and not gap_known:
             self.lost = f"deliveries {expect}-{seq - 1} did not arrive"
             self._hole_at = expect
             return False
@@ -77,4 +93,16 @@ class Continuity:
         return True
 
 
-__all__ = ["NATS_FAILURES", "Continuity"]
+def delivery_seq(reply: str) -> int:
+    """The consumer's delivery sequence in a JetStream ack subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<delivery seq>...``, or the form
+    with a domain and an account hash before the stream).
+
+    >>> delivery_seq("$JS.ACK.MEDIA_EVENTS.projector-1a.1.907.12.1765100000000000000.0")
+    12
+    """
+    tokens = reply.split(".")
+    return int(tokens[6] if len(tokens) == 9 else tokens[8])
+
+
+__all__ = ["NATS_FAILURES", "Continuity", "delivery_seq"]

@@ -1,9 +1,10 @@
 """The two streams, created or updated at start.
 
-``MEDIA_EVENTS`` holds every media event (``playback.<source>.<media_type>``) and, in the
-same total order, audit decisions (``audit.>``), detection alerts (``alert.>``) and identity
-records (``identity.>``: accounts merged into one person, or unmerged) and erasures
-(``erasure.>``: a user forgotten, see :mod:`ingestor.erasure`).
+``MEDIA_EVENTS`` holds every media event (``playback.<server>.<source>.<media_type>``; before
+2026-12 ``playback.<source>.<media_type>``, still read) and, in the same total order, audit
+decisions (``audit.>``), detection alerts (``alert.>``), identity records (``identity.>``:
+accounts merged into one person, or unmerged) and erasures (``erasure.>``: a user forgotten,
+see :mod:`ingestor.erasure`).
 ``MEDIA_EVENTS_DLQ`` holds dead letters under ``dlq.>``, a subject family no consumer of
 ``MEDIA_EVENTS`` can match.
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
 from ingestor.errors import NatsUnavailable
+from ingestor.events import MEDIA_SUBJECT_ROOT, subject_token
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,36 @@ STREAM_SUBJECTS = [
     IDENTITY_SUBJECTS,
     ERASURE_SUBJECTS,
 ]
+OLD_MEDIA_SUBJECTS = "playback.*.*"  # playback.<source>.<media_type>: no server in it
 DLQ_SUBJECT_PREFIX = "dlq.media_events"
 DUPLICATE_WINDOW_S = 120.0
 DLQ_MIN_RETENTION_DAYS = 30
 _DAY = 86400.0
+
+
+def consumer_filter_subjects(servers: Iterable[str], *, records: bool = True) -> list[str] | None:
+    """The filter subjects of a durable consumer that reads the events of ``servers`` only
+    (``PROJECT_SERVERS``; :mod:`ingestor.servers`); None (no filter) for every server.
+
+    Per server ``playback.<server>.*.*``; ``playback.*.*``, the subjects written before
+    servers were in them (every server's: the reader keeps those whose decoded ``server_id``
+    is one of ``servers``); and with ``records`` every record family of the stream
+    (``audit.>``, ``alert.>``, ``identity.>``...), which name no server in their subject.
+    JetStream (2.10 and later) takes several filters if none overlaps, hence exactly four
+    tokens per server and exactly three for the old form.
+
+    >>> consumer_filter_subjects([])
+    >>> consumer_filter_subjects(["c0de", "8f.2a"], records=False)
+    ['playback.8f_2a.*.*', 'playback.c0de.*.*', 'playback.*.*']
+    >>> consumer_filter_subjects(["c0de"])[-4:]
+    ['audit.>', 'alert.>', 'identity.>', 'erasure.>']
+    """
+    tokens = sorted({subject_token(server) for server in servers})
+    if not tokens:
+        return None
+    media = [f"{MEDIA_SUBJECT_ROOT}.{token}.*.*" for token in tokens] + [OLD_MEDIA_SUBJECTS]
+    others = [s for s in STREAM_SUBJECTS if s != MEDIA_SUBJECTS] if records else []
+    return media + others
 
 
 def media_events_config(retention_days: int, replicas: int = 1) -> StreamConfig:

@@ -906,6 +906,6 @@ async def test_webhook_events_are_in_the_stream_when_the_answer_comes(
             ("play", OWNER_PLEX_ID),
             ("pause", OWNER_PLEX_ID),
         ]
-        assert {m.subject for m in messages} == {"playback.plex.episode"}
+        assert {m.subject for m in messages} == {f"playback.{events[0].server_id}.plex.episode"}
     finally:
         await handle.close()

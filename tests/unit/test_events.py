@@ -87,8 +87,9 @@ def test_naive_times_are_rejected() -> None:
         naive.validate()
 
 
-def test_subject_is_playback_source_media_type_with_safe_tokens() -> None:
-    assert event("plex", "play", T0, "s").subject == "playback.plex.movie"
+def test_subject_is_playback_server_source_media_type_with_safe_tokens() -> None:
+    played = event("plex", "play", T0, "s")
+    assert played.subject == f"playback.{played.server_id}.plex.movie"
     assert subject_token("tautulli import.v2") == "tautulli_import_v2"
 
 
