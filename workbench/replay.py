@@ -71,7 +71,7 @@ from ingestor.projection.asof import (
     write_as_of,
 )
 from ingestor.rebuild import DEFAULT_CHUNK, rebuild
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from workbench.log import EventLog
 
 logger = logging.getLogger(__name__)
