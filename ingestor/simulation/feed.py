@@ -25,10 +25,11 @@ events):
   list sent again adds nothing but progress that was due.
 
 A Plex playback reported by webhooks and Tautulli is one playback with a link
-(``expected.linked``). Volume: about 17 events per user-day with the adapters' own rules
-(about 2.5 playbacks per user-day: 6 events a Plex playback with its Tautulli row, ~15 a
-Jellyfin one, whose session machine reports progress every 5 minutes of playing), so
-``users=300, days=30`` gives about 160k events. It grows linearly with ``users * days``.
+(``expected.linked``). Volume, with the adapters' own rules: about 19-20 events per user-day
+(about 2.5 playbacks per user-day; about 6.4 events per Plex playback counting its Tautulli
+row, 10 per Jellyfin playback), so ``users=300, days=30`` gives about 175k events. It grows
+linearly with ``users * days``: a Jellyfin push lists only its server's sessions, and a
+Jellyfin server holds 10 people.
 """
 
 from __future__ import annotations
