@@ -32,7 +32,7 @@ Offline, over a data directory (here a simulated one)::
     ...         snap = await wb.snapshot()
     ...         return wb.mode, events.height, sorted(set(by_user(snap)["username"]))
     >>> asyncio.run(offline())
-    ('replay', 56, ['bruno', 'dana'])
+    ('replay', 55, ['bruno', 'dana'])
     >>> tmp.cleanup()
 
 Connected to a running ingestor's NATS (here a bare ``nats-server`` holding the same feed)::
