@@ -1,9 +1,10 @@
 """The simulated world and its playbacks: who watches what, on which device, when.
 
-The world has two servers: one Plex server, reported by Plex webhooks (source ``plex``) and
-by Tautulli (``tautulli``), and one Jellyfin server reported by its WebSocket (``jellyfin``).
-``users`` people watch for ``days`` days from ``base_date``; every person has a Plex account
-and a Jellyfin user, 1-3 devices on each server, and follows a few shows. The
+The world has one Plex server, reported by Plex webhooks (source ``plex``) and by Tautulli
+(``tautulli``), and Jellyfin servers reported by their WebSockets (``jellyfin``), one per 10
+people (one server up to 10 users). ``users`` people watch for ``days`` days from
+``base_date``; every person has a Plex account and a Jellyfin user, 1-3 devices on each
+server, and follows a few shows. The
 :class:`Scheduler` turns that model into :class:`Playback` records: the ground truth
 (:mod:`ingestor.simulation.truth`) and what the upstream servers report
 (:mod:`ingestor.simulation.payloads`) are both written from them.
