@@ -70,7 +70,7 @@ from ingestor.events import MediaEvent
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import STREAM, ensure_streams
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 
 MODES = ("none", "stalled", "reading")
 TARGET_RATIO = 0.90  # stalled / none

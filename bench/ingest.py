@@ -81,10 +81,10 @@ from ingestor.router import PULL_EXPIRES_S
 TARGET_RATIO = 0.50  # ingest / bare consumer, measured in the same run
 DAYS = 30
 SEED = 7
-# The simulator gives 19-20 events per user-day, about 18.8 of them with distinct event ids
-# (JetStream may drop some exact repeats as duplicates); sizing with 18.7 keeps the stored
+# The simulator gives 19-20 events per user-day, about 19.3 of them with distinct event ids
+# (JetStream may drop some exact repeats as duplicates); sizing with 19.2 keeps the stored
 # count at or just above what was asked for.
-EVENTS_PER_USER_DAY = 18.7
+EVENTS_PER_USER_DAY = 19.2
 POLL_S = 0.2
 BARE_CONSUMER = "bench-bare"
 # Everything ingestor.config reads: the children get only what the bench sets.

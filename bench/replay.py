@@ -72,7 +72,7 @@ from ingestor.nats.server import EmbeddedServer
 from ingestor.pipeline import Message
 from ingestor.projection import Projection
 from ingestor.rebuild import rebuild
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from workbench import charts
 from workbench.api import Workbench, open_data_dir
 from workbench.log import EventLog

@@ -4,7 +4,7 @@ large projection?
 The target: the overview of a 100,000-playback dataset renders in under 15 s on 2 cores
 (issue 15, with its tiles and styled tables; issue 5 asked for 30 s). What is measured, in one run:
 
-1. **build** (a figure, not the target): the simulator (``ingestor.sources.simulator``) makes
+1. **build** (a figure, not the target): the simulator (``ingestor.simulation``) makes
    a feed of ``--users`` people over ``--days`` days (default: enough users for
    ``--playbacks`` playbacks over 182 days, at the simulator's ~2.4 playbacks per user-day);
    the real write path (:class:`ingestor.pipeline.Pipeline`, dedup included) projects it
@@ -54,7 +54,7 @@ from ingestor.dedup import DedupIndex
 from ingestor.events import encode_event
 from ingestor.pipeline import Message, Pipeline
 from ingestor.projection import Projection
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from workbench.report import external_references
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import duckdb
@@ -53,14 +53,15 @@ from ingestor.records import IdentityAction, IdentityRecord, encode_record
 from ingestor.router import Router, RouterStats
 from ingestor.servers import check_projection
 from ingestor.sink import DIRECT, DirectSink, Sink, StreamSink
-from ingestor.sources import simulator
 from ingestor.sources.assemble import build_sources
 from ingestor.sources.config import SourcesConfig
+
+if TYPE_CHECKING:  # imported by the demo commands only: `run` never loads the simulator
+    from ingestor import simulation as simulator
 
 log = logging.getLogger(__name__)
 
 Out = Callable[[str], None]
-TRUTH_SQL = "SELECT " + ", ".join(simulator.TRUTH_KEY_FIELDS) + " FROM playback_events"
 
 
 class DatabaseLocked(IngestorError):
@@ -423,6 +424,8 @@ async def run_demo(
     """Embedded server + simulator + projection, checked against the simulator's truth."""
     if not settings.partition.all:
         raise ConfigError(["PROJECT_SERVERS is for `ingestor run`: the demo projects every server"])
+    from ingestor import simulation as simulator
+
     started = time.monotonic()
     tune_gc()
     sim = simulator.simulate(config)
@@ -522,6 +525,8 @@ async def _publish_with_progress(
 
 def _playback_keys(projection: Projection) -> set[tuple]:
     """The projected playbacks, comparable with ``simulator.truth_keys``."""
+    from ingestor.simulation import TRUTH_SQL
+
     return set(projection.con.execute(TRUTH_SQL).fetchall())
 
 
@@ -580,6 +585,8 @@ async def simulate_command(
     truth_path: Path | None,
     out: Out = print,
 ) -> int:
+    from ingestor import simulation as simulator
+
     sim = simulator.simulate(config)
     if truth_path is not None:
         simulator.write_truth(truth_path, sim)

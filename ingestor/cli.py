@@ -10,13 +10,16 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ingestor import app
 from ingestor.config import Settings
 from ingestor.detection.config import DetectionConfig
 from ingestor.errors import ConfigError, IngestorError
-from ingestor.sources import simulator
 from ingestor.sources.config import SourcesConfig
+
+if TYPE_CHECKING:  # loaded by demo and simulate only: `run` never imports the simulator
+    from ingestor import simulation as simulator
 
 log = logging.getLogger("ingestor")
 
@@ -38,16 +41,19 @@ def _simulation_args(parser: argparse.ArgumentParser, users: int, days: int) -> 
     parser.add_argument(
         "--base-date",
         type=_iso_instant,
-        default=simulator.DEFAULT_BASE_DATE,
+        default=None,  # the simulator's DEFAULT_BASE_DATE
         help="first simulated day, ISO 8601 with zone (default 2026-01-05T00:00Z)",
     )
 
 
 def _simulation_config(args: argparse.Namespace) -> simulator.SimulationConfig:
+    from ingestor import simulation as simulator
+
     if args.users < 1 or args.days < 1:
         raise IngestorError("--users and --days must be at least 1")
+    base_date = simulator.DEFAULT_BASE_DATE if args.base_date is None else args.base_date
     return simulator.SimulationConfig(
-        seed=args.seed, users=args.users, days=args.days, base_date=args.base_date
+        seed=args.seed, users=args.users, days=args.days, base_date=base_date
     )
 
 

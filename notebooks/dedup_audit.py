@@ -53,8 +53,8 @@ import altair as alt
 import polars as pl
 from IPython.display import display
 
-from ingestor.app import TRUTH_SQL
-from ingestor.sources import simulator
+from ingestor import simulation as simulator
+from ingestor.simulation import TRUTH_SQL
 from workbench import audit, charts, open_data_dir
 from workbench.db import show
 

@@ -32,7 +32,7 @@ Offline, over a data directory (here a simulated one)::
     ...         snap = await wb.snapshot()
     ...         return wb.mode, events.height, sorted(set(by_user(snap)["username"]))
     >>> asyncio.run(offline())
-    ('replay', 56, ['bruno', 'dana'])
+    ('replay', 55, ['bruno', 'dana'])
     >>> tmp.cleanup()
 
 Connected to a running ingestor's NATS (here a bare ``nats-server`` holding the same feed)::
@@ -40,7 +40,7 @@ Connected to a running ingestor's NATS (here a bare ``nats-server`` holding the 
     >>> from ingestor.nats.publisher import Publisher
     >>> from ingestor.nats.server import EmbeddedServer
     >>> from ingestor.nats.streams import ensure_streams
-    >>> from ingestor.sources.simulator import SimulationConfig, simulate
+    >>> from ingestor.simulation import SimulationConfig, simulate
     >>> tmp = tempfile.TemporaryDirectory()
     >>> server = EmbeddedServer("127.0.0.1", free_port(), Path(tmp.name) / "nats")
     >>> server.start()

@@ -28,7 +28,7 @@ Statuses: ``auto_dedupe`` (awaiting review), ``user_confirmed``, ``user_restored
 >>> entries(r, tier="correlation").select("source", "kept_source", "status").row(0)
 ('tautulli', 'plex', 'auto_dedupe')
 >>> summary(r).by_tier.rows()
-[('correlation', 'link', 5), ('event_id', 'drop', 2)]
+[('correlation', 'link', 5), ('session_key', 'drop', 2)]
 >>> r.close(); tmp.cleanup()
 """
 
@@ -120,8 +120,8 @@ def entries(
     >>> from workbench.replay import replay, simulated_log
     >>> tmp = tempfile.TemporaryDirectory()
     >>> r = asyncio.run(replay(simulated_log(Path(tmp.name)), progress=False))
-    >>> entries(r, tier="event_id", user="bruno").select("source", "event_type").rows()
-    [('jellyfin', 'pause')]
+    >>> entries(r, tier="session_key", user="bruno").select("source", "event_type").rows()
+    [('plex', 'pause')]
     >>> entries(r, reason="apart", status="auto_dedupe")["tier"].unique().to_list()
     ['correlation']
     >>> r.close(); tmp.cleanup()

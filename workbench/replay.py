@@ -71,7 +71,7 @@ from ingestor.projection.asof import (
     write_as_of,
 )
 from ingestor.rebuild import DEFAULT_CHUNK, rebuild
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from workbench.log import EventLog
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class Replay:
         │ --- │
         │ i64 │
         ╞═════╡
-        │ 23  │
+        │ 22  │
         └─────┘
         >>> r.close(); tmp.cleanup()
         """
@@ -423,9 +423,9 @@ async def replay(
     >>> known = asyncio.run(replay(log, evening, "recorded", progress=False))
     >>> happened = asyncio.run(replay(log, evening, "occurred", progress=False))
     >>> known.last_seq, happened.last_seq  # what was recorded then; what is known now
-    (37, 56)
+    (39, 55)
     >>> known.stats.messages, happened.stats.messages  # the log was projected once
-    (56, 0)
+    (55, 0)
     >>> known.close(); happened.close(); tmp.cleanup()
     """
     if clock not in CLOCKS:
@@ -494,14 +494,16 @@ def simulated_log(
     The simulator's feed (default: 2 users over 1 day) is written to ``archive_dir`` as
     archive segments, in publish order, one message per event. Each message's
     ``recorded_at`` is the latest ``occurred_at`` published so far: the moment a live
-    ingestor would have stored it (exact for webhooks and Tautulli rows; a re-delivery is
-    recorded when it is re-sent, after the original). ``archive_dir`` must hold no segment.
+    ingestor would have stored it (exact for webhooks and Jellyfin pushes, timed by their
+    receipt; a Tautulli row, which happened at its stop, is recorded with the reports
+    before the pass that read it, and a row read again when it is re-sent). ``archive_dir``
+    must hold no segment.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     log = simulated_log(Path(tmp))
     ...     asyncio.run(log.last_seq())
-    56
+    55
     """
     archive_dir.mkdir(parents=True, exist_ok=True)
     if archive_segments(archive_dir):

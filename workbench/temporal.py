@@ -228,8 +228,7 @@ def playback_history(
     >>> key = r.playbacks().filter(title="The Bitter Horizon")["correlation_key"].item()
     >>> playback_history(r, key).select("source", "event_type", "dedup_action").rows()
     [('plex', 'play', 'open'), ('plex', 'pause', 'fold'), ('plex', 'resume', 'fold'), \
-('plex', 'scrobble', 'fold'), ('plex', 'stop', 'fold'), ('tautulli', 'summary', 'link'), \
-('tautulli', 'summary', 'drop')]
+('plex', 'scrobble', 'fold'), ('plex', 'stop', 'fold'), ('tautulli', 'summary', 'link')]
     >>> r.close(); tmp.cleanup()
     """
     sql = PLAYBACK_HISTORY_SQL[_clock(clock)]

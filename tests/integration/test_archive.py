@@ -27,7 +27,7 @@ from ingestor.nats.publisher import Publisher
 from ingestor.nats.reader import read_range, stream_bounds
 from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import STREAM
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from ingestor.nats.publisher import Publisher
 from ingestor.nats.reader import stream_bounds
 from ingestor.projection import Projection
 from ingestor.router import Router
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from tests.factory import plex_playback, tautulli_summary
 from workbench import audit, connect
 from workbench.api import WorkbenchError, open_data_dir

@@ -21,7 +21,7 @@ from ingestor.config import Settings
 from ingestor.nats.connection import open_nats
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from tests.conftest import make_env
 from tests.integration.test_kill9 import start, status
 from workbench.live import LiveProjection

@@ -14,7 +14,7 @@ from ingestor.archive import archive_segments
 from ingestor.config import Settings
 from ingestor.nats.connection import open_nats
 from ingestor.nats.server import EmbeddedServer, port_answers
-from ingestor.sources.simulator import read_truth
+from ingestor.simulation import read_truth
 from tests.conftest import INGESTOR, free_port, make_env, subprocess_env, wait_until
 from tests.integration.test_kill9 import start, status
 

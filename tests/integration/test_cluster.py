@@ -22,14 +22,13 @@ from pathlib import Path
 import nats
 import pytest
 
-from ingestor.app import TRUTH_SQL
 from ingestor.archive import archive_segments
 from ingestor.config import Settings
 from ingestor.events import MediaEvent
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.streams import DLQ_STREAM, STREAM, ensure_streams
 from ingestor.projection import Projection
-from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
+from ingestor.simulation import TRUTH_SQL, SimulationConfig, simulate, truth_keys
 from tests.cluster import nats_cluster
 from tests.conftest import INGESTOR, make_env, subprocess_env, wait_until
 

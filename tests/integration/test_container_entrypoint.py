@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ingestor.app import TRUTH_SQL, replay_command
+from ingestor.app import replay_command
 from ingestor.archive import archive_segments
 from ingestor.config import Settings
 from ingestor.nats.server import port_answers
 from ingestor.projection import Projection
-from ingestor.sources.simulator import read_truth, truth_keys
+from ingestor.simulation import TRUTH_SQL, read_truth, truth_keys
 from tests.conftest import free_port, subprocess_env, wait_until
 from tests.integration.test_kill9 import status
 from tests.integration.test_router import COMPARED

@@ -29,8 +29,8 @@ from ingestor.nats.connection import open_nats
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer
 from ingestor.records import IdentityRecord, encode_record
+from ingestor.simulation import SimulationConfig, simulate
 from ingestor.sources.config import SourcesConfig
-from ingestor.sources.simulator import SimulationConfig, simulate
 from tests.conftest import free_port, make_env
 from workbench.log import EventLog
 from workbench.replay import replay

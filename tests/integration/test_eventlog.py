@@ -19,7 +19,7 @@ from ingestor.nats.connection import NatsHandle, open_nats
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.reader import read_range
 from ingestor.nats.streams import STREAM
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from workbench.log import FRAME_SCHEMA, EventLog, LogGapError, messages_frame
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ from ingestor.dedup import DedupIndex
 from ingestor.nats.server import EmbeddedServer
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from tests.conftest import free_port, subprocess_env
 from tests.factory import messages
 from tests.integration.test_live_query import caught_up_ingestor

@@ -23,7 +23,7 @@ from ingestor.nats.connection import open_nats
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer
 from ingestor.projection import PROJECTOR, Projection
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from tests.conftest import make_env, wait_until
 from tests.fakes.plex import multipart_body, webhook_payload
 from tests.integration.test_kill9 import start, status

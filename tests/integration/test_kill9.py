@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from ingestor.app import TRUTH_SQL, replay_command
+from ingestor.app import replay_command
 from ingestor.config import Settings
 from ingestor.events import MediaEvent
 from ingestor.nats.connection import open_nats
 from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer, port_answers
 from ingestor.projection import Projection
-from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
+from ingestor.simulation import TRUTH_SQL, SimulationConfig, simulate, truth_keys
 from tests.conftest import INGESTOR, free_port, make_env, subprocess_env, wait_until
 from tests.integration.test_router import COMPARED
 

@@ -16,7 +16,7 @@ import pytest
 
 from ingestor.config import Settings
 from ingestor.nats.server import EmbeddedServer
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from tests.conftest import free_port, make_env, subprocess_env, wait_until
 from tests.integration.test_kill9 import publish_feed, start, status
 from workbench import by_user, connect

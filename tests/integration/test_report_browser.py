@@ -181,7 +181,7 @@ def simulated_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ingestor.events import encode_event
     from ingestor.pipeline import Message, Pipeline
     from ingestor.projection import Projection
-    from ingestor.sources.simulator import SimulationConfig, simulate
+    from ingestor.simulation import SimulationConfig, simulate
 
     data_dir = tmp_path_factory.mktemp("data")
     sim = simulate(

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ingestor.app import TRUTH_SQL, new_pipeline, open_projection, replay_command
+from ingestor.app import new_pipeline, open_projection, replay_command
 from ingestor.config import Settings
 from ingestor.events import MediaEvent
 from ingestor.nats.connection import NatsHandle, open_nats
@@ -20,7 +20,7 @@ from ingestor.nats.publisher import Publisher
 from ingestor.nats.reader import read_range, stream_bounds
 from ingestor.projection import Projection
 from ingestor.router import Router, RouterStats
-from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
+from ingestor.simulation import TRUTH_SQL, SimulationConfig, simulate, truth_keys
 from tests.factory import T0, plex_playback, tautulli_summary
 
 pytestmark = pytest.mark.integration

@@ -44,8 +44,8 @@ from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import STREAM, ensure_streams
 from ingestor.projection import PROJECTOR, Projection
 from ingestor.records import AuditDecision, IdentityRecord, encode_record
+from ingestor.simulation import SimulationConfig, simulate
 from ingestor.sources.config import SourcesConfig
-from ingestor.sources.simulator import SimulationConfig, simulate
 from tests.cluster import NatsCluster, nats_cluster
 from tests.conftest import make_env, subprocess_env
 from workbench import WorkbenchError, open_data_dir, open_data_dirs, stats

@@ -34,7 +34,7 @@ from ingestor.nats.reader import read_range
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message, Pipeline
 from ingestor.projection import Projection
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from tests.support import occurred_slice
 from workbench.log import EventLog, LogGapError
 from workbench.replay import CLOCKS, Replay, replay, simulated_log

@@ -27,7 +27,7 @@ from ingestor.pipeline import Message, Pipeline
 from ingestor.projection import Projection
 from ingestor.projection.asof import AsOfPoint, open_as_of, resolve
 from ingestor.records import AuditDecision, encode_record
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from tests.factory import messages, plex_playback
 from tests.support import occurred_slice
 from workbench.stats import by_user

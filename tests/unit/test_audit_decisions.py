@@ -16,7 +16,7 @@ from ingestor.events import MediaEvent, encode_event
 from ingestor.pipeline import Message, Pipeline
 from ingestor.projection import Projection
 from ingestor.records import Alert, AuditDecision, encode_record
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from tests.factory import T0, event, plex_playback, tautulli_summary
 from workbench import audit
 

@@ -13,8 +13,8 @@ from ingestor.messages import Message
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
 from ingestor.records import ErasureRecord, encode_record
+from ingestor.simulation import SimulationConfig, simulate
 from ingestor.sink import DIRECT, DirectSink
-from ingestor.sources.simulator import SimulationConfig, simulate
 
 
 def test_erased_rows_go_at_once_and_their_bytes_at_the_next_open_after_a_kill(

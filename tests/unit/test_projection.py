@@ -10,14 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestor.app import TRUTH_SQL
 from ingestor.dedup import DedupIndex
 from ingestor.errors import TransientError
 from ingestor.messages import Message
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection, ProjectionError
 from ingestor.projection.store import PROJECTION_SCHEMA_VERSION, SELECT_SCHEMA_VERSION
-from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
+from ingestor.simulation import TRUTH_SQL, SimulationConfig, simulate, truth_keys
 from tests.factory import T0, event, messages, plex_playback, tautulli_summary
 
 PLAYBACK_COLUMNS = "* EXCLUDE (last_seq, event_count)"

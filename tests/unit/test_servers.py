@@ -171,7 +171,7 @@ def test_project_servers_needs_the_stream_it_partitions(mode: dict[str, str]) ->
 
 async def test_the_demo_refuses_a_partition(tmp_path: Path) -> None:
     from ingestor.app import run_demo
-    from ingestor.sources.simulator import SimulationConfig
+    from ingestor.simulation import SimulationConfig
 
     settings = Settings.from_env({"DATA_DIR": str(tmp_path), "PROJECT_SERVERS": PLEX})
     with pytest.raises(ConfigError, match="PROJECT_SERVERS is for `ingestor run`"):

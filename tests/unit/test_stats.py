@@ -25,7 +25,7 @@ from polars.testing import assert_frame_equal
 from ingestor.dedup import DedupIndex
 from ingestor.pipeline import Pipeline
 from ingestor.projection import Projection
-from ingestor.sources.simulator import SimulationConfig, simulate
+from ingestor.simulation import SimulationConfig, simulate
 from tests.factory import messages
 from workbench import stats
 
