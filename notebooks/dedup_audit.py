@@ -53,7 +53,7 @@ import altair as alt
 import polars as pl
 from IPython.display import display
 
-from ingestor.app import TRUTH_SQL
+from ingestor.commands.demo import TRUTH_SQL
 from ingestor.sources import simulator
 from workbench import audit, charts, open_data_dir
 from workbench.db import show

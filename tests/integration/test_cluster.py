@@ -22,8 +22,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from ingestor.app import TRUTH_SQL
 from ingestor.archive import archive_segments
+from ingestor.commands.demo import TRUTH_SQL
 from ingestor.config import Settings
 from ingestor.events import MediaEvent
 from ingestor.nats.publisher import Publisher

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ingestor.app import TRUTH_SQL, replay_command
+from ingestor.commands.demo import TRUTH_SQL
+from ingestor.commands.replay import replay_command
 from ingestor.config import Settings
 from ingestor.events import MediaEvent
 from ingestor.nats.connection import open_nats

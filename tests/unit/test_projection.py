@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestor.app import TRUTH_SQL
+from ingestor.commands.demo import TRUTH_SQL
 from ingestor.dedup import DedupIndex
 from ingestor.errors import TransientError
 from ingestor.messages import Message
