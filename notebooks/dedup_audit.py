@@ -53,7 +53,7 @@ import altair as alt
 import polars as pl
 from IPython.display import display
 
-from ingestor.commands.demo import TRUTH_SQL
+from ingestor.projection import PLAYBACK_TABLE
 from ingestor.sources import simulator
 from workbench import audit, charts, open_data_dir
 from workbench.db import show
@@ -153,9 +153,11 @@ else:
         f"Second-source reports:       {expected.linked:>5,}  vs "
         f"{tiers.get('correlation', 0):,} linked by tier correlation"
     )
+    truth_columns = ", ".join(simulator.TRUTH_KEY_FIELDS)
     projected = set(
         snapshot.sql(
-            TRUTH_SQL + " WHERE started_at >= $first AND started_at < $after",
+            f"SELECT {truth_columns} FROM {PLAYBACK_TABLE}"
+            " WHERE started_at >= $first AND started_at < $after",
             params={"first": first, "after": after},
         ).fetchall()
     )

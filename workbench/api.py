@@ -77,8 +77,7 @@ from nats.aio.client import Client
 
 from ingestor.errors import IngestorError
 from ingestor.nats.connection import connect_reader
-from ingestor.projection.schema import DETAIL_VIEW, PERSON_VIEW
-from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
+from ingestor.projection import DUCKDB_MEMORY_LIMIT, create_views
 from workbench import audit as _audit
 from workbench import export as _export
 from workbench.live import LiveProjection, QueryError
@@ -558,8 +557,7 @@ def _live_snapshot(live: LiveProjection) -> duckdb.DuckDBPyConnection:
         "CREATE TABLE projection_checkpoint AS SELECT 'projector' AS consumer, "
         f"{seq}::BIGINT AS last_seq, now() AS updated_at"
     )
-    con.execute(DETAIL_VIEW)
-    con.execute(PERSON_VIEW)
+    create_views(con)
     return con
 
 

@@ -44,7 +44,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from ingestor.errors import IngestorError
-from ingestor.projection.schema import IDENTITY_LINK_COLUMNS
+from ingestor.projection import IDENTITY_LINK_TABLE, empty_frame_sql
 from ingestor.records import Account, IdentityAction, IdentityRecord, encode_record
 from workbench.audit import publish_record
 from workbench.db import ProjectionSource, connection_of
@@ -130,10 +130,7 @@ def history(db: ProjectionSource) -> pl.DataFrame:
     try:
         return con.sql("SELECT * FROM identity_links ORDER BY seq, server_id, user_id").pl()
     except duckdb.CatalogException:  # a projection older than identity records
-        empty = ", ".join(
-            f"NULL::{t.replace(' NOT NULL', '')} AS {n}" for n, t in IDENTITY_LINK_COLUMNS
-        )
-        return con.sql(f"SELECT {empty} WHERE false").pl()
+        return con.sql(empty_frame_sql(IDENTITY_LINK_TABLE)).pl()
 
 
 def check(db: ProjectionSource, record: IdentityRecord) -> None:

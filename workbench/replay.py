@@ -61,11 +61,11 @@ from ingestor.archive import archive_segments, write_segment
 from ingestor.events import encode_event
 from ingestor.pipeline import Message
 from ingestor.progress import Progress
-from ingestor.projection import Projection
-from ingestor.projection.asof import (
+from ingestor.projection import (
     CLOCKS,
     AsOfStats,
     Clock,
+    Projection,
     open_as_of,
     resolve,
     write_as_of,
