@@ -49,16 +49,12 @@ from ingestor.sources.config import SourcesConfig
 log = logging.getLogger(__name__)
 
 
-class DatabaseLocked(IngestorError):
-    """Another process holds the DuckDB file."""
-
-
 def open_projection(path: Path, *, read_only: bool = False, **kwargs: Any) -> Projection:
     try:
         return Projection(path, read_only=read_only, **kwargs)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
-            raise DatabaseLocked(
+            raise IngestorError(
                 f"{path} is in use by another process (is `ingestor run` up? "
                 "stop it, or use `ingestor status` which asks it over HTTP)"
             ) from None

@@ -19,8 +19,9 @@ expects::
 Every name below has runnable examples in its module's docstrings.
 """
 
-from workbench.api import Workbench, WorkbenchError, connect, open_data_dir
-from workbench.audit import AuditError, confirm, entries, restore, side_by_side, summary
+from workbench.api import Workbench, connect, open_data_dir
+from workbench.audit import confirm, entries, restore, side_by_side, summary
+from workbench.errors import AuditError, WorkbenchError
 from workbench.log import EventLog, LogGapError
 from workbench.replay import Replay, replay, simulated_log
 from workbench.stats import (

@@ -75,12 +75,12 @@ import nats
 import polars as pl
 from nats.aio.client import Client
 
-from ingestor.errors import IngestorError
 from ingestor.nats.connection import connect_reader
 from ingestor.projection import DUCKDB_MEMORY_LIMIT, create_views
 from workbench import audit as _audit
 from workbench import export as _export
-from workbench.live import LiveProjection, QueryError
+from workbench.errors import QueryError, WorkbenchError
+from workbench.live import LiveProjection
 from workbench.log import EventLog
 from workbench.replay import (
     Clock,
@@ -115,10 +115,6 @@ SNAPSHOT_TABLES = {
     "projection_meta": "true",  # the settings its rows were folded with (STALE_AFTER)
     "identity_links": "seq <= {seq}",
 }
-
-
-class WorkbenchError(IngestorError):
-    """The workbench cannot do what was asked (no NATS for a verdict, nothing to read)."""
 
 
 class Workbench:

@@ -40,7 +40,6 @@ from ingestor.projection.store import (
     BatchResult,
     DecisionOutcome,
     IdentityOutcome,
-    ProjectionError,
 )
 
 __all__ = [
@@ -68,7 +67,6 @@ __all__ = [
     "DecisionOutcome",
     "IdentityOutcome",
     "Projection",
-    "ProjectionError",
     "as_of_frame",
     "columns",
     "create_views",
