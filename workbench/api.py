@@ -41,8 +41,12 @@ Connected to a running ingestor's NATS (here a bare ``nats-server`` holding the 
     >>> from ingestor.nats.server import EmbeddedServer
     >>> from ingestor.nats.streams import ensure_streams
     >>> from ingestor.sources.simulator import SimulationConfig, simulate
+    >>> import socket
     >>> tmp = tempfile.TemporaryDirectory()
-    >>> server = EmbeddedServer("127.0.0.1", free_port(), Path(tmp.name) / "nats")
+    >>> with socket.socket() as s:  # a free port for the example's server
+    ...     s.bind(("127.0.0.1", 0))
+    ...     port = s.getsockname()[1]
+    >>> server = EmbeddedServer("127.0.0.1", port, Path(tmp.name) / "nats")
     >>> server.start()
     >>> async def connected():
     ...     async with await connect(server.url, http_url=None) as wb:
@@ -557,11 +561,4 @@ def _live_snapshot(live: LiveProjection) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface (for examples and tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-__all__ = ["Workbench", "WorkbenchError", "connect", "free_port", "open_data_dir"]
+__all__ = ["Workbench", "WorkbenchError", "connect", "open_data_dir"]
