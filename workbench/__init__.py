@@ -26,6 +26,7 @@ from workbench.log import EventLog, LogGapError
 from workbench.replay import Replay, replay, simulated_log
 from workbench.stats import (
     bandwidth,
+    by_category,
     by_day,
     by_day_of_week,
     by_hour_of_day,
@@ -58,6 +59,7 @@ __all__ = [
     "WorkbenchError",
     "active_at",
     "bandwidth",
+    "by_category",
     "by_day",
     "by_day_of_week",
     "by_hour_of_day",

@@ -35,12 +35,10 @@ Example (a projection of one playback)::
     >>> import tempfile
     >>> from pathlib import Path
     >>> import polars as pl
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z')"
-    ...     ") t(correlation_key, user_id, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, user_id, started_at, stopped_at",
+    ...     ('a', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
     ... )
     >>> tmp = tempfile.TemporaryDirectory()
     >>> done = export(

@@ -6,34 +6,8 @@ cap) and :class:`Projection`. The write side's names (what a batch applied, its 
 are here for the ingestor's own modules.
 """
 
-from ingestor.projection.read import (
-    ALERT_TABLE,
-    AS_OF_TABLES,
-    AUDIT_TABLE,
-    CHECKPOINT_TABLE,
-    CLOCKS,
-    DECISION_TABLE,
-    DUCKDB_MEMORY_LIMIT,
-    EVENT_DETAIL_VIEW,
-    EVENT_TABLE,
-    IDENTITY_LINK_TABLE,
-    MOVE_TABLE,
-    PERSON_VIEW_NAME,
-    PLAYBACK_TABLE,
-    PROJECTOR,
-    TABLES,
-    AsOfPoint,
-    AsOfStats,
-    Clock,
-    Projection,
-    as_of_frame,
-    columns,
-    create_views,
-    empty_frame_sql,
-    open_as_of,
-    resolve,
-    write_as_of,
-)
+from ingestor.projection import read
+from ingestor.projection.read import *  # noqa: F403 (the read API, as read.__all__ names it)
 from ingestor.projection.store import (
     AlertRow,
     Applied,
@@ -43,35 +17,10 @@ from ingestor.projection.store import (
 )
 
 __all__ = [
-    "ALERT_TABLE",
-    "AS_OF_TABLES",
-    "AUDIT_TABLE",
-    "CHECKPOINT_TABLE",
-    "CLOCKS",
-    "DECISION_TABLE",
-    "DUCKDB_MEMORY_LIMIT",
-    "EVENT_DETAIL_VIEW",
-    "EVENT_TABLE",
-    "IDENTITY_LINK_TABLE",
-    "MOVE_TABLE",
-    "PERSON_VIEW_NAME",
-    "PLAYBACK_TABLE",
-    "PROJECTOR",
-    "TABLES",
+    *read.__all__,
     "AlertRow",
     "Applied",
-    "AsOfPoint",
-    "AsOfStats",
     "BatchResult",
-    "Clock",
     "DecisionOutcome",
     "IdentityOutcome",
-    "Projection",
-    "as_of_frame",
-    "columns",
-    "create_views",
-    "empty_frame_sql",
-    "open_as_of",
-    "resolve",
-    "write_as_of",
 ]
