@@ -55,10 +55,10 @@ import nats
 # bench/ is the script's directory, so its sibling is importable: one set of helpers
 from ingest import (
     BenchError,
-    child_env,
     free_port,
     get_status,
     log,
+    run_env,
     spawn,
     stop_child,
     tail,
@@ -179,20 +179,9 @@ async def one_run(
         await asyncio.to_thread(server.start)
         await _provision(server.url)
         port = free_port()
-        extra = {
-            "DATA_DIR": str(run_dir / "ingestor"),
-            "NATS_URL": server.url,
-            "NATS_EMBEDDED": "false",
-            "HTTP_HOST": "127.0.0.1",
-            "HTTP_PORT": str(port),
-            "LOG_LEVEL": "warning",
-        }
-        if batch_size is not None:
-            extra["NATS_BATCH_SIZE"] = str(batch_size)
-        if flush_interval is not None:
-            extra["NATS_FLUSH_INTERVAL"] = flush_interval
+        env = run_env(server, run_dir / "ingestor", port, batch_size, flush_interval)
         log_path = run_dir / "ingestor.log"
-        proc = spawn([sys.executable, "-m", "ingestor.cli", "run"], child_env(extra), log_path)
+        proc = spawn([sys.executable, "-m", "ingestor.cli", "run"], env, log_path)
         base = f"http://127.0.0.1:{port}"
         status_url = f"{base}/status"
         await _status_until(status_url, lambda s: True, 120, "the ingestor to answer")

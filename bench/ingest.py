@@ -149,6 +149,31 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty)"
 
 
+def run_env(
+    server: EmbeddedServer,
+    data_dir: Path,
+    port: int,
+    batch_size: int | None,
+    flush_interval: str | None,
+) -> dict[str, str]:
+    """The environment of an ``ingestor run`` child reading the bench's own nats-server
+    (``NATS_EMBEDDED=false``), its data in ``data_dir``, HTTP on ``127.0.0.1:port``; the
+    batch size and flush interval the product's defaults unless given."""
+    extra = {
+        "DATA_DIR": str(data_dir),
+        "NATS_URL": server.url,
+        "NATS_EMBEDDED": "false",
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_PORT": str(port),
+        "LOG_LEVEL": "warning",
+    }
+    if batch_size is not None:
+        extra["NATS_BATCH_SIZE"] = str(batch_size)
+    if flush_interval is not None:
+        extra["NATS_FLUSH_INTERVAL"] = flush_interval
+    return child_env(extra)
+
+
 def stop_child(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -380,19 +405,7 @@ def ingest(
     timeout: float,
 ) -> IngestResult:
     port = free_port()
-    extra = {
-        "DATA_DIR": str(workdir / "ingestor"),
-        "NATS_URL": server.url,
-        "NATS_EMBEDDED": "false",
-        "HTTP_HOST": "127.0.0.1",
-        "HTTP_PORT": str(port),
-        "LOG_LEVEL": "warning",
-    }
-    if batch_size is not None:
-        extra["NATS_BATCH_SIZE"] = str(batch_size)
-    if flush_interval is not None:
-        extra["NATS_FLUSH_INTERVAL"] = flush_interval
-    env = child_env(extra)
+    env = run_env(server, workdir / "ingestor", port, batch_size, flush_interval)
     settings = Settings.from_env(env)  # what the child will run with (and a sanity check)
     log(
         f"ingesting with `ingestor run` (batch {settings.nats_batch_size}, "

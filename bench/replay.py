@@ -64,21 +64,19 @@ import pyarrow as pa
 from ingest import BenchError, child_env, free_port, log, spawn, stop_child, tail
 from ingest import memory_kb as process_memory_kb
 from ingest import versions as ingest_versions
+from move_profile import MoveBreakdown, breakdown_line, profile_move
 
-from ingestor.archive import Archiver, archive_segments, write_segment
+from ingestor.archive import Archiver, archive_segments
 from ingestor.errors import IngestorError
-from ingestor.events import encode_event
 from ingestor.nats.server import EmbeddedServer
-from ingestor.pipeline import Message
 from ingestor.projection import Projection
 from ingestor.rebuild import rebuild
 from ingestor.simulation import SimulationConfig, simulate
-from workbench import charts
-from workbench.api import Workbench, open_data_dir
+from workbench.api import open_data_dir
+from workbench.errors import WorkbenchError
 from workbench.log import EventLog
-from workbench.replay import Replay, replay
+from workbench.replay import Replay, archive_events, replay
 from workbench.stats import concurrent_streams
-from workbench.temporal import active_at
 from workbench.widgets import MAX_SLIDER_STEPS, SliderView, TimeSlider
 
 T = TypeVar("T")
@@ -99,7 +97,6 @@ EVENTS_PER_USER_DAY = 19
 _ARCHIVER_DEFAULTS = inspect.signature(Archiver.__init__).parameters
 SEGMENT_MAX_MESSAGES: int = _ARCHIVER_DEFAULTS["segment_max_messages"].default
 SEGMENT_MAX_BYTES: int = _ARCHIVER_DEFAULTS["segment_max_bytes"].default
-SEGMENT_OVERHEAD_BYTES = 24  # per message, as the archiver counts it: seq and timestamp
 MiB = 1024 * 1024
 POLL_S = 0.1
 # the CLI's last line: "replayed N messages (A events applied, R undecodable) up to seq S
@@ -266,20 +263,6 @@ class Series:
 
 
 @dataclass
-class MoveBreakdown:
-    """One slider move's work done step by step (as the default view does it), at the
-    instant of the slowest warm move of a clock: where a move's time goes."""
-
-    clock: str
-    instant: datetime
-    move_seconds: float  # that move, as timed through show_at
-    again_seconds: float  # show_at at that instant once more, right after the steps
-    stages: dict[str, float]
-    streams_rows: int
-    svg_kb: float
-
-
-@dataclass
 class MidCheck:
     """The as-of answer at the mid-point, against the baseline's file."""
 
@@ -338,9 +321,9 @@ class Results:
 
 
 def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
-    """Simulate the feed and write its first ``events`` events as archive segments: one
-    message per event in publish order, ``recorded_at`` the latest ``occurred_at`` so far
-    (as ``workbench.replay.simulated_log`` does), segments cut at the archiver's defaults."""
+    """Simulate the feed and write its first ``events`` events as archive segments with
+    ``workbench.replay.archive_events`` (``recorded_at`` the latest ``occurred_at`` so far),
+    segments cut at the archiver's defaults."""
     users = max(1, math.ceil(events / (EVENTS_PER_USER_DAY * days)))
     log(f"simulating ~{events:,} events ({users:,} users x {days} days, seed {SEED})")
     started = time.perf_counter()
@@ -355,41 +338,29 @@ def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
     if count < 2:
         raise BenchError(f"the simulator made {count} events; the bench needs at least 2")
     log(f"  {simulated:,} simulated in {simulate_seconds:.1f}s; writing {count:,} to segments")
-    archive_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    archive_events(
+        archive_dir, feed, segment_messages=SEGMENT_MAX_MESSAGES, segment_bytes=SEGMENT_MAX_BYTES
+    )
+    write_seconds = time.perf_counter() - started
     mid_index = count // 2
     # the recorded clock's instants: messages at 5 %, 15 %, ... 95 % of the log by sequence
     wanted = {(count * (2 * i + 1)) // (2 * INSTANTS) + 1: i for i in range(INSTANTS)}
     recorded_instants: list[tuple[int, datetime]] = []
-    started = time.perf_counter()
     mid = first = recorded = datetime.min.replace(tzinfo=UTC)
     first_occurred = last_occurred = feed[0].occurred_at
-    segment: list[Message] = []
-    size = 0
     for index, event in enumerate(feed):
         occurred = event.occurred_at
-        recorded = max(recorded, occurred)
+        recorded = max(recorded, occurred)  # as archive_events records it
         first_occurred = min(first_occurred, occurred)
         last_occurred = max(last_occurred, occurred)
-        data = encode_event(event)
-        subject = event.subject
-        message_size = len(data) + len(subject) + SEGMENT_OVERHEAD_BYTES
-        if segment and (
-            len(segment) >= SEGMENT_MAX_MESSAGES or size + message_size > SEGMENT_MAX_BYTES
-        ):
-            write_segment(archive_dir, segment)
-            segment, size = [], 0
-        segment.append(Message(index + 1, recorded, data, subject))
-        size += message_size
         if index == 0:
             first = recorded
         if index == mid_index:
             mid = recorded
         if index + 1 in wanted:
             recorded_instants.append((index + 1, recorded))
-    if segment:
-        write_segment(archive_dir, segment)
-    write_seconds = time.perf_counter() - started
-    del feed, segment
+    del feed
     gc.collect()
     span = last_occurred - first_occurred
     occurred_instants = [
@@ -712,55 +683,22 @@ async def measure_slider(
                 slider.close()
             log(f"  median {line.median:.3f}s, worst {line.worst:.3f}s")
             series.append(line)
-        breakdown = [await _breakdown(wb, line) for line in series]
+        breakdown = []
+        for line in series:
+            slowest = max(line.calls[1:] or line.calls, key=lambda c: c.seconds)  # warm moves
+            breakdown.append(
+                await profile_move(
+                    wb,
+                    slowest.instant,
+                    slowest.clock,  # type: ignore[arg-type]
+                    slowest.seconds,
+                    tolerance=TOLERANCE,
+                    step=SLIDER_STEP,
+                )
+            )
     finally:
         await wb.close()
     return series, (start, end, positions), breakdown
-
-
-async def _breakdown(wb: Workbench, line: Series) -> MoveBreakdown:
-    """The default view's steps, timed one by one, at the slowest warm move's instant."""
-    warm = line.calls[1:] or line.calls
-    slowest = max(warm, key=lambda c: c.seconds)
-    instant, clock = slowest.instant, slowest.clock
-    stages: dict[str, float] = {}
-    started = time.perf_counter()
-    answer = await wb.as_of(instant, clock)  # type: ignore[arg-type]
-    stages["wb.as_of"] = time.perf_counter() - started
-    try:
-        started = time.perf_counter()
-        active_at(answer, instant)
-        stages["active_at"] = time.perf_counter() - started
-        started = time.perf_counter()
-        streams = concurrent_streams(answer.con, until=instant, tz="UTC")
-        stages["concurrent_streams"] = time.perf_counter() - started
-        started = time.perf_counter()
-        chart = charts.concurrent_streams(streams, title="Concurrent streams")
-        stages["charts.concurrent_streams (build)"] = time.perf_counter() - started
-        started = time.perf_counter()
-        bundle = charts.svg_bundle(chart)
-        stages["charts.svg_bundle (vl-convert)"] = time.perf_counter() - started
-    finally:
-        answer.close()
-    # the same move once more through show_at, beside the steps (same conditions)
-    slider = TimeSlider(
-        wb, start=instant, end=instant, step=SLIDER_STEP, clock=clock, tolerance=TOLERANCE
-    )
-    try:
-        started = time.perf_counter()
-        await slider.show_at(instant)
-        again = time.perf_counter() - started
-    finally:
-        slider.close()
-    return MoveBreakdown(
-        clock,
-        instant,
-        slowest.seconds,
-        again,
-        stages,
-        streams.height,
-        len(bundle["image/svg+xml"]) / 1024,
-    )
 
 
 # --------------------------------------------------------------------------- 5. replay()
@@ -881,16 +819,6 @@ def _series_line(s: Series, what: str) -> str:
     return line
 
 
-def _breakdown_line(x: MoveBreakdown) -> str:
-    stages = ", ".join(f"{name} {seconds:.3f}s" for name, seconds in x.stages.items())
-    return (
-        f"  slider move at {x.instant:%m-%d %H:%M} ({x.clock} clock, the slowest warm one,"
-        f" {x.move_seconds:.3f}s) step by step: {stages} (sum {sum(x.stages.values()):.3f}s;"
-        f" show_at there once more {x.again_seconds:.3f}s); {x.streams_rows:,} change points,"
-        f" SVG {x.svg_kb:,.0f} KB"
-    )
-
-
 def _instants_line(s: Series) -> str:
     return f"  {s.clock} instants: " + ", ".join(f"{c.instant:%m-%d %H:%M}" for c in s.calls)
 
@@ -939,7 +867,7 @@ def report(env: dict[str, str], r: Results) -> tuple[list[str], dict[str, Any]]:
         f"  time slider: {positions:,} positions {start:%m-%d %H:%M} .. {end:%m-%d %H:%M} UTC"
         f" every {SLIDER_STEP}; Workbench in file mode",
         *[_series_line(s, "slider") for s in r.slider],
-        *[_breakdown_line(x) for x in r.breakdown],
+        *[breakdown_line(x) for x in r.breakdown],
         f"  replay(EventLog(archive), mid): first call {lr.first_seconds:.2f}s projecting"
         f" {lr.first_messages:,} messages ({lr.rate:,.0f} events/s, {lr.first_cpu_seconds:.1f}s"
         f" CPU; answering {lr.first_as_of_seconds:.3f}s of it), counts "
@@ -1097,7 +1025,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except (BenchError, IngestorError, OSError, subprocess.SubprocessError) as exc:
+    except (BenchError, IngestorError, WorkbenchError, OSError, subprocess.SubprocessError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

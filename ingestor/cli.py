@@ -1,4 +1,5 @@
-"""``ingestor``: the command line. Parses arguments, presents errors; ``app.py`` does the work."""
+"""``ingestor``: the command line. Parses arguments, presents errors; ``app.py`` (``run``) and
+:mod:`ingestor.commands` (the others) do the work."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingestor import app
+from ingestor.commands.demo import run_demo
+from ingestor.commands.dlq import dlq_command
+from ingestor.commands.erase import erase_command
+from ingestor.commands.identity import identity_list_command, identity_publish_command
+from ingestor.commands.imports import import_history_command, import_tautulli_command
+from ingestor.commands.replay import replay_command
+from ingestor.commands.simulate import simulate_command
+from ingestor.commands.status import format_status, status_command
 from ingestor.config import Settings
 from ingestor.detection.config import DetectionConfig
 from ingestor.errors import ConfigError, IngestorError
@@ -163,14 +172,14 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 0
     if command == "demo":
-        report = await app.run_demo(settings, _simulation_config(args))
+        report = await run_demo(settings, _simulation_config(args))
         return 0 if report.ok else 1
     if command == "simulate":
-        return await app.simulate_command(
+        return await simulate_command(
             settings, _simulation_config(args), out_path=args.out, truth_path=args.truth
         )
     if command == "replay":
-        report = await app.replay_command(settings, args.output, until=args.until, clock=args.clock)
+        report = await replay_command(settings, args.output, until=args.until, clock=args.clock)
         print(
             f"replayed {report.messages:,} messages ({report.applied:,} events applied, "
             f"{report.rejected:,} undecodable) up to seq {report.last_seq:,} into {args.output} "
@@ -178,28 +187,28 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 0
     if command == "status":
-        status = await app.status_command(settings)
-        print(json.dumps(status, indent=2) if args.json else app.format_status(status))
+        status = await status_command(settings)
+        print(json.dumps(status, indent=2) if args.json else format_status(status))
         return 0
     if command == "import" and args.kind != "tautulli-db":
-        return await app.import_history_command(settings, args)
+        return await import_history_command(settings, args)
     if command == "import":
         if args.path is None:
             raise IngestorError("import tautulli-db needs the database's path")
-        return await app.import_tautulli_command(settings, args.path, server_id=args.server_id)
+        return await import_tautulli_command(settings, args.path, server_id=args.server_id)
     if command == "dlq":
-        return await app.dlq_command(settings, args.action, args.seq)
+        return await dlq_command(settings, args.action, args.seq)
     if command == "identity":
         if args.identity_action == "list":
-            return await app.identity_list_command(settings, as_json=args.json)
+            return await identity_list_command(settings, as_json=args.json)
         if args.identity_action == "merge" and not args.account:
             raise IngestorError("identity merge needs at least one --account SERVER_ID USER_ID")
         accounts = [(server.strip(), user.strip()) for server, user in args.account]
-        return await app.identity_publish_command(
+        return await identity_publish_command(
             settings, args.identity_action, args.person, accounts, by=args.by, notes=args.notes
         )
     if command == "erase":
-        return await app.erase_command(settings, args.user, args.server)
+        return await erase_command(settings, args.user, args.server)
     raise AssertionError(command)
 
 

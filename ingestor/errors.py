@@ -1,6 +1,10 @@
 """Error classes: each says what failed and what happens next.
 
-The router classifies every failure into one of three kinds (docs/architecture.md, invariant 5):
+One base, :class:`IngestorError`: ``ingestor`` (the command) prints any of them as one line
+without a traceback. A subclass exists only where a caller does something different with it
+(docs/architecture.md, "Errors"): :class:`ConfigError` lists every bad setting (exit status 2),
+and the router classifies every failure into one of three kinds (docs/architecture.md,
+invariant 5):
 
 * :class:`PermanentError`: retrying cannot help (undecodable payload, invalid event). The
   message goes straight to the dead-letter stream.
@@ -40,7 +44,3 @@ class TransientError(IngestorError):
     """Temporarily failing (database down, disk full, NATS reconnecting): retry later."""
 
     category = "transient"
-
-
-class NatsUnavailable(IngestorError):
-    """No NATS server answers and none could be started."""

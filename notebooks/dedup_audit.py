@@ -54,6 +54,7 @@ import polars as pl
 from IPython.display import display
 
 from ingestor import simulation as simulator
+from ingestor.projection import PLAYBACK_TABLE
 from ingestor.simulation import TRUTH_SQL
 from workbench import audit, charts, open_data_dir
 from workbench.db import show
@@ -153,9 +154,11 @@ else:
         f"Second-source reports:       {expected.linked:>5,}  vs "
         f"{tiers.get('correlation', 0):,} linked by tier correlation"
     )
+    truth_columns = ", ".join(simulator.TRUTH_KEY_FIELDS)
     projected = set(
         snapshot.sql(
-            TRUTH_SQL + " WHERE started_at >= $first AND started_at < $after",
+            f"SELECT {truth_columns} FROM {PLAYBACK_TABLE}"
+            " WHERE started_at >= $first AND started_at < $after",
             params={"first": first, "after": after},
         ).fetchall()
     )

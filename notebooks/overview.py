@@ -396,10 +396,9 @@ chart = charts.bandwidth(per_bucket, peak=peak_bandwidth, name_zone=False).prope
 chart if per_bucket.height else None
 
 # %% tags=["hide-input"]
-present.details(
-    "How this report was made",
+present.report_details(
+    "overview",
     {
-        "notebook": "overview",
         "start": start,
         "end": end,
         "servers": servers,
@@ -408,14 +407,8 @@ present.details(
         "as_of": as_of,
         "title": title,
     },
-    note=(
-        f"The projection was read at log sequence {seq or 0:,}"
-        + (f" (recorded up to {recorded:%Y-%m-%d %H:%M:%S %Z})" if recorded else "")
-        + ". The log only grows, so the as-of point makes the report reproducible: run it again "
-        + "with -p as_of "
-        + (f"{recorded:%Y-%m-%dT%H:%M:%S.%f}Z" if recorded else "TIME")
-        + " and it shows these figures whatever was recorded since."
-    ),
+    seq,
+    recorded,
 )
 
 # %% tags=["remove-cell"]

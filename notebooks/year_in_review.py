@@ -292,24 +292,11 @@ if not people.is_empty():
     )
 
 # %% tags=["hide-input"]
-present.details(
-    "How this report was made",
-    {
-        "notebook": "year_in_review",
-        "year": year,
-        "user": user,
-        "server": server,
-        "tz": tz,
-        "as_of": as_of,
-    },
-    note=(
-        f"The projection was read at log sequence {seq or 0:,}"
-        + (f" (recorded up to {recorded:%Y-%m-%d %H:%M:%S %Z})" if recorded else "")
-        + ". The log only grows, so the as-of point makes the report reproducible: run it again "
-        + "with -p as_of "
-        + (f"{recorded:%Y-%m-%dT%H:%M:%S.%f}Z" if recorded else "TIME")
-        + " and it shows these figures whatever was recorded since."
-    ),
+present.report_details(
+    "year_in_review",
+    {"year": year, "user": user, "server": server, "tz": tz, "as_of": as_of},
+    seq,
+    recorded,
 )
 
 # %% tags=["remove-cell"]

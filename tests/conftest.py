@@ -4,7 +4,6 @@ temporary data directory, and small helpers for waiting on conditions with a dea
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,12 +13,7 @@ import pytest
 
 from ingestor.config import Settings
 from ingestor.nats.server import EmbeddedServer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import free_port  # tests import it from here too
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Test doubles of the world around our code (never of our own components): a clock the test
-moves, and a sink that remembers what adapters handed the real DirectSink."""
+moves, and a sink that remembers what adapters handed the real DirectSink; and a free port."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,13 @@ from ingestor.projection.store import parse_events
 from ingestor.sink import DirectSink
 
 T0 = datetime(2026, 1, 5, 20, 0, tzinfo=UTC)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ManualClock:

@@ -19,12 +19,14 @@ expects::
 Every name below has runnable examples in its module's docstrings.
 """
 
-from workbench.api import Workbench, WorkbenchError, connect, open_data_dir, open_data_dirs
-from workbench.audit import AuditError, confirm, entries, restore, side_by_side, summary
+from workbench.api import Workbench, connect, open_data_dir, open_data_dirs
+from workbench.audit import confirm, entries, restore, side_by_side, summary
+from workbench.errors import AuditError, WorkbenchError
 from workbench.log import EventLog, LogGapError
 from workbench.replay import Replay, replay, simulated_log
 from workbench.stats import (
     bandwidth,
+    by_category,
     by_day,
     by_day_of_week,
     by_hour_of_day,
@@ -57,6 +59,7 @@ __all__ = [
     "WorkbenchError",
     "active_at",
     "bandwidth",
+    "by_category",
     "by_day",
     "by_day_of_week",
     "by_hour_of_day",

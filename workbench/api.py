@@ -41,8 +41,12 @@ Connected to a running ingestor's NATS (here a bare ``nats-server`` holding the 
     >>> from ingestor.nats.server import EmbeddedServer
     >>> from ingestor.nats.streams import ensure_streams
     >>> from ingestor.simulation import SimulationConfig, simulate
+    >>> import socket
     >>> tmp = tempfile.TemporaryDirectory()
-    >>> server = EmbeddedServer("127.0.0.1", free_port(), Path(tmp.name) / "nats")
+    >>> with socket.socket() as s:  # a free port for the example's server
+    ...     s.bind(("127.0.0.1", 0))
+    ...     port = s.getsockname()[1]
+    >>> server = EmbeddedServer("127.0.0.1", port, Path(tmp.name) / "nats")
     >>> server.start()
     >>> async def connected():
     ...     async with await connect(server.url, http_url=None) as wb:
@@ -76,13 +80,12 @@ import nats
 import polars as pl
 from nats.aio.client import Client
 
-from ingestor.errors import IngestorError
 from ingestor.nats.connection import connect_reader
-from ingestor.projection.schema import DETAIL_VIEW, PERSON_VIEW
-from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
+from ingestor.projection import DUCKDB_MEMORY_LIMIT, create_views
 from workbench import audit as _audit
 from workbench import export as _export
-from workbench.live import LiveProjection, QueryError
+from workbench.errors import QueryError, WorkbenchError
+from workbench.live import LiveProjection
 from workbench.log import EventLog
 from workbench.replay import (
     Clock,
@@ -117,10 +120,6 @@ SNAPSHOT_TABLES = {
     "projection_meta": "true",  # the settings its rows were folded with (STALE_AFTER)
     "identity_links": "seq <= {seq}",
 }
-
-
-class WorkbenchError(IngestorError):
-    """The workbench cannot do what was asked (no NATS for a verdict, nothing to read)."""
 
 
 class Workbench:
@@ -611,23 +610,8 @@ def _live_snapshot(live: LiveProjection) -> duckdb.DuckDBPyConnection:
         "CREATE TABLE projection_checkpoint AS SELECT 'projector' AS consumer, "
         f"{seq}::BIGINT AS last_seq, now() AS updated_at"
     )
-    con.execute(DETAIL_VIEW)
-    con.execute(PERSON_VIEW)
+    create_views(con)
     return con
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface (for examples and tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-__all__ = [
-    "Workbench",
-    "WorkbenchError",
-    "connect",
-    "free_port",
-    "open_data_dir",
-    "open_data_dirs",
-]
+__all__ = ["Workbench", "WorkbenchError", "connect", "open_data_dir", "open_data_dirs"]

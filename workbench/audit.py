@@ -44,12 +44,12 @@ import polars as pl
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent
 from ingestor.records import AuditDecision, DecisionAction, encode_record
 from workbench.db import ProjectionSource
 from workbench.db import choices as _choices
 from workbench.db import query as _query
+from workbench.errors import AuditError
 from workbench.replay import aware_utc
 
 Source = ProjectionSource
@@ -85,10 +85,6 @@ ENTRY_COLUMNS = [
     "resolved_at",
     "resolution_notes",
 ]
-
-
-class AuditError(IngestorError):
-    """A verdict that cannot be given (unknown entry, already restored, an exact duplicate)."""
 
 
 # --------------------------------------------------------------------------- reading

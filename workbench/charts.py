@@ -20,13 +20,11 @@ would need both, and its ``mimetype`` renderer's output fails papermill's valida
 
 Example::
 
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'Roku', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', 'tvOS', '2026-01-05 20:00Z', '2026-01-05 22:00Z')"
-    ...     ") t(correlation_key, platform, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, platform, started_at, stopped_at",
+    ...     ('a', 'Roku', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('b', 'tvOS', '2026-01-05 20:00Z', '2026-01-05 22:00Z'),
     ... )
     >>> platforms = chart(db, "by_platform", metric="watch_time")
     >>> data_rows(platforms)
@@ -299,6 +297,26 @@ def _horizontal_bars(
 # --------------------------------------------------------------------------- over time
 
 
+def _over_time(
+    frame: pl.DataFrame,
+    x: alt.X,
+    label: alt.Tooltip,
+    words: str,
+    title: str | None,
+    mark: TimeMark = "bar",
+) -> alt.Chart:
+    """A statistic over time: a bar (or a line's point) per ``x``, its label and value as the
+    tooltip, titled "Plays ``words``" (or the metric's own words) unless ``title`` says."""
+    metric = _metric(frame)
+    data = _with_display_columns(frame, metric)
+    base = _base(data, title or f"{METRIC_WORDS[metric]} {words}")
+    drawn = base.mark_line(point=frame.height <= 62) if mark == "line" else base.mark_bar()
+    tooltip = [label, _value_tooltip(metric)]
+    return drawn.encode(x=x, y=_value_y(metric), tooltip=tooltip).properties(
+        width=WIDTH, height=HEIGHT
+    )
+
+
 def by_day(
     frame: pl.DataFrame,
     *,
@@ -315,39 +333,24 @@ def by_day(
     >>> spec["mark"]["type"], spec["encoding"]["y"]["title"], data_rows(spec)
     ('bar', 'Plays', 2)
     """
-    metric = _metric(frame)
-    data = _with_display_columns(frame, metric)
     x = alt.X(
         "utcyearmonthdate(day):T",
         title=_in_zone("Day", tz),
         scale=alt.Scale(type="utc", padding=12),
         axis=_calendar_axis("day", frame.height, "%b %d"),
     )
-    tooltip = [alt.Tooltip("day_label:N", title="Day"), _value_tooltip(metric)]
-    base = _base(data, title or f"{METRIC_WORDS[metric]} per day")
-    drawn = base.mark_line(point=frame.height <= 62) if mark == "line" else base.mark_bar()
-    return drawn.encode(x=x, y=_value_y(metric), tooltip=tooltip).properties(
-        width=WIDTH, height=HEIGHT
-    )
+    return _over_time(frame, x, alt.Tooltip("day_label:N", title="Day"), "per day", title, mark)
 
 
 def by_month(frame: pl.DataFrame, *, tz: str | None = None, title: str | None = None) -> alt.Chart:
     """Plays (or watch time) per month, from :func:`workbench.stats.by_month`."""
-    metric = _metric(frame)
-    data = _with_display_columns(frame, metric)
     x = alt.X(
         "utcyearmonth(month):T",
         title=_in_zone("Month", tz),
         scale=alt.Scale(type="utc", padding=12),
         axis=_calendar_axis("month", frame.height, "%b %Y"),
     )
-    tooltip = [alt.Tooltip("month_label:N", title="Month"), _value_tooltip(metric)]
-    return (
-        _base(data, title or f"{METRIC_WORDS[metric]} per month")
-        .mark_bar()
-        .encode(x=x, y=_value_y(metric), tooltip=tooltip)
-        .properties(width=WIDTH, height=HEIGHT)
-    )
+    return _over_time(frame, x, alt.Tooltip("month_label:N", title="Month"), "per month", title)
 
 
 def by_day_of_week(
@@ -355,21 +358,14 @@ def by_day_of_week(
 ) -> alt.Chart:
     """Plays (or watch time) per weekday, Monday first, from
     :func:`workbench.stats.by_day_of_week`."""
-    metric = _metric(frame)
-    data = _with_display_columns(frame, metric)
     x = alt.X(
         "day_name:N",
         title=_in_zone("Day of week", tz),
         sort=alt.EncodingSortField("weekday", order="ascending"),
         axis=alt.Axis(labelAngle=0),
     )
-    tooltip = [alt.Tooltip("day_name:N", title="Day of week"), _value_tooltip(metric)]
-    return (
-        _base(data, title or f"{METRIC_WORDS[metric]} by day of week")
-        .mark_bar()
-        .encode(x=x, y=_value_y(metric), tooltip=tooltip)
-        .properties(width=WIDTH, height=HEIGHT)
-    )
+    label = alt.Tooltip("day_name:N", title="Day of week")
+    return _over_time(frame, x, label, "by day of week", title)
 
 
 def by_hour_of_day(
@@ -377,21 +373,13 @@ def by_hour_of_day(
 ) -> alt.Chart:
     """Plays (or watch time) per start hour (0-23), from
     :func:`workbench.stats.by_hour_of_day`."""
-    metric = _metric(frame)
-    data = _with_display_columns(frame, metric)
     x = alt.X(
         "hour:O",
         title=_in_zone("Hour of day", tz),
         sort="ascending",
         axis=alt.Axis(labelAngle=0),
     )
-    tooltip = [alt.Tooltip("hour:O", title="Hour of day"), _value_tooltip(metric)]
-    return (
-        _base(data, title or f"{METRIC_WORDS[metric]} by hour of day")
-        .mark_bar()
-        .encode(x=x, y=_value_y(metric), tooltip=tooltip)
-        .properties(width=WIDTH, height=HEIGHT)
-    )
+    return _over_time(frame, x, alt.Tooltip("hour:O", title="Hour of day"), "by hour of day", title)
 
 
 # --------------------------------------------------------------------------- by dimension

@@ -29,8 +29,9 @@ import duckdb
 import polars as pl
 
 from ingestor.config import Settings
-from ingestor.errors import ConfigError
-from workbench.live import QueryError, ingestor_holding
+from ingestor.errors import ConfigError, IngestorError
+from workbench.errors import CellFailed, QueryError, ReportUsageError, WorkbenchError
+from workbench.live import ingestor_holding
 
 REPORT_HELP = """\
 Execute NOTEBOOK (.ipynb, or a jupytext .py/.md) with papermill and write OUT/NAME.ipynb
@@ -214,8 +215,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     import asyncio
 
-    from workbench.api import Workbench, WorkbenchError
-    from workbench.export import ExportError, period
+    from workbench.api import Workbench
+    from workbench.export import period
     from workbench.log import EventLog
 
     try:
@@ -267,7 +268,7 @@ def _export(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"workbench export: {exc}", file=sys.stderr)
         return 2
-    except (ExportError, WorkbenchError, QueryError, duckdb.Error) as exc:
+    except (WorkbenchError, IngestorError, duckdb.Error) as exc:
         print(f"workbench export: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -359,17 +360,17 @@ def _report(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             progress=None if args.quiet else progress,
         )
-    except report.ReportUsageError as exc:
+    except ReportUsageError as exc:
         print(f"workbench report: {exc}", file=sys.stderr)
         return 2
-    except report.CellFailed as exc:
+    except CellFailed as exc:
         print(f"workbench report: {exc}", file=sys.stderr)
         if exc.partial is not None:
             print(
                 f"workbench report: the partly executed notebook is {exc.partial}", file=sys.stderr
             )
         return 1
-    except report.ReportError as exc:
+    except (WorkbenchError, IngestorError) as exc:
         print(f"workbench report: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -10,7 +10,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from ingestor.projection import Projection
+from ingestor.projection import PLAYBACK_TABLE, Projection
+from ingestor.projection import columns as table_columns
 from workbench.replay import Replay
 
 ProjectionSource = Replay | Projection | duckdb.DuckDBPyConnection
@@ -30,6 +31,36 @@ def connection_of(source: ProjectionSource) -> duckdb.DuckDBPyConnection:
         return source
     kind = type(source).__name__
     raise TypeError(f"expected a Replay, a Projection or a DuckDB connection, got {kind}")
+
+
+def example_projection(columns: str, *rows: Sequence[object]) -> Projection:
+    """A projection in memory whose ``playback_events`` holds ``rows``: one tuple a row, of
+    the ``columns`` named (comma-separated; every other column is NULL; times as ISO 8601
+    text). The data of the statistics' examples, and of quick experiments.
+
+    >>> db = example_projection(
+    ...     "correlation_key, platform, started_at",
+    ...     ("a", "Roku", "2026-01-05 20:00Z"),
+    ...     ("b", None, "2026-01-05 21:30Z"),
+    ... )
+    >>> db.con.sql("SELECT platform, hour(started_at) FROM playback_events").fetchall()
+    [('Roku', 20), (None, 21)]
+    >>> example_projection("correlation_key, weather", ("a", "rain"))
+    Traceback (most recent call last):
+    ...
+    ValueError: playback_events has no column 'weather'
+    """
+    names = [name.strip() for name in columns.split(",")]
+    known = {name for name, _ in table_columns(PLAYBACK_TABLE)}
+    for name in names:
+        if name not in known:
+            raise ValueError(f"{PLAYBACK_TABLE} has no column {name!r}")
+    db = Projection(":memory:")
+    if rows:
+        marks = ", ".join("?" for _ in names)
+        insert = f"INSERT INTO {PLAYBACK_TABLE} ({', '.join(names)}) VALUES ({marks})"
+        db.con.executemany(insert, [list(row) for row in rows])
+    return db
 
 
 def query(source: ProjectionSource, sql: str, params: dict[str, Any] | None = None) -> pl.DataFrame:
@@ -149,6 +180,7 @@ __all__ = [
     "ProjectionSource",
     "choices",
     "connection_of",
+    "example_projection",
     "query",
     "scope",
     "show",

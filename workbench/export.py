@@ -35,12 +35,10 @@ Example (a projection of one playback)::
     >>> import tempfile
     >>> from pathlib import Path
     >>> import polars as pl
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z')"
-    ...     ") t(correlation_key, user_id, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, user_id, started_at, stopped_at",
+    ...     ('a', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
     ... )
     >>> tmp = tempfile.TemporaryDirectory()
     >>> done = export(
@@ -70,6 +68,7 @@ import polars as pl
 
 from workbench import stats
 from workbench.db import ProjectionSource, query, scope
+from workbench.errors import WorkbenchError
 
 Kind = Literal["playbacks", "plays", "events"]
 """What :func:`export` writes (see the module's docstring)."""
@@ -94,10 +93,6 @@ ORDER BY seq
 """
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-class ExportError(Exception):
-    """The export could not be written (the path is not writable, or not a file)."""
 
 
 @dataclass(frozen=True)
@@ -170,12 +165,12 @@ def rows(
 
 def write(frame: pl.DataFrame, format: Format, out: Path | str) -> Path:
     """Write ``frame`` to ``out`` in ``format`` (see the module's docstring), under a
-    temporary name first; :class:`ExportError` when it cannot be written."""
+    temporary name first; :class:`~workbench.errors.WorkbenchError` when it cannot be written."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     path = Path(out)
     if path.is_dir():
-        raise ExportError(f"cannot write {path}: it is a directory (give a file name)")
+        raise WorkbenchError(f"cannot write {path}: it is a directory (give a file name)")
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +184,7 @@ def write(frame: pl.DataFrame, format: Format, out: Path | str) -> Path:
     except OSError as exc:
         with contextlib.suppress(OSError):  # nothing was written where nothing can be
             partial.unlink(missing_ok=True)
-        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise WorkbenchError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -274,7 +269,6 @@ def _as_text(frame: pl.DataFrame, *, lists_as_json: bool) -> pl.DataFrame:
 __all__ = [
     "FORMATS",
     "KINDS",
-    "ExportError",
     "Exported",
     "Format",
     "Kind",

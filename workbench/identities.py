@@ -27,7 +27,7 @@ belongs to at most one person at a time: merging it into another person moves it
 ...     "unmerge", "Bob", [("jf", "e1")], datetime(2026, 1, 8, tzinfo=UTC)))
 Traceback (most recent call last):
 ...
-workbench.identities.IdentityError: jf/e1 is Ana's, not Bob's: nothing to unmerge
+workbench.errors.IdentityError: jf/e1 is Ana's, not Bob's: nothing to unmerge
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ import polars as pl
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from ingestor.errors import IngestorError
-from ingestor.projection.schema import IDENTITY_LINK_COLUMNS
+from ingestor.projection import IDENTITY_LINK_TABLE, empty_frame_sql
 from ingestor.records import Account, IdentityAction, IdentityRecord, encode_record
 from workbench.audit import publish_record
 from workbench.db import ProjectionSource, connection_of
+from workbench.errors import IdentityError, WorkbenchError
 from workbench.replay import aware_utc
 from workbench.stats import _person_accounts  # the stats' own test for person_accounts
 
@@ -56,10 +56,6 @@ if TYPE_CHECKING:
 
 AccountLike = Account | tuple[str, str]
 """An account: :class:`~ingestor.records.Account` or a ``(server_id, user_id)`` tuple."""
-
-
-class IdentityError(IngestorError):
-    """An identity record that would change nothing (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -130,10 +126,7 @@ def history(db: ProjectionSource) -> pl.DataFrame:
     try:
         return con.sql("SELECT * FROM identity_links ORDER BY seq, server_id, user_id").pl()
     except duckdb.CatalogException:  # a projection older than identity records
-        empty = ", ".join(
-            f"NULL::{t.replace(' NOT NULL', '')} AS {n}" for n, t in IDENTITY_LINK_COLUMNS
-        )
-        return con.sql(f"SELECT {empty} WHERE false").pl()
+        return con.sql(empty_frame_sql(IDENTITY_LINK_TABLE)).pl()
 
 
 def check(db: ProjectionSource, record: IdentityRecord) -> None:
@@ -186,7 +179,7 @@ async def merge(
     """Publish "these accounts are ``person``" (each ``(server_id, user_id)``; an account of
     another person moves to this one). Checked against the workbench's projection first
     (:func:`check`); ``at`` (default now) is when it was decided. Needs the running
-    ingestor's NATS (:class:`~workbench.api.WorkbenchError` says how to start it)."""
+    ingestor's NATS (:class:`~workbench.errors.WorkbenchError` says how to start it)."""
     return await _publish(wb, "merge", person, accounts, by=by, notes=notes, at=at)
 
 
@@ -215,7 +208,7 @@ async def _publish(
     notes: str,
     at: datetime | str | None,
 ) -> IdentityReceipt:
-    from workbench.api import APPLIED_WAIT, INGESTOR_HINT, WorkbenchError
+    from workbench.api import APPLIED_WAIT, INGESTOR_HINT
 
     when = aware_utc(at, "at") if at is not None else datetime.now(UTC)
     try:

@@ -30,9 +30,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-
-class QueryError(Exception):
-    """The ingestor refused the query (not a single SELECT, bad SQL, not allowed)."""
+from workbench.errors import QueryError
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import aiohttp
 import polars as pl
 
 from ingestor.broadcast import AlertMessage, EventMessage, Message, decode_message
+from workbench.errors import FeedClosed
 
 NORMAL_CLOSES = (1000, 1001)  # the client or the ingestor ended the feed on purpose
 _TIME = pl.Datetime("us", "UTC")
@@ -51,15 +52,6 @@ SCHEMA: dict[str, Any] = {
     "detail": pl.String,  # the device or player; an alert's message
 }
 COLUMNS = tuple(SCHEMA)
-
-
-class FeedClosed(Exception):
-    """The ingestor closed the feed for a reason other than stopping (e.g. too slow)."""
-
-    def __init__(self, code: int | None, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(f"live feed closed ({code}): {reason or 'no reason given'}")
 
 
 def feed_url(

@@ -21,7 +21,7 @@ import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import polars as pl
@@ -504,6 +504,34 @@ def details(summary: str, rows: Mapping[str, Any], note: str = "") -> Html:
     return Html(page, text)
 
 
+def report_details(
+    notebook: str, parameters: Mapping[str, Any], seq: int | None, recorded: datetime | None
+) -> Html:
+    """A report's "How this report was made": the ``notebook``, its ``parameters``, and the
+    as-of point that makes it reproducible: the log sequence ``seq`` it read, recorded up to
+    ``recorded``, and how to render the same figures again.
+
+    >>> from datetime import UTC, datetime
+    >>> at = datetime(2026, 1, 5, 20, 0, tzinfo=UTC)
+    >>> print(report_details("overview", {"tz": "UTC"}, 42, at))  # doctest: +NORMALIZE_WHITESPACE
+    How this report was made
+      notebook: 'overview'
+      tz: 'UTC'
+    The projection was read at log sequence 42 (recorded up to 2026-01-05 20:00:00 UTC). The
+    log only grows, so the as-of point makes the report reproducible: run it again with -p
+    as_of 2026-01-05T20:00:00.000000Z and it shows these figures whatever was recorded since.
+    """
+    note = (
+        f"The projection was read at log sequence {seq or 0:,}"
+        + (f" (recorded up to {recorded:%Y-%m-%d %H:%M:%S %Z})" if recorded else "")
+        + ". The log only grows, so the as-of point makes the report reproducible: run it again "
+        + "with -p as_of "
+        + (f"{recorded:%Y-%m-%dT%H:%M:%S.%f}Z" if recorded else "TIME")
+        + " and it shows these figures whatever was recorded since."
+    )
+    return details("How this report was made", {"notebook": notebook, **parameters}, note)
+
+
 __all__ = [
     "ACCENT",
     "Html",
@@ -522,6 +550,7 @@ __all__ = [
     "period_tiles",
     "period_words",
     "plain",
+    "report_details",
     "server_name",
     "table",
     "title_cell",

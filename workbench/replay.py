@@ -48,7 +48,7 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,14 +58,14 @@ import duckdb
 import polars as pl
 
 from ingestor.archive import archive_segments, write_segment
-from ingestor.events import encode_event
+from ingestor.events import MediaEvent, encode_event
 from ingestor.pipeline import Message
 from ingestor.progress import Progress
-from ingestor.projection import Projection
-from ingestor.projection.asof import (
+from ingestor.projection import (
     CLOCKS,
     AsOfStats,
     Clock,
+    Projection,
     open_as_of,
     resolve,
     write_as_of,
@@ -483,6 +483,50 @@ class _Reporter:
 # --------------------------------------------------------------------------- a demo log
 
 
+def archive_events(
+    archive_dir: Path,
+    events: Iterable[MediaEvent],
+    *,
+    segment_messages: int = 1000,
+    segment_bytes: int | None = None,
+) -> int:
+    """Write ``events`` to ``archive_dir`` as a live ingestor would have archived them, and
+    return how many: archive segments, in publish order, one message per event, sequences
+    from 1. Each message's ``recorded_at`` is the latest ``occurred_at`` published so far: the
+    moment a live ingestor would have stored it (exact for webhooks and Tautulli rows; a
+    re-delivery is recorded when it is re-sent, after the original). A segment is sealed at
+    ``segment_messages`` messages, or before its events' bytes (data and subject) would pass
+    ``segment_bytes``. ``archive_dir`` must hold no segment.
+
+    >>> import tempfile
+    >>> from ingestor.simulation import SimulationConfig, simulate
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     feed = simulate(SimulationConfig(users=2, days=1)).events
+    ...     n = archive_events(Path(tmp), feed, segment_messages=20)
+    ...     n, len(archive_segments(Path(tmp)))
+    (56, 3)
+    """
+    archive_dir.mkdir(parents=True, exist_ok=True)
+    if archive_segments(archive_dir):
+        raise ValueError(f"{archive_dir} already holds archive segments")
+    segment: list[Message] = []
+    size = seq = 0
+    recorded = datetime.min.replace(tzinfo=UTC)
+    for seq, event in enumerate(events, start=1):
+        recorded = max(recorded, event.occurred_at)
+        data, subject = encode_event(event), event.subject
+        grown = size + len(data) + len(subject)
+        full = len(segment) >= segment_messages or (segment_bytes and grown > segment_bytes)
+        if segment and full:
+            write_segment(archive_dir, segment)
+            segment, grown = [], len(data) + len(subject)
+        segment.append(Message(seq, recorded, data, subject))
+        size = grown
+    if segment:
+        write_segment(archive_dir, segment)
+    return seq
+
+
 def simulated_log(
     archive_dir: Path,
     config: SimulationConfig | None = None,
@@ -497,7 +541,7 @@ def simulated_log(
     ingestor would have stored it (exact for webhooks and Jellyfin pushes, timed by their
     receipt; a Tautulli row, which happened at its stop, is recorded with the reports
     before the pass that read it, and a row read again when it is re-sent). ``archive_dir``
-    must hold no segment.
+    must hold no segment (:func:`archive_events` writes them).
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -505,17 +549,8 @@ def simulated_log(
     ...     asyncio.run(log.last_seq())
     55
     """
-    archive_dir.mkdir(parents=True, exist_ok=True)
-    if archive_segments(archive_dir):
-        raise ValueError(f"{archive_dir} already holds archive segments")
     sim = simulate(config or SimulationConfig(users=2, days=1))
-    messages: list[Message] = []
-    recorded = datetime.min.replace(tzinfo=UTC)
-    for seq, event in enumerate(sim.events, start=1):
-        recorded = max(recorded, event.occurred_at)
-        messages.append(Message(seq, recorded, encode_event(event), event.subject))
-    for start in range(0, len(messages), segment_messages):
-        write_segment(archive_dir, messages[start : start + segment_messages])
+    archive_events(archive_dir, sim.events, segment_messages=segment_messages)
     return EventLog(archive_dir)
 
 
@@ -526,6 +561,7 @@ __all__ = [
     "Replay",
     "ReplayStats",
     "answer_as_of",
+    "archive_events",
     "aware_utc",
     "log_as_of",
     "projection_of",

@@ -63,7 +63,7 @@ from nbconvert import HTMLExporter
 from nbformat import NotebookNode
 from traitlets.config import Config
 
-from workbench.api import WorkbenchError
+from workbench.errors import CellFailed, NotSelfContained, ReportUsageError, WorkbenchError
 
 Progress = Callable[[str], None]
 """Receives one line per phase of :func:`render` (executing, writing HTML, done)."""
@@ -89,66 +89,6 @@ REPORT_TEMPLATE = """\
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
 {%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
 """
-
-# ----------------------------------------------------------------------------------- errors
-
-
-class ReportError(WorkbenchError):
-    """A report could not be made; the message says why (exit status 1)."""
-
-
-class ReportUsageError(ReportError):
-    """The request itself is wrong: no such notebook, a bad parameter (exit status 2)."""
-
-
-class CellFailed(ReportError):
-    """A cell of the notebook raised (or timed out, or its kernel died).
-
-    ``cell_index`` counts the notebook's cells as written, from 0; ``first_line`` is its
-    first line of code (comments skipped: many cells open with a tag comment); ``evalue``
-    the first line of the message; ``partial`` the partly executed notebook, kept for
-    debugging (``None`` if execution never got that far).
-    """
-
-    def __init__(
-        self,
-        notebook: Path,
-        cell_index: int | None,
-        first_line: str,
-        ename: str,
-        evalue: str,
-        partial: Path | None,
-    ) -> None:
-        self.notebook = notebook
-        self.cell_index = cell_index
-        self.first_line = first_line
-        self.ename = ename
-        self.evalue = evalue
-        self.partial = partial
-        where = "before its first cell" if cell_index is None else f"in cell {cell_index}"
-        if first_line:
-            where += f" ({first_line})"
-        message = f"{notebook} failed {where}: {ename}"
-        if evalue:
-            message += f": {evalue}"
-        super().__init__(message)
-
-
-class NotSelfContained(ReportError):
-    """The HTML would load something from outside itself (``references``), so it would not
-    open offline; the executed notebook was written, the HTML was not."""
-
-    def __init__(self, html: Path, references: list[tuple[int | None, str]]) -> None:
-        self.references = references
-        shown = ", ".join(
-            f"{ref} (cell {index})" if index is not None else ref for index, ref in references[:3]
-        )
-        more = f" and {len(references) - 3} more" if len(references) > 3 else ""
-        super().__init__(
-            f"{html} not written: the page would need the network for {shown}{more} "
-            "(render charts offline with workbench.charts.use_offline_renderer(), embed images)"
-        )
-
 
 # ------------------------------------------------------------------------------- the result
 
@@ -288,12 +228,12 @@ def ensure_kernel(prefix: Path | str | None = None) -> str:
     try:
         spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
     except NoSuchKernel:
-        raise ReportError(
+        raise WorkbenchError(
             f"installed the kernelspec {KERNEL_NAME} in {where}, but Jupyter does not find it "
             "there (is JUPYTER_PATH set?)"
         ) from None
     if not _runs_this_interpreter(spec.argv):
-        raise ReportError(
+        raise WorkbenchError(
             f"a kernelspec {KERNEL_NAME} in {spec.resource_dir} runs {spec.argv[0]}, not "
             f"{sys.executable}: remove it"
         )
@@ -434,7 +374,7 @@ def render(
     ``kernel`` a kernelspec name (default: :func:`ensure_kernel`), ``timeout`` the seconds
     one cell may run (default: no limit). Raises :class:`ReportUsageError` for a request
     that cannot work, :class:`CellFailed` when a cell fails, :class:`NotSelfContained` when
-    the page would need the network, :class:`ReportError` for the rest.
+    the page would need the network, :class:`~workbench.errors.WorkbenchError` for the rest.
     """
     started = time.monotonic()
     say = progress or (lambda line: None)
@@ -639,7 +579,6 @@ __all__ = [
     "NotSelfContained",
     "Progress",
     "Report",
-    "ReportError",
     "ReportUsageError",
     "check_parameter_names",
     "ensure_kernel",

@@ -245,51 +245,30 @@ _BUCKET_TOTALS = (
     "count(b.play_key) AS plays, CAST(coalesce(sum(b.watch_seconds), 0) AS BIGINT) AS watch_time"
 )
 
-PLAYS_BY_DAY = (
-    PLAYS_CTE
-    + f"""
-, bucketed AS (
-    SELECT play_key, watch_seconds, CAST(timezone($tz, started_at) AS DATE) AS day FROM plays
-),
-series AS (
-    SELECT CAST(generate_series AS DATE) AS day
-    FROM generate_series(
-        (SELECT CAST(min(day) AS TIMESTAMP) FROM bucketed),
-        (SELECT CAST(max(day) AS TIMESTAMP) FROM bucketed),
-        INTERVAL 1 DAY
-    )
-)
-SELECT s.day, {_BUCKET_TOTALS}
-FROM series s LEFT JOIN bucketed b ON b.day = s.day
-GROUP BY s.day
-ORDER BY s.day
-"""
-)
-
-PLAYS_BY_MONTH = (
-    PLAYS_CTE
-    + f"""
+_CALENDAR_SQL = """
 , bucketed AS (
     SELECT
         play_key,
         watch_seconds,
-        CAST(date_trunc('month', timezone($tz, started_at)) AS DATE) AS month
+        CAST(date_trunc('{unit}', timezone($tz, started_at)) AS DATE) AS {unit}
     FROM plays
 ),
 series AS (
-    SELECT CAST(generate_series AS DATE) AS month
+    SELECT CAST(generate_series AS DATE) AS {unit}
     FROM generate_series(
-        (SELECT CAST(min(month) AS TIMESTAMP) FROM bucketed),
-        (SELECT CAST(max(month) AS TIMESTAMP) FROM bucketed),
-        INTERVAL 1 MONTH
+        (SELECT CAST(min({unit}) AS TIMESTAMP) FROM bucketed),
+        (SELECT CAST(max({unit}) AS TIMESTAMP) FROM bucketed),
+        INTERVAL 1 {unit}
     )
 )
-SELECT s.month, {_BUCKET_TOTALS}
-FROM series s LEFT JOIN bucketed b ON b.month = s.month
-GROUP BY s.month
-ORDER BY s.month
+SELECT s.{unit}, {totals}
+FROM series s LEFT JOIN bucketed b ON b.{unit} = s.{unit}
+GROUP BY s.{unit}
+ORDER BY s.{unit}
 """
-)
+# every local day (month) from the first to the last with a play, the empty ones included
+PLAYS_BY_DAY = PLAYS_CTE + _CALENDAR_SQL.format(unit="day", totals=_BUCKET_TOTALS)
+PLAYS_BY_MONTH = PLAYS_CTE + _CALENDAR_SQL.format(unit="month", totals=_BUCKET_TOTALS)
 
 PLAYS_BY_DAY_OF_WEEK = (
     PLAYS_CTE
@@ -337,12 +316,11 @@ GROUP BY server_id, user_id
 )
 
 _CATEGORY_SQL = PLAYS_CTE + "\nSELECT {column}, " + _TOTALS + "\nFROM plays\nGROUP BY {column}\n"
-PLAYS_BY_PLATFORM = _CATEGORY_SQL.format(column="platform")
-PLAYS_BY_PLAYER = _CATEGORY_SQL.format(column="player")
-PLAYS_BY_MEDIA_TYPE = _CATEGORY_SQL.format(column="media_type")
-PLAYS_BY_STREAM_TYPE = _CATEGORY_SQL.format(column="stream_type")
-PLAYS_BY_RESOLUTION = _CATEGORY_SQL.format(column="resolution")
-PLAYS_BY_SERVER = _CATEGORY_SQL.format(column="server_id")
+PLAYS_BY_CATEGORY = {
+    column: _CATEGORY_SQL.format(column=column)
+    for column in ("platform", "player", "media_type", "stream_type", "resolution", "server_id")
+}
+"""One query per :data:`Category` (a column of the plays CTE, never user input)."""
 
 PLAYS_BY_TITLE = (
     PLAYS_CTE
@@ -668,14 +646,12 @@ def plays(
     --------
     Stopped at 40 %, resumed after lunch to the end: one play of 2 playbacks.
 
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'u1', '7', '2026-01-05 11:00Z', '2026-01-05 12:00Z', 0, 40),"
-    ...     "('b', 'u1', '7', '2026-01-05 14:00Z', '2026-01-05 15:30Z', 0, 98)"
-    ...     ") t(correlation_key, user_id, rating_key, started_at, stopped_at, "
-    ...     "paused_seconds, percent_complete)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, user_id, rating_key, started_at, stopped_at, paused_seconds,"
+    ...     " percent_complete",
+    ...     ('a', 'u1', '7', '2026-01-05 11:00Z', '2026-01-05 12:00Z', 0, 40),
+    ...     ('b', 'u1', '7', '2026-01-05 14:00Z', '2026-01-05 15:30Z', 0, 98),
     ... )
     >>> plays(db, tz="Europe/Berlin").select(
     ...     "play_key", "started_at", "watch_time", "watched", "playbacks"
@@ -711,13 +687,11 @@ def by_day(
     UTC time it is already the 30th (UTC+2):
 
     >>> import duckdb
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', '2026-03-28 22:30Z', '2026-03-28 23:30Z', 0),"
-    ...     "('b', '2026-03-29 22:30Z', '2026-03-29 23:00Z', 600)"
-    ...     ") t(correlation_key, started_at, stopped_at, paused_seconds)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, started_at, stopped_at, paused_seconds",
+    ...     ('a', '2026-03-28 22:30Z', '2026-03-28 23:30Z', 0),
+    ...     ('b', '2026-03-29 22:30Z', '2026-03-29 23:00Z', 600),
     ... )
     >>> for day, plays in by_day(db, tz="Europe/Berlin").rows():
     ...     print(day, plays)
@@ -745,12 +719,10 @@ def by_day_of_week(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', '2026-01-05 03:00Z', '2026-01-05 04:00Z', 0)"
-    ...     ") t(correlation_key, started_at, stopped_at, paused_seconds)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, started_at, stopped_at, paused_seconds",
+    ...     ('a', '2026-01-05 03:00Z', '2026-01-05 04:00Z', 0),
     ... )
     >>> frame = by_day_of_week(db, tz="America/New_York")  # Sunday 22:00 there
     >>> print(frame.filter(frame["plays"] > 0).to_dicts())
@@ -777,12 +749,10 @@ def by_hour_of_day(
     --------
     On the night winter time returns, 01:30 UTC is 02:30 in Berlin (UTC+1 again):
 
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', '2026-10-25 01:30Z', '2026-10-25 02:30Z', 0)"
-    ...     ") t(correlation_key, started_at, stopped_at, paused_seconds)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, started_at, stopped_at, paused_seconds",
+    ...     ('a', '2026-10-25 01:30Z', '2026-10-25 02:30Z', 0),
     ... )
     >>> frame = by_hour_of_day(db, metric="watch_time", tz="Europe/Berlin")
     >>> print(frame.filter(frame["watch_time"] > 0).rows())
@@ -804,13 +774,11 @@ def by_month(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', '2026-01-31 23:30Z', '2026-02-01 00:30Z', 0),"
-    ...     "('b', '2026-03-02 20:00Z', '2026-03-02 21:00Z', 0)"
-    ...     ") t(correlation_key, started_at, stopped_at, paused_seconds)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, started_at, stopped_at, paused_seconds",
+    ...     ('a', '2026-01-31 23:30Z', '2026-02-01 00:30Z', 0),
+    ...     ('b', '2026-03-02 20:00Z', '2026-03-02 21:00Z', 0),
     ... )
     >>> print(by_month(db, tz="Asia/Tokyo").rows())
     [(datetime.date(2026, 2, 1), 1), (datetime.date(2026, 3, 1), 1)]
@@ -837,14 +805,12 @@ def by_user(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 's', '1', 'ann', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', 's', '2', 'bob', '2026-01-05 20:00Z', '2026-01-05 20:30Z'),"
-    ...     "('c', 's', '2', 'bob', '2026-01-06 20:00Z', '2026-01-06 20:01Z')"
-    ...     ") t(correlation_key, server_id, user_id, username, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, server_id, user_id, username, started_at, stopped_at",
+    ...     ('a', 's', '1', 'ann', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('b', 's', '2', 'bob', '2026-01-05 20:00Z', '2026-01-05 20:30Z'),
+    ...     ('c', 's', '2', 'bob', '2026-01-06 20:00Z', '2026-01-06 20:01Z'),
     ... )
     >>> print(by_user(db).rows())  # bob's 1-minute play is under 120 s
     [('s', '1', 'ann', 1), ('s', '2', 'bob', 1)]
@@ -856,165 +822,104 @@ def by_user(
     )
 
 
-def by_platform(
+Category = Literal["platform", "player", "media_type", "stream_type", "resolution", "server_id"]
+"""What :func:`by_category` counts by: a column of the play (see the module's "play")."""
+
+CATEGORIES: tuple[Category, ...] = get_args(Category)
+
+
+def by_category(
     db: Database,
+    category: Category,
     *,
     metric: Metric = "plays",
     grouping: bool = True,
     min_seconds: int = DEFAULT_MIN_SECONDS,
 ) -> pl.DataFrame:
-    """Plays (or watch time) per ``platform`` (missing: ``"unknown"``).
+    """Plays (or watch time) per value of ``category``, largest first: columns ``category``
+    and ``metric``; a missing value counts as ``"unknown"``. Each category also has a
+    function of its own: ``by_platform(db)`` is ``by_category(db, "platform")``.
+
+    * ``platform``, ``player`` (the device's name), ``server_id``;
+    * ``media_type``: ``movie``, ``episode``, ``track``... (per library: :func:`by_library`);
+    * ``stream_type``: ``"direct play"``, ``"direct stream"`` (``"copy"`` included),
+      ``"transcode"`` or ``"unknown"``;
+    * ``resolution``: the ``video_resolution`` (``4k``, ``1080``, ``720``, ``sd``...). The
+      projection keeps one resolution, the source media's for most adapters, so this
+      answers both "source resolution" and "stream resolution" until a delivered-stream
+      column exists.
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'Roku', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', NULL, '2026-01-05 20:00Z', '2026-01-05 22:00Z'),"
-    ...     "('c', 'Roku', '2026-01-06 20:00Z', '2026-01-06 20:30Z')"
-    ...     ") t(correlation_key, platform, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, platform, player, media_type, transcode_decision,"
+    ...     " video_resolution, server_id, started_at, stopped_at",
+    ...     ('a', 'Roku', 'Living Room', 'movie', 'copy', '4k', 'plex',
+    ...      '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('b', None, 'iPhone', 'episode', 'direct stream', '1080', 'jelly',
+    ...      '2026-01-05 20:00Z', '2026-01-05 22:00Z'),
+    ...     ('c', 'Roku', 'Living Room', 'episode', None, '1080', 'plex',
+    ...      '2026-01-06 20:00Z', '2026-01-06 20:30Z'),
     ... )
-    >>> print(by_platform(db).rows())
+    >>> print(by_category(db, "platform").rows())
     [('Roku', 2), ('unknown', 1)]
-    >>> print(by_platform(db, metric="watch_time").rows())
+    >>> print(by_category(db, "platform", metric="watch_time").rows())
     [('unknown', 7200), ('Roku', 5400)]
-    """
-    return _ranked(db, PLAYS_BY_PLATFORM, ["platform"], metric, grouping, min_seconds)
-
-
-def by_player(
-    db: Database,
-    *,
-    metric: Metric = "plays",
-    grouping: bool = True,
-    min_seconds: int = DEFAULT_MIN_SECONDS,
-) -> pl.DataFrame:
-    """Plays (or watch time) per ``player`` (the device's name; missing: ``"unknown"``).
-
-    Examples
-    --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'Living Room', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', 'iPhone', '2026-01-05 20:00Z', '2026-01-05 20:10Z')"
-    ...     ") t(correlation_key, player, started_at, stopped_at)"
-    ... )
     >>> print(by_player(db, metric="watch_time").to_dicts())
-    [{'player': 'Living Room', 'watch_time': 3600}, {'player': 'iPhone', 'watch_time': 600}]
-    """
-    return _ranked(db, PLAYS_BY_PLAYER, ["player"], metric, grouping, min_seconds)
-
-
-def by_media_type(
-    db: Database,
-    *,
-    metric: Metric = "plays",
-    grouping: bool = True,
-    min_seconds: int = DEFAULT_MIN_SECONDS,
-) -> pl.DataFrame:
-    """Plays (or watch time) per ``media_type`` (``movie``, ``episode``, ``track``...); per
-    library: :func:`by_library`.
-
-    Examples
-    --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'movie', '2026-01-05 20:00Z', '2026-01-05 22:00Z'),"
-    ...     "('b', 'episode', '2026-01-05 20:00Z', '2026-01-05 20:45Z'),"
-    ...     "('c', 'episode', '2026-01-05 21:00Z', '2026-01-05 21:45Z')"
-    ...     ") t(correlation_key, media_type, started_at, stopped_at)"
-    ... )
+    [{'player': 'iPhone', 'watch_time': 7200}, {'player': 'Living Room', 'watch_time': 5400}]
     >>> print(by_media_type(db).rows())
     [('episode', 2), ('movie', 1)]
-    """
-    return _ranked(db, PLAYS_BY_MEDIA_TYPE, ["media_type"], metric, grouping, min_seconds)
-
-
-def by_stream_type(
-    db: Database,
-    *,
-    metric: Metric = "plays",
-    grouping: bool = True,
-    min_seconds: int = DEFAULT_MIN_SECONDS,
-) -> pl.DataFrame:
-    """Plays (or watch time) per stream type: ``stream_type`` is ``"direct play"``,
-    ``"direct stream"`` (``"copy"`` included), ``"transcode"`` or ``"unknown"``.
-
-    Examples
-    --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'copy', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', 'direct stream', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('c', NULL, '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('d', 'transcode', '2026-01-05 20:00Z', '2026-01-05 21:00Z')"
-    ...     ") t(correlation_key, transcode_decision, started_at, stopped_at)"
-    ... )
     >>> print(by_stream_type(db).rows())
-    [('direct stream', 2), ('transcode', 1), ('unknown', 1)]
-    """
-    return _ranked(db, PLAYS_BY_STREAM_TYPE, ["stream_type"], metric, grouping, min_seconds)
-
-
-def by_resolution(
-    db: Database,
-    *,
-    metric: Metric = "plays",
-    grouping: bool = True,
-    min_seconds: int = DEFAULT_MIN_SECONDS,
-) -> pl.DataFrame:
-    """Plays (or watch time) per ``video_resolution`` as ``resolution`` (``4k``, ``1080``,
-    ``720``, ``sd``...; missing: ``"unknown"``). The projection keeps one resolution, the
-    source media's for most adapters, so this answers both "source resolution" and "stream
-    resolution" until a delivered-stream column exists.
-
-    Examples
-    --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', '4k', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', '1080', '2026-01-05 20:00Z', '2026-01-05 22:00Z')"
-    ...     ") t(correlation_key, video_resolution, started_at, stopped_at)"
-    ... )
+    [('direct stream', 2), ('unknown', 1)]
     >>> print(by_resolution(db, metric="watch_time").rows())
-    [('1080', 7200), ('4k', 3600)]
-    """
-    return _ranked(db, PLAYS_BY_RESOLUTION, ["resolution"], metric, grouping, min_seconds)
-
-
-def by_server(
-    db: Database,
-    *,
-    metric: Metric = "plays",
-    grouping: bool = True,
-    min_seconds: int = DEFAULT_MIN_SECONDS,
-) -> pl.DataFrame:
-    """Plays (or watch time) per ``server_id``.
-
-    Examples
-    --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'plex', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', 'jelly', '2026-01-05 20:00Z', '2026-01-05 21:00Z')"
-    ...     ") t(correlation_key, server_id, started_at, stopped_at)"
-    ... )
+    [('1080', 9000), ('4k', 3600)]
     >>> print(by_server(db).rows())
-    [('jelly', 1), ('plex', 1)]
+    [('plex', 2), ('jelly', 1)]
     """
-    return _ranked(db, PLAYS_BY_SERVER, ["server_id"], metric, grouping, min_seconds)
+    if category not in CATEGORIES:
+        raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
+    sql = PLAYS_BY_CATEGORY[category]
+    return _ranked(db, sql, [category], metric, grouping, min_seconds)
+
+
+class _PerCategory(Protocol):
+    def __call__(
+        self,
+        db: Database,
+        *,
+        metric: Metric = "plays",
+        grouping: bool = True,
+        min_seconds: int = DEFAULT_MIN_SECONDS,
+    ) -> pl.DataFrame: ...
+
+
+def _per(category: Category, name: str) -> _PerCategory:
+    """``name(db, ...)``: :func:`by_category` of ``category``, as a function of its own."""
+
+    def per_category(
+        db: Database,
+        *,
+        metric: Metric = "plays",
+        grouping: bool = True,
+        min_seconds: int = DEFAULT_MIN_SECONDS,
+    ) -> pl.DataFrame:
+        return by_category(db, category, metric=metric, grouping=grouping, min_seconds=min_seconds)
+
+    per_category.__name__ = per_category.__qualname__ = name
+    per_category.__doc__ = (
+        f"Plays (or watch time) per ``{category}``: ``by_category(db, {category!r}, ...)``"
+        " (see :func:`by_category`)."
+    )
+    return per_category
+
+
+by_platform = _per("platform", "by_platform")
+by_player = _per("player", "by_player")
+by_media_type = _per("media_type", "by_media_type")
+by_stream_type = _per("stream_type", "by_stream_type")
+by_resolution = _per("resolution", "by_resolution")
+by_server = _per("server_id", "by_server")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1049,14 +954,12 @@ def top_titles(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'u1', 'episode', 'Pilot', 'Lost', '2026-01-05 20:00Z'),"
-    ...     "('b', 'u1', 'episode', 'Day 2', 'Lost', '2026-01-06 20:00Z'),"
-    ...     "('c', 'u2', 'movie', 'Heat', NULL, '2026-01-05 20:00Z')"
-    ...     ") t(correlation_key, user_id, media_type, title, grandparent_title, started_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, user_id, media_type, title, grandparent_title, started_at",
+    ...     ('a', 'u1', 'episode', 'Pilot', 'Lost', '2026-01-05 20:00Z'),
+    ...     ('b', 'u1', 'episode', 'Day 2', 'Lost', '2026-01-06 20:00Z'),
+    ...     ('c', 'u2', 'movie', 'Heat', None, '2026-01-05 20:00Z'),
     ... )
     >>> _ = db.con.execute("UPDATE playback_events SET stopped_at = started_at + INTERVAL 1 HOUR")
     >>> print(top_titles(db).rows())
@@ -1087,15 +990,13 @@ def popular_titles(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'u1', 'movie', 'Heat', '2026-01-05 20:00Z'),"
-    ...     "('b', 'u1', 'movie', 'Heat', '2026-01-06 20:00Z'),"
-    ...     "('c', 'u1', 'movie', 'Up', '2026-01-05 20:00Z'),"
-    ...     "('d', 'u2', 'movie', 'Up', '2026-01-05 20:00Z')"
-    ...     ") t(correlation_key, user_id, media_type, title, started_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, user_id, media_type, title, started_at",
+    ...     ('a', 'u1', 'movie', 'Heat', '2026-01-05 20:00Z'),
+    ...     ('b', 'u1', 'movie', 'Heat', '2026-01-06 20:00Z'),
+    ...     ('c', 'u1', 'movie', 'Up', '2026-01-05 20:00Z'),
+    ...     ('d', 'u2', 'movie', 'Up', '2026-01-05 20:00Z'),
     ... )
     >>> _ = db.con.execute("UPDATE playback_events SET stopped_at = started_at + INTERVAL 1 HOUR")
     >>> print(popular_titles(db).rows())
@@ -1126,15 +1027,13 @@ def who_watched(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 's', 'u1', 'ann', 'Heat', '2026-01-05 20:00Z'),"
-    ...     "('b', 's', 'u2', 'bob', 'Heat', '2026-01-06 20:00Z'),"
-    ...     "('c', 's', 'u2', 'bob', 'Heat', '2026-01-07 20:00Z'),"
-    ...     "('d', 's', 'u3', 'cat', 'Up', '2026-01-07 20:00Z')"
-    ...     ") t(correlation_key, server_id, user_id, username, title, started_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, server_id, user_id, username, title, started_at",
+    ...     ('a', 's', 'u1', 'ann', 'Heat', '2026-01-05 20:00Z'),
+    ...     ('b', 's', 'u2', 'bob', 'Heat', '2026-01-06 20:00Z'),
+    ...     ('c', 's', 'u2', 'bob', 'Heat', '2026-01-07 20:00Z'),
+    ...     ('d', 's', 'u3', 'cat', 'Up', '2026-01-07 20:00Z'),
     ... )
     >>> _ = db.con.execute("UPDATE playback_events SET stopped_at = started_at + INTERVAL 1 HOUR")
     >>> frame = who_watched(db, "Heat", tz="Europe/Paris")
@@ -1192,16 +1091,14 @@ def by_library(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', '1', 'Movies', '2026-01-05 20:00Z', '2026-01-05 22:00Z'),"
-    ...     "('b', '2', 'TV Shows', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('c', '1', 'Movies', '2026-01-06 20:00Z', '2026-01-06 21:00Z'),"
-    ...     "('d', '9', NULL, '2026-01-06 20:00Z', '2026-01-06 21:00Z'),"
-    ...     "('e', NULL, NULL, '2026-01-06 20:00Z', '2026-01-06 21:00Z')"
-    ...     ") t(correlation_key, library_id, library_name, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, library_id, library_name, started_at, stopped_at",
+    ...     ('a', '1', 'Movies', '2026-01-05 20:00Z', '2026-01-05 22:00Z'),
+    ...     ('b', '2', 'TV Shows', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('c', '1', 'Movies', '2026-01-06 20:00Z', '2026-01-06 21:00Z'),
+    ...     ('d', '9', None, '2026-01-06 20:00Z', '2026-01-06 21:00Z'),
+    ...     ('e', None, None, '2026-01-06 20:00Z', '2026-01-06 21:00Z'),
     ... )
     >>> print(by_library(db).rows())
     [('Movies', 2), ('TV Shows', 1), ('library 9', 1), ('unknown', 1)]
@@ -1251,15 +1148,13 @@ def title_history(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'u1', 'ann', '7', 'Heat', 'Roku', '2026-01-05 20:00Z', 84.79),"
-    ...     "('b', 'u2', 'bob', '7', 'Heat', 'Chrome', '2026-01-06 20:00Z', 100.0),"
-    ...     "('c', 'u2', 'bob', '8', 'Up', 'Chrome', '2026-01-07 20:00Z', 100.0)"
-    ...     ") t(correlation_key, user_id, username, rating_key, title, platform, "
-    ...     "started_at, percent_complete)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, user_id, username, rating_key, title, platform, started_at,"
+    ...     " percent_complete",
+    ...     ('a', 'u1', 'ann', '7', 'Heat', 'Roku', '2026-01-05 20:00Z', 84.79),
+    ...     ('b', 'u2', 'bob', '7', 'Heat', 'Chrome', '2026-01-06 20:00Z', 100.0),
+    ...     ('c', 'u2', 'bob', '8', 'Up', 'Chrome', '2026-01-07 20:00Z', 100.0),
     ... )
     >>> _ = db.con.execute("UPDATE playback_events SET stopped_at = started_at + INTERVAL 2 HOUR")
     >>> page = title_history(db, "Heat", tz="Europe/Paris")
@@ -1305,14 +1200,12 @@ def completion(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'movie', 85, '2026-01-05 20:00Z', '2026-01-05 22:00Z'),"
-    ...     "('b', 'movie', 84, '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('c', 'movie', 99, '2026-01-05 20:00Z', '2026-01-05 20:01Z')"
-    ...     ") t(correlation_key, media_type, percent_complete, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, media_type, percent_complete, started_at, stopped_at",
+    ...     ('a', 'movie', 85, '2026-01-05 20:00Z', '2026-01-05 22:00Z'),
+    ...     ('b', 'movie', 84, '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('c', 'movie', 99, '2026-01-05 20:00Z', '2026-01-05 20:01Z'),
     ... )
     >>> print(completion(db).to_dicts())  # the 1-minute play is left out
     [{'media_type': 'movie', 'plays': 2, 'watched': 1, 'rate': 0.5}]
@@ -1363,14 +1256,12 @@ def concurrent_streams(
     Examples
     --------
     >>> from datetime import UTC, datetime
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', '2026-01-05 21:00Z', '2026-01-05 22:00Z'),"
-    ...     "('c', '2026-01-05 21:30Z', NULL)"
-    ...     ") t(correlation_key, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, started_at, stopped_at",
+    ...     ('a', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('b', '2026-01-05 21:00Z', '2026-01-05 22:00Z'),
+    ...     ('c', '2026-01-05 21:30Z', None),
     ... )
     >>> until = datetime(2026, 1, 5, 23, 0, tzinfo=UTC)
     >>> for at, streams in concurrent_streams(db, until=until).rows():
@@ -1400,13 +1291,11 @@ def max_concurrent_streams(
     --------
     Back to back is not concurrent (the stop at 21:00 comes before the start at 21:00):
 
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', '2026-01-05 21:00Z', '2026-01-05 22:00Z')"
-    ...     ") t(correlation_key, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, started_at, stopped_at",
+    ...     ('a', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('b', '2026-01-05 21:00Z', '2026-01-05 22:00Z'),
     ... )
     >>> max_concurrent_streams(db)["streams"].item()
     1
@@ -1448,13 +1337,11 @@ def bandwidth(
     --------
     8 Mbps from 20:30 to 21:30 and 4 Mbps from 21:00 to 22:00 (UTC):
 
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 8000, NULL, '2026-01-05 20:30Z', '2026-01-05 21:30Z'),"
-    ...     "('b', NULL, 4000, '2026-01-05 21:00Z', '2026-01-05 22:00Z')"
-    ...     ") t(correlation_key, bandwidth, stream_bitrate, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, bandwidth, stream_bitrate, started_at, stopped_at",
+    ...     ('a', 8000, None, '2026-01-05 20:30Z', '2026-01-05 21:30Z'),
+    ...     ('b', None, 4000, '2026-01-05 21:00Z', '2026-01-05 22:00Z'),
     ... )
     >>> for hour, kbps, gb in bandwidth(db, tz="Europe/Berlin").rows():
     ...     print(hour.strftime("%H:%M %Z"), kbps, gb)
@@ -1491,14 +1378,12 @@ def max_concurrent_bandwidth(
     --------
     Back to back is not concurrent; overlapping is:
 
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 20000, '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', 8000, '2026-01-05 21:00Z', '2026-01-05 22:00Z'),"
-    ...     "('c', 4000, '2026-01-05 21:30Z', '2026-01-05 23:00Z')"
-    ...     ") t(correlation_key, stream_bitrate, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, stream_bitrate, started_at, stopped_at",
+    ...     ('a', 20000, '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('b', 8000, '2026-01-05 21:00Z', '2026-01-05 22:00Z'),
+    ...     ('c', 4000, '2026-01-05 21:30Z', '2026-01-05 23:00Z'),
     ... )
     >>> kbps, at, streams = max_concurrent_bandwidth(db).row(0)
     >>> kbps, at.isoformat(), streams
@@ -1577,14 +1462,12 @@ def period_totals(
     Examples
     --------
     >>> from datetime import UTC, datetime
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 's', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', 's', 'u2', '2026-01-05 20:30Z', '2026-01-05 21:30Z'),"
-    ...     "('c', 's', 'u1', '2026-01-06 20:00Z', '2026-01-06 20:30Z')"
-    ...     ") t(correlation_key, server_id, user_id, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, server_id, user_id, started_at, stopped_at",
+    ...     ('a', 's', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('b', 's', 'u2', '2026-01-05 20:30Z', '2026-01-05 21:30Z'),
+    ...     ('c', 's', 'u1', '2026-01-06 20:00Z', '2026-01-06 20:30Z'),
     ... )
     >>> period_totals(
     ...     db, since=datetime(2026, 1, 5, tzinfo=UTC), before=datetime(2026, 1, 6, tzinfo=UTC)
@@ -1628,14 +1511,12 @@ def compare_periods(
     Examples
     --------
     >>> from datetime import date
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 's', 'u1', '2026-01-04 20:00Z', '2026-01-04 21:00Z'),"
-    ...     "('b', 's', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('c', 's', 'u2', '2026-01-05 20:30Z', '2026-01-05 21:00Z')"
-    ...     ") t(correlation_key, server_id, user_id, started_at, stopped_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, server_id, user_id, started_at, stopped_at",
+    ...     ('a', 's', 'u1', '2026-01-04 20:00Z', '2026-01-04 21:00Z'),
+    ...     ('b', 's', 'u1', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('c', 's', 'u2', '2026-01-05 20:30Z', '2026-01-05 21:00Z'),
     ... )
     >>> for row in compare_periods(db, start=date(2026, 1, 5), end=date(2026, 1, 5)).rows():
     ...     print(row)
@@ -1774,16 +1655,14 @@ def by_person(
     Ana has a Plex account on two servers and a Jellyfin user, merged into one person:
 
     >>> from datetime import UTC, datetime
-    >>> from ingestor.projection import Projection
+    >>> from workbench.db import example_projection
     >>> from ingestor.records import IdentityRecord
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'plex-1', '1', 'ana', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),"
-    ...     "('b', 'plex-2', '7', 'ana', '2026-01-05 22:00Z', '2026-01-05 22:30Z'),"
-    ...     "('c', 'jf', 'e1', 'Ana', '2026-01-06 20:00Z', '2026-01-06 20:10Z'),"
-    ...     "('d', 'jf', 'f2', 'bob', '2026-01-06 20:00Z', '2026-01-06 20:10Z')"
-    ...     ") t(correlation_key, server_id, user_id, username, started_at, stopped_at)"
+    >>> db = example_projection(
+    ...     "correlation_key, server_id, user_id, username, started_at, stopped_at",
+    ...     ('a', 'plex-1', '1', 'ana', '2026-01-05 20:00Z', '2026-01-05 21:00Z'),
+    ...     ('b', 'plex-2', '7', 'ana', '2026-01-05 22:00Z', '2026-01-05 22:30Z'),
+    ...     ('c', 'jf', 'e1', 'Ana', '2026-01-06 20:00Z', '2026-01-06 20:10Z'),
+    ...     ('d', 'jf', 'f2', 'bob', '2026-01-06 20:00Z', '2026-01-06 20:10Z'),
     ... )
     >>> print(by_person(db).rows())
     [('Ana on jf', 1, 1), ('ana on plex-1', 1, 1), ('ana on plex-2', 1, 1), ('bob on jf', 1, 1)]
@@ -1800,11 +1679,14 @@ def by_person(
 
 
 __all__ = [
+    "CATEGORIES",
     "Bucket",
+    "Category",
     "Database",
     "HasConnection",
     "Metric",
     "bandwidth",
+    "by_category",
     "by_day",
     "by_day_of_week",
     "by_hour_of_day",

@@ -47,16 +47,14 @@ def binges(
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'u1', 'e1', 'episode', 'Pilot', 'Lost', '2026-01-05 20:00Z'),"
-    ...     "('b', 'u1', 'e2', 'episode', 'Day 2', 'Lost', '2026-01-05 20:50Z'),"
-    ...     "('c', 'u1', 'e3', 'episode', 'Day 3', 'Lost', '2026-01-05 21:40Z'),"
-    ...     "('d', 'u1', 'e4', 'episode', 'Day 4', 'Lost', '2026-01-06 20:00Z')"
-    ...     ") t(correlation_key, user_id, rating_key, media_type, title, grandparent_title,"
-    ...     " started_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, user_id, rating_key, media_type, title, grandparent_title,"
+    ...     " started_at",
+    ...     ('a', 'u1', 'e1', 'episode', 'Pilot', 'Lost', '2026-01-05 20:00Z'),
+    ...     ('b', 'u1', 'e2', 'episode', 'Day 2', 'Lost', '2026-01-05 20:50Z'),
+    ...     ('c', 'u1', 'e3', 'episode', 'Day 3', 'Lost', '2026-01-05 21:40Z'),
+    ...     ('d', 'u1', 'e4', 'episode', 'Day 4', 'Lost', '2026-01-06 20:00Z'),
     ... )
     >>> stop = "UPDATE playback_events SET stopped_at = started_at + INTERVAL 45 MINUTE"
     >>> _ = db.con.execute(stop)
@@ -199,15 +197,13 @@ def year(db: Database, *, tz: str = "UTC", max_gap: timedelta = DEFAULT_MAX_GAP)
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 'u1', 'ann', 'e1', 'episode', 'Pilot', 'Lost', '2026-01-05 20:00Z'),"
-    ...     "('b', 'u1', 'ann', 'e2', 'episode', 'Day 2', 'Lost', '2026-01-05 21:00Z'),"
-    ...     "('c', 'u2', 'bob', 'm1', 'movie', 'Heat', NULL, '2026-03-01 08:00Z')"
-    ...     ") t(correlation_key, user_id, username, rating_key, media_type, title,"
-    ...     " grandparent_title, started_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, user_id, username, rating_key, media_type, title, grandparent_title,"
+    ...     " started_at",
+    ...     ('a', 'u1', 'ann', 'e1', 'episode', 'Pilot', 'Lost', '2026-01-05 20:00Z'),
+    ...     ('b', 'u1', 'ann', 'e2', 'episode', 'Day 2', 'Lost', '2026-01-05 21:00Z'),
+    ...     ('c', 'u2', 'bob', 'm1', 'movie', 'Heat', None, '2026-03-01 08:00Z'),
     ... )
     >>> stop = "UPDATE playback_events SET stopped_at = started_at + INTERVAL 50 MINUTE"
     >>> _ = db.con.execute(stop)
@@ -255,15 +251,13 @@ def users(db: Database, *, tz: str = "UTC", max_gap: timedelta = DEFAULT_MAX_GAP
 
     Examples
     --------
-    >>> from ingestor.projection import Projection
-    >>> db = Projection(":memory:")
-    >>> _ = db.con.execute(
-    ...     "INSERT INTO playback_events BY NAME SELECT * FROM (VALUES "
-    ...     "('a', 's', 'u1', 'ann', 'e1', 'episode', 'Pilot', 'Lost', '2026-01-05 20:00Z'),"
-    ...     "('b', 's', 'u1', 'ann', 'e2', 'episode', 'Day 2', 'Lost', '2026-01-05 21:00Z'),"
-    ...     "('c', 's', 'u2', 'bob', 'm1', 'movie', 'Heat', NULL, '2026-03-01 08:00Z')"
-    ...     ") t(correlation_key, server_id, user_id, username, rating_key, media_type, title,"
-    ...     " grandparent_title, started_at)"
+    >>> from workbench.db import example_projection
+    >>> db = example_projection(
+    ...     "correlation_key, server_id, user_id, username, rating_key, media_type, title,"
+    ...     " grandparent_title, started_at",
+    ...     ('a', 's', 'u1', 'ann', 'e1', 'episode', 'Pilot', 'Lost', '2026-01-05 20:00Z'),
+    ...     ('b', 's', 'u1', 'ann', 'e2', 'episode', 'Day 2', 'Lost', '2026-01-05 21:00Z'),
+    ...     ('c', 's', 'u2', 'bob', 'm1', 'movie', 'Heat', None, '2026-03-01 08:00Z'),
     ... )
     >>> stop = "UPDATE playback_events SET stopped_at = started_at + INTERVAL 50 MINUTE"
     >>> _ = db.con.execute(stop)

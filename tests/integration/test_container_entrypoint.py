@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ingestor.app import replay_command
 from ingestor.archive import archive_segments
+from ingestor.commands.replay import replay_command
 from ingestor.config import Settings
 from ingestor.nats.server import port_answers
 from ingestor.projection import Projection

@@ -19,8 +19,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from ingestor.app import open_projection, replay_command, run_service, status_command
+from ingestor.app import open_projection, run_service
 from ingestor.archive import archive_segments
+from ingestor.commands.replay import replay_command
+from ingestor.commands.status import status_command
 from ingestor.config import Settings
 from ingestor.detection.config import DetectionConfig
 from ingestor.erasure import account_digest, erase

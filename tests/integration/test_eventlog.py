@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from ingestor.app import replay_command
 from ingestor.archive import Archiver, archive_segments
+from ingestor.commands.replay import replay_command
 from ingestor.config import Settings
 from ingestor.events import decode_event
 from ingestor.nats.connection import NatsHandle, open_nats

@@ -13,7 +13,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from ingestor.app import new_pipeline, open_projection, replay_command
+from ingestor.app import new_pipeline, open_projection
+from ingestor.commands.replay import replay_command
 from ingestor.config import Settings
 from ingestor.nats.connection import NatsHandle, open_nats
 from ingestor.nats.dlq import DeadLetters

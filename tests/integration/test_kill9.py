@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestor.app import replay_command
+from ingestor.commands.replay import replay_command
 from ingestor.config import Settings
 from ingestor.events import MediaEvent
 from ingestor.nats.connection import open_nats

@@ -11,7 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ingestor.app import new_pipeline, open_projection, replay_command
+from ingestor.app import new_pipeline, open_projection
+from ingestor.commands.replay import replay_command
 from ingestor.config import Settings
 from ingestor.events import MediaEvent
 from ingestor.nats.connection import NatsHandle, open_nats

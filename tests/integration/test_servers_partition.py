@@ -27,8 +27,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from ingestor.app import replay_command, run_service, status_command
+from ingestor.app import run_service
 from ingestor.archive import archive_segments, read_segment
+from ingestor.commands.replay import replay_command
+from ingestor.commands.status import status_command
 from ingestor.config import Settings
 from ingestor.detection.config import DetectionConfig
 from ingestor.detection.detector import DETECTOR

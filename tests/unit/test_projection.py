@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingestor.dedup import DedupIndex
-from ingestor.errors import TransientError
+from ingestor.errors import IngestorError, TransientError
 from ingestor.messages import Message
 from ingestor.pipeline import Pipeline
-from ingestor.projection import Projection, ProjectionError
+from ingestor.projection import Projection
 from ingestor.projection.store import PROJECTION_SCHEMA_VERSION, SELECT_SCHEMA_VERSION
 from ingestor.simulation import TRUTH_SQL, SimulationConfig, simulate, truth_keys
 from tests.factory import T0, event, messages, plex_playback, tautulli_summary
@@ -273,7 +273,7 @@ def test_a_file_written_by_a_later_version_is_refused_with_what_to_do(tmp_path: 
     projection = Projection(path)
     projection.con.execute("UPDATE projection_meta SET value = '99' WHERE name = 'schema_version'")
     projection.close()
-    with pytest.raises(ProjectionError, match=r"later version.*ingestor replay"):
+    with pytest.raises(IngestorError, match=r"later version.*ingestor replay"):
         Projection(path)
     version = "SELECT value FROM projection_meta WHERE name = 'schema_version'"
     assert duckdb.connect(str(path)).execute(version).fetchall() == [("99",)]
