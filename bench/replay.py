@@ -322,14 +322,15 @@ class Results:
 
 def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
     """Simulate the feed and write its first ``events`` events as archive segments with
-    ``workbench.replay.archive_events`` (``recorded_at`` the latest ``occurred_at`` so far),
-    segments cut at the archiver's defaults."""
+    ``workbench.replay.archive_events`` (``recorded_at`` when the simulator's ingestor
+    received it), segments cut at the archiver's defaults."""
     users = max(1, math.ceil(events / (EVENTS_PER_USER_DAY * days)))
     log(f"simulating ~{events:,} events ({users:,} users x {days} days, seed {SEED})")
     started = time.perf_counter()
     sim = simulate(SimulationConfig(seed=SEED, users=users, days=days))
     simulate_seconds = time.perf_counter() - started
     feed = sim.events[:events]
+    received = sim.received[:events]
     simulated = len(sim.events)
     del sim
     if len(feed) < events:
@@ -340,7 +341,11 @@ def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
     log(f"  {simulated:,} simulated in {simulate_seconds:.1f}s; writing {count:,} to segments")
     started = time.perf_counter()
     archive_events(
-        archive_dir, feed, segment_messages=SEGMENT_MAX_MESSAGES, segment_bytes=SEGMENT_MAX_BYTES
+        archive_dir,
+        feed,
+        segment_messages=SEGMENT_MAX_MESSAGES,
+        segment_bytes=SEGMENT_MAX_BYTES,
+        received=received,
     )
     write_seconds = time.perf_counter() - started
     mid_index = count // 2
@@ -351,7 +356,7 @@ def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
     first_occurred = last_occurred = feed[0].occurred_at
     for index, event in enumerate(feed):
         occurred = event.occurred_at
-        recorded = max(recorded, occurred)  # as archive_events records it
+        recorded = max(recorded, received[index])  # as archive_events records it
         first_occurred = min(first_occurred, occurred)
         last_occurred = max(last_occurred, occurred)
         if index == 0:
@@ -360,7 +365,7 @@ def generate(events: int, days: int, archive_dir: Path) -> LogFacts:
             mid = recorded
         if index + 1 in wanted:
             recorded_instants.append((index + 1, recorded))
-    del feed
+    del feed, received
     gc.collect()
     span = last_occurred - first_occurred
     occurred_instants = [

@@ -489,14 +489,15 @@ def archive_events(
     *,
     segment_messages: int = 1000,
     segment_bytes: int | None = None,
+    received: Sequence[datetime] | None = None,
 ) -> int:
     """Write ``events`` to ``archive_dir`` as a live ingestor would have archived them, and
     return how many: archive segments, in publish order, one message per event, sequences
-    from 1. Each message's ``recorded_at`` is the latest ``occurred_at`` published so far: the
-    moment a live ingestor would have stored it (exact for webhooks and Tautulli rows; a
-    re-delivery is recorded when it is re-sent, after the original). A segment is sealed at
-    ``segment_messages`` messages, or before its events' bytes (data and subject) would pass
-    ``segment_bytes``. ``archive_dir`` must hold no segment.
+    from 1. Each message's ``recorded_at`` is when its delivery was ``received`` (the
+    simulator's :attr:`~ingestor.simulation.Simulation.received`), never before the message
+    published ahead of it; without ``received``, the latest ``occurred_at`` published so far.
+    A segment is sealed at ``segment_messages`` messages, or before its events' bytes (data
+    and subject) would pass ``segment_bytes``. ``archive_dir`` must hold no segment.
 
     >>> import tempfile
     >>> from ingestor.simulation import SimulationConfig, simulate
@@ -513,7 +514,8 @@ def archive_events(
     size = seq = 0
     recorded = datetime.min.replace(tzinfo=UTC)
     for seq, event in enumerate(events, start=1):
-        recorded = max(recorded, event.occurred_at)
+        at = received[seq - 1] if received is not None else event.occurred_at
+        recorded = max(recorded, at)
         data, subject = encode_event(event), event.subject
         grown = size + len(data) + len(subject)
         full = len(segment) >= segment_messages or (segment_bytes and grown > segment_bytes)
@@ -537,10 +539,9 @@ def simulated_log(
 
     The simulator's feed (default: 2 users over 1 day) is written to ``archive_dir`` as
     archive segments, in publish order, one message per event. Each message's
-    ``recorded_at`` is the latest ``occurred_at`` published so far: the moment a live
-    ingestor would have stored it (exact for webhooks and Jellyfin pushes, timed by their
-    receipt; a Tautulli row, which happened at its stop, is recorded with the reports
-    before the pass that read it, and a row read again when it is re-sent). ``archive_dir``
+    ``recorded_at`` is when the simulator's ingestor received it (webhooks and Jellyfin
+    pushes when they happen; a Tautulli row, which happened at its stop, at the pass that
+    read it, up to 5 minutes later; a row read again when it is re-sent). ``archive_dir``
     must hold no segment (:func:`archive_events` writes them).
 
     >>> import tempfile
@@ -550,7 +551,9 @@ def simulated_log(
     55
     """
     sim = simulate(config or SimulationConfig(users=2, days=1))
-    archive_events(archive_dir, sim.events, segment_messages=segment_messages)
+    archive_events(
+        archive_dir, sim.events, segment_messages=segment_messages, received=sim.received
+    )
     return EventLog(archive_dir)
 
 

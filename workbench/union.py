@@ -43,8 +43,7 @@ from pathlib import Path
 
 import duckdb
 
-from ingestor.projection.schema import CHECKPOINT_TABLE, DETAIL_VIEW, PERSON_VIEW
-from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
+from ingestor.projection import CHECKPOINT_TABLE, DETAIL_VIEW, DUCKDB_MEMORY_LIMIT, PERSON_VIEW
 
 _ALL_ROWS = ("playback_events", "media_events", "dedupe_audit_log", "playback_moves")
 # one row per key, which every file may hold (the ORDER BY says which copy is kept)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import heapq
 import os
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from random import Random
 from typing import Any
 
@@ -82,6 +83,10 @@ class Simulation(msgspec.Struct, frozen=True):
     truth: list[TruthPlayback]
     expected: ExpectedCounts
     config: SimulationConfig = msgspec.field(default_factory=SimulationConfig)
+    # when each event's upstream delivery reached the ingestor (the simulated clock): a
+    # Tautulli row is received at the pass after its stop, so it is recorded later than it
+    # happened, which is what makes the two clocks of a replay disagree
+    received: list[datetime] = msgspec.field(default_factory=list)
 
 
 def simulate(config: SimulationConfig) -> Simulation:
@@ -98,7 +103,7 @@ def simulate(config: SimulationConfig) -> Simulation:
         elif pb.webhooks:
             deliveries.plex(pb)
     deliveries.tautulli([pb for pb in playbacks if pb.server == PLEX and pb.tautulli])
-    events = deliveries.through_sources()
+    events, received = deliveries.through_sources()
     truth = sorted(
         (truth_of(world, pb) for pb in playbacks),
         key=lambda t: (t.started_at, t.server_id, t.user_id, t.machine_id, t.rating_key),
@@ -110,7 +115,9 @@ def simulate(config: SimulationConfig) -> Simulation:
         dropped_session_key=deliveries.late_copies,
         linked=sum(1 for pb in playbacks if pb.server == PLEX and pb.webhooks and pb.tautulli),
     )
-    return Simulation(events=events, truth=truth, expected=expected, config=config)
+    return Simulation(
+        events=events, truth=truth, expected=expected, config=config, received=received
+    )
 
 
 class _Deliveries:
@@ -207,7 +214,8 @@ class _Deliveries:
 
     # -- through the adapters
 
-    def through_sources(self) -> list[MediaEvent]:
+    def through_sources(self) -> tuple[list[MediaEvent], list[datetime]]:
+        """The events in publish order, and when each one's delivery was received."""
         plex = PlexWebhookReceiver()
         tautulli = TautulliHistory(self.world.plex_server_id)
         sockets = {s.server_id: JellyfinSocket(s.server_id) for s in self.world.jellyfin_servers}
@@ -216,8 +224,12 @@ class _Deliveries:
         }
         pushes = 0
         events: list[MediaEvent] = []
+        received: list[datetime] = []
+        at: datetime | None = None
         heapq.heapify(self.queue)
         while self.queue:
+            if at is not None:  # the previous delivery's events were received at its moment
+                received += [at] * (len(events) - len(received))
             ms, _, kind, payload = heapq.heappop(self.queue)
             at = from_ms(ms)
             if kind == _PLEX:
@@ -242,7 +254,9 @@ class _Deliveries:
                     pushes += 1
                     message = payloads.jellyfin_sessions_message(entries, pushes)
                     events += socket.message(message, at)
-        return events
+        if at is not None:
+            received += [at] * (len(events) - len(received))
+        return events, received
 
 
 # ---------------------------------------------------------------------------------------

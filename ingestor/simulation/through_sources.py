@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent
 from ingestor.sources.base import check_event_size
 from ingestor.sources.jellyfin.mapping import observe_sessions
@@ -35,7 +36,7 @@ from ingestor.sources.plex.webhook import (
 from ingestor.sources.tautulli import db_import
 
 
-class SimulationError(Exception):
+class SimulationError(IngestorError):
     """The product's adapter refused what the simulator sent: a defect of the simulator."""
 
 

@@ -170,7 +170,7 @@ def test_project_servers_needs_the_stream_it_partitions(mode: dict[str, str]) ->
 
 
 async def test_the_demo_refuses_a_partition(tmp_path: Path) -> None:
-    from ingestor.app import run_demo
+    from ingestor.commands.demo import run_demo
     from ingestor.simulation import SimulationConfig
 
     settings = Settings.from_env({"DATA_DIR": str(tmp_path), "PROJECT_SERVERS": PLEX})

@@ -357,7 +357,7 @@ for path in sorted(root.rglob("*.py")):
     parts = path.relative_to(root.parent).with_suffix("").parts
     if "simulation" not in parts:
         importlib.import_module(".".join(p for p in parts if p != "__init__"))
-print(sorted(name for name in sys.modules if "simulat" in name))
+print(sorted(name for name in sys.modules if name.startswith("ingestor.simulation")))
 """
 
 

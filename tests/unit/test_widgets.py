@@ -29,7 +29,7 @@ START = datetime(2026, 1, 5, 17, 0, tzinfo=UTC)
 END = datetime(2026, 1, 6, 2, 0, tzinfo=UTC)
 NINE = datetime(2026, 1, 5, 21, 0, tzinfo=UTC)
 TWENTY_TWO_TWENTY = datetime(2026, 1, 5, 22, 20, tzinfo=UTC)
-LATE = datetime(2026, 1, 5, 22, 57, tzinfo=UTC)  # the two clocks disagree here
+LATE = datetime(2026, 1, 5, 22, 53, tzinfo=UTC)  # the two clocks disagree here
 
 
 @pytest.fixture
@@ -120,15 +120,15 @@ async def test_the_clock_toggle_replays_the_same_instant_on_the_other_clock(
     slider = slider_for(log, step=timedelta(minutes=1))
     recorded = await slider.show_at(LATE)
     assert recorded is not None
-    assert recorded.last_seq == 37 and recorded.counts()["dropped_event_id"] == 0
+    assert recorded.last_seq == 38 and recorded.counts()["linked"] == 4
 
     slider.clock_toggle.value = "occurred"
     await slider.wait_idle()
 
     assert slider.replay is not None and slider.replay is not recorded
     assert (slider.replay.clock, slider.replay.as_of) == ("occurred", LATE)
-    # one repeat had happened, not yet recorded
-    assert slider.replay.counts()["dropped_event_id"] == 1
+    # a Tautulli row had happened (22:51:49), not yet recorded (its pass is at 22:55)
+    assert slider.replay.counts()["linked"] == 5
     assert recorded.closed
     slider.close()
 
@@ -313,7 +313,8 @@ def test_slider_positions_are_labelled_in_the_chosen_zone(log: EventLog) -> None
 
 @pytest.fixture(scope="module")
 def feed(tmp_path_factory: pytest.TempPathFactory) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The simulated feed's audit entries (5 links, 2 drops) and its accepted events."""
+    """The simulated feed's audit entries (5 Tautulli links, 2 Plex re-reported steps) and
+    its accepted events."""
 
     async def read() -> tuple[pl.DataFrame, pl.DataFrame]:
         log = simulated_log(tmp_path_factory.mktemp("archive"))
@@ -361,23 +362,25 @@ def rows_in(table_html: str) -> int:
 def test_filters_narrow_the_entries_by_tier_source_and_status(audit: pl.DataFrame) -> None:
     browser = AuditBrowser(audit, on_confirm=Recorder(), on_restore=Recorder())
     assert browser.visible.height == 7
-    assert [v for _, v in browser.dropdowns["tier"].options] == [None, "correlation", "event_id"]
+    tiers = [v for _, v in browser.dropdowns["tier"].options]
+    assert tiers == [None, "correlation", "session_key"]
 
-    drops = browser.set_filter(tier="event_id")
-    assert drops["tier"].to_list() == ["event_id", "event_id"]
-    assert browser.set_filter(source="jellyfin")["audit_id"].to_list() == [
-        audit.filter(tier="event_id", source="jellyfin")["audit_id"].item()
-    ]
-    assert browser.set_filter(tier=None).height == 1  # still jellyfin only
-    assert browser.filters == {"tier": None, "source": "jellyfin", "status": None}
+    drops = browser.set_filter(tier="session_key")
+    assert drops["tier"].to_list() == ["session_key", "session_key"]
+    assert drops["source"].to_list() == ["plex", "plex"]
+    assert browser.set_filter(source="tautulli").height == 0  # Tautulli's entries are links
+    assert browser.set_filter(tier=None)["audit_id"].to_list() == (
+        audit.filter(source="tautulli")["audit_id"].to_list()
+    )
+    assert browser.filters == {"tier": None, "source": "tautulli", "status": None}
     assert browser.set_filter(status="user_confirmed").height == 0
     assert "no entry matches the filters" in browser.table.value
 
     browser.set_filter(source=None, status=None)
-    browser.dropdowns["source"].value = "tautulli"  # the dropdown drives the same filter
-    assert browser.visible["source"].unique().to_list() == ["tautulli"]
-    assert browser.visible.height == 6
-    assert rows_in(browser.table.value) == 6
+    browser.dropdowns["source"].value = "plex"  # the dropdown drives the same filter
+    assert browser.visible["source"].unique().to_list() == ["plex"]
+    assert browser.visible.height == 2
+    assert rows_in(browser.table.value) == 2
 
 
 def test_entries_are_shown_a_page_at_a_time(audit: pl.DataFrame) -> None:
@@ -469,7 +472,7 @@ async def test_an_error_in_a_callback_shows_its_message_and_the_browser_keeps_wo
     assert "Traceback" not in browser.status.value
     assert browser.decisions == {}
     assert not browser.confirm_button.disabled and not browser.restore_button.disabled
-    browser.set_filter(tier="event_id")
+    browser.set_filter(tier="session_key")
     browser.select(browser.visible["audit_id"][0])
     assert (await browser.restore_selected()).ok
     assert "Restored" in browser.status.value
@@ -558,7 +561,7 @@ def test_values_from_the_entries_are_escaped(audit: pl.DataFrame) -> None:
 
 def test_new_entries_keep_the_filters_and_the_selection(audit: pl.DataFrame) -> None:
     browser = AuditBrowser(audit, on_confirm=Recorder(), on_restore=Recorder())
-    browser.set_filter(tier="event_id")
+    browser.set_filter(tier="session_key")
     chosen = browser.visible["audit_id"][0]
     browser.select(chosen)
 
@@ -571,7 +574,7 @@ def test_new_entries_keep_the_filters_and_the_selection(audit: pl.DataFrame) -> 
         )
     )
 
-    assert browser.filters["tier"] == "event_id"
+    assert browser.filters["tier"] == "session_key"
     assert browser.selected == chosen
     assert browser.selected_entry is not None
     assert browser.selected_entry["status"] == "user_confirmed"
