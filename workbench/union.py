@@ -43,7 +43,7 @@ from pathlib import Path
 
 import duckdb
 
-from ingestor.projection import CHECKPOINT_TABLE, DETAIL_VIEW, DUCKDB_MEMORY_LIMIT, PERSON_VIEW
+from ingestor.projection import CHECKPOINT_TABLE, DUCKDB_MEMORY_LIMIT, create_views
 
 _ALL_ROWS = ("playback_events", "media_events", "dedupe_audit_log", "playback_moves")
 # one row per key, which every file may hold (the ORDER BY says which copy is kept)
@@ -94,8 +94,7 @@ def attach_union(paths: Sequence[Path | str]) -> duckdb.DuckDBPyConnection:
             )
         con.execute(_CHECKPOINT.format(table=CHECKPOINT_TABLE, rows=rows(CHECKPOINT_TABLE)))
         con.execute(f"CREATE VIEW projection_meta AS SELECT * FROM {names[0]}.projection_meta")
-        con.execute(DETAIL_VIEW)
-        con.execute(PERSON_VIEW)
+        create_views(con)
     except BaseException:
         con.close()
         raise
