@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ingestor.errors import InvalidEvent
+from ingestor.errors import IngestorError, InvalidEvent
 from ingestor.events import MediaEvent, encode_event
 
 
@@ -129,7 +129,7 @@ class Backoff:
         return stop.is_set()
 
 
-class CircuitOpen(Exception):
+class CircuitOpen(IngestorError):
     """The upstream failed too often; calls are refused until the breaker half-opens."""
 
 

@@ -16,16 +16,10 @@ import workbench
 from ingestor.errors import IngestorError
 from workbench.errors import AuditError, IdentityError, QueryError, WorkbenchError
 
-# ingestor.sources is being rewritten as packages with one shared HTTP client and one error
-# vocabulary (issue 11, point 4): its classes join this check with that change
-NOT_YET = ("ingestor.sources",)
-
 
 def _error_classes(package: object) -> list[type[BaseException]]:
     found = []
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        if info.name.startswith(NOT_YET):
-            continue
         module = importlib.import_module(info.name)
         for name, value in vars(module).items():
             if (

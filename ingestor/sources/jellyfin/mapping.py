@@ -35,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from ingestor.errors import IngestorError
 from ingestor.events import MediaEvent
 
 TICKS_PER_MS = 10_000
@@ -63,7 +64,7 @@ PLAY_METHODS = {
 """``PlayState.PlayMethod`` -> ``transcode_decision``."""
 
 
-class UnreadableSession(ValueError):
+class UnreadableSession(IngestorError):
     """A session entry that cannot be read (missing ids, wrong types): the reason says which."""
 
 
@@ -352,7 +353,7 @@ PLAYBACK_NOTIFICATIONS = ("PlaybackStart", "PlaybackProgress", "PlaybackStop")
 _ESCAPED = ("Name", "SeriesName", "ServerName", "DeviceName", "Client", "ClientName", "Album")
 
 
-class MalformedNotification(ValueError):
+class MalformedNotification(IngestorError):
     """A webhook body that cannot be ingested; the message is the reason given to the caller."""
 
 

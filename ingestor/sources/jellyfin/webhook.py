@@ -34,6 +34,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from ingestor.errors import IngestorError
 from ingestor.sources.base import SourceHealth, receipt_time
 from ingestor.sources.jellyfin.mapping import (
     PLAYBACK_NOTIFICATIONS,
@@ -49,7 +50,7 @@ PATH = "/webhooks/jellyfin"
 DEFAULT_MAX_BODY = 1024 * 1024
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(IngestorError):
     pass
 
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import msgspec
 
+from ingestor.errors import IngestorError
 from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
 from ingestor.sources.base import check_event_size
 from ingestor.sources.history_import import InvalidRow
@@ -69,7 +70,7 @@ Number = int | str | None
 Flag = bool | int | str | None
 
 
-class PlexPayloadError(ValueError):
+class PlexPayloadError(IngestorError):
     """A payload that is not the documented format; the message is the reason."""
 
 

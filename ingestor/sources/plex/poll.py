@@ -54,7 +54,7 @@ from typing import Any
 
 import aiohttp
 
-from ingestor.errors import InvalidEvent
+from ingestor.errors import IngestorError, InvalidEvent
 from ingestor.events import EventType, MediaEvent, decode_event, encode_event
 from ingestor.sink import Sink
 from ingestor.sources.base import (
@@ -90,7 +90,7 @@ SessionId = tuple[str, str]
 """A live session as PMS names it: (sessionKey, ratingKey)."""
 
 
-class SinkUnavailable(Exception):
+class SinkUnavailable(IngestorError):
     """The sink did not take a poll's events; they are kept for the next poll (not an
     upstream failure: the circuit does not count it)."""
 

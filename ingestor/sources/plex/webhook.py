@@ -64,7 +64,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ingestor.errors import InvalidEvent
+from ingestor.errors import IngestorError, InvalidEvent
 from ingestor.events import EventType
 from ingestor.sink import Sink
 from ingestor.sources.base import SourceHealth, StateFile, receipt_time
@@ -89,7 +89,7 @@ DEFAULT_STALE_AFTER = 86_400.0  # seconds
 STATE_VERSION = 1
 
 
-class BadRequest(Exception):
+class BadRequest(IngestorError):
     """The request is not a Plex webhook we can read; ``status`` and the reason go back."""
 
     def __init__(self, reason: str, status: int = 400) -> None:
@@ -444,7 +444,7 @@ class PlexWebhook:
         return steps
 
 
-class _SinkFailed(Exception):
+class _SinkFailed(IngestorError):
     pass
 
 
