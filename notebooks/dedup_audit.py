@@ -55,7 +55,6 @@ from IPython.display import display
 
 from ingestor import simulation as simulator
 from ingestor.projection import PLAYBACK_TABLE
-from ingestor.simulation import TRUTH_SQL
 from workbench import audit, charts, open_data_dir
 from workbench.db import show
 
