@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -33,15 +34,21 @@ pytestmark = pytest.mark.integration
 
 
 class Recorder(Handler):
-    """Records every sequence it applies; its checkpoint is the last one. ``delay``: each
-    batch takes that long to apply (so pulls are in flight while it works); ``first``: run
-    once, inside the first batch, before it is applied."""
+    """Records every sequence it applies; its checkpoint is the last one. ``hold_at``: the
+    batch that reaches this many applied messages is held until :attr:`release` is set
+    (meanwhile :attr:`holding` is set and the consumer's next pull is in flight);
+    ``first``: run once, inside the first batch, before it is applied; ``delay``: how long
+    applying a batch takes."""
 
-    def __init__(self, delay: float = 0.0, first: Callable | None = None) -> None:
+    def __init__(
+        self, hold_at: int | None = None, first: Callable | None = None, delay: float = 0.0
+    ) -> None:
         self.handled: list[int] = []
         self.delay = delay
+        self.hold_at = hold_at
         self.first = first
-        self.handling = asyncio.Event()  # set while a batch is in hand
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
         self.resumed: list[int] = []
 
     async def resume(self) -> int:
@@ -54,14 +61,14 @@ class Recorder(Handler):
     async def handle(self, batch: list[Delivery]) -> None:
         seqs = [d.seq for d in batch]
         assert seqs == sorted(seqs) and seqs[0] > self.checkpoint(), "handed twice"
-        self.handling.set()
-        try:
-            if self.first is not None:
-                first, self.first = self.first, None
-                await first()
-            await asyncio.sleep(self.delay)
-        finally:
-            self.handling.clear()
+        if self.first is not None:
+            first, self.first = self.first, None
+            await first()
+        if self.hold_at is not None and len(self.handled) + len(seqs) >= self.hold_at:
+            self.hold_at = None
+            self.holding.set()
+            await asyncio.wait_for(self.release.wait(), 60)
+        await asyncio.sleep(self.delay)
         self.handled.extend(seqs)
 
 
@@ -81,9 +88,12 @@ async def ack_floor_watch(
     """Poll the durable's ack floor all along: (floor, what the handler had applied once the
     answer came). The floor may never be above the second figure."""
     seen: list[tuple[int, int]] = []
+    done = asyncio.Event()
 
     async def watch() -> None:
-        while True:
+        # ends by itself rather than by cancellation: Python 3.11's wait_for (inside the
+        # client's request) can swallow a cancel, and the loop would go on forever
+        while not done.is_set():
             with contextlib.suppress(Exception):  # the server is down, the durable recreated
                 info = await js.consumer_info(STREAM, durable, timeout=1)
                 floor = info.ack_floor.stream_seq if info.ack_floor else 0
@@ -94,9 +104,22 @@ async def ack_floor_watch(
     try:
         yield seen
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
+        done.set()
+        await asyncio.wait_for(watching, 10)
+
+
+@contextlib.asynccontextmanager
+async def running(work: Consumer | Router, *args: Handler) -> AsyncIterator[asyncio.Task]:
+    """Run a consumer (or a router) for the block; stopped at its end, whatever happened."""
+    task = asyncio.create_task(work.run(*args))
+    try:
+        yield task
+    finally:
+        work.stop()
+        try:
+            await asyncio.wait_for(task, 30)
+        finally:
+            task.cancel()
 
 
 async def eventually(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
@@ -128,33 +151,41 @@ async def test_a_server_restart_mid_pull_acks_nothing_that_was_not_handled(
     handle: NatsHandle, nats_server: EmbeddedServer
 ) -> None:
     first = await publish_raw(handle, ["audit.test"] * 1500)
-    recorder = Recorder(delay=0.02)
+    recorder = Recorder(hold_at=300, delay=0.01)
     consumer = Consumer(handle.nc, durable="recorder", batch_size=50, flush_interval=0.05)
-    async with ack_floor_watch(handle.js, "recorder", recorder.checkpoint) as seen:
-        running = asyncio.create_task(consumer.run(recorder))
-        await eventually(lambda: len(recorder.handled) >= 300, "300 handled")
-        await recorder.handling.wait()  # a batch in hand, its successors being pulled
+    async with (
+        ack_floor_watch(handle.js, "recorder", recorder.checkpoint) as seen,
+        running(consumer, recorder),
+    ):
+        # a batch in hand, unacked, and the next pull request in flight (the consumer reads
+        # up to two batches ahead): the server goes away under both
+        await asyncio.wait_for(recorder.holding.wait(), 30)
+        await eventually(lambda: len(seen) >= 3, "the ack floor seen while a batch is held")
         await restart_server(nats_server, handle)
+        await eventually(lambda: len(seen) >= 6, "the ack floor seen after the restart")
+        recorder.release.set()
         then = await publish_raw(handle, ["audit.test"] * 500)
         await eventually(lambda: recorder.checkpoint() == then[-1], "all handled", 60)
         await eventually(lambda: seen and seen[-1][0] == then[-1], "the last ack")
-        consumer.stop()
-        await asyncio.wait_for(running, 30)
     assert recorder.handled == [*first, *then]  # nothing lost, nothing twice
     assert consumer.stats.restarts >= 1 and len(recorder.resumed) >= 2
     assert recorder.resumed[1] > 0  # the restart read on from the handler's checkpoint
-    assert len(seen) > 20 and never_ahead(seen) == []
+    assert len(seen) > 10 and never_ahead(seen) == []
 
 
 async def test_the_router_rides_out_a_server_restart_mid_pull(
     settings: Settings, handle: NatsHandle, nats_server: EmbeddedServer
 ) -> None:
     sim = simulate(SimulationConfig(seed=8, users=20, days=5))
+    commits, holding, release = [], threading.Event(), threading.Event()
 
-    def slow_commit(_items: Sequence) -> None:
-        time.sleep(0.04)  # in the worker thread, as a real commit is
+    def commit_held_at_the_tenth(_items: Sequence) -> None:
+        commits.append(1)
+        if len(commits) == 10:  # in the worker thread, in the middle of the commit
+            holding.set()
+            release.wait(60)
 
-    projection = open_projection(settings.duckdb_path, fault=slow_commit)
+    projection = open_projection(settings.duckdb_path, fault=commit_held_at_the_tenth)
     router = Router(
         handle.nc,
         new_pipeline(settings, projection),
@@ -164,16 +195,17 @@ async def test_the_router_rides_out_a_server_restart_mid_pull(
     )
     await Publisher(handle.nc).publish_many(sim.events)
     _, last = await stream_bounds(handle.nc)
-    async with ack_floor_watch(handle.js, "projector", lambda: router.stats.last_seq) as seen:
-        routing = asyncio.create_task(router.run())
-        assert await router.wait_for_seq(last // 3, timeout=60)
+    async with (
+        ack_floor_watch(handle.js, "projector", lambda: router.stats.last_seq) as seen,
+        running(router),
+    ):
+        assert await asyncio.to_thread(holding.wait, 30)
         await restart_server(nats_server, handle)
-        assert await router.wait_for_seq(last, timeout=120)
+        release.set()
+        assert await router.wait_for_seq(last, timeout=60)
         await eventually(lambda: seen and seen[-1][0] == last, "the last ack")
-        router.stop()
-        stats = await asyncio.wait_for(routing, 30)
-    assert stats.restarts >= 1
-    assert len(seen) > 20 and never_ahead(seen) == []
+    assert router.stats.restarts >= 1
+    assert len(seen) > 10 and never_ahead(seen) == []
     assert set(projection.con.execute(TRUTH_SQL).fetchall()) == truth_keys(sim.truth)
     assert projection.con.execute(
         "SELECT count(*) = count(DISTINCT event_id) FROM media_events"
@@ -198,10 +230,8 @@ async def test_a_filtered_consumer_takes_its_jumping_stream_sequences_without_a_
         batch_size=7,
         flush_interval=0.05,
     )
-    running = asyncio.create_task(consumer.run(recorder))
-    await eventually(lambda: recorder.checkpoint() == wanted[-1], "every playback message")
-    consumer.stop()
-    await asyncio.wait_for(running, 30)
+    async with running(consumer, recorder):
+        await eventually(lambda: recorder.checkpoint() == wanted[-1], "every playback message")
     assert recorder.handled == wanted
     assert consumer.stats.restarts == 0 and consumer.stats.last_error is None
 
@@ -244,12 +274,12 @@ async def test_deliveries_taken_by_another_puller_are_read_again_never_acked_ove
         batch_size=10,
         flush_interval=0.05,
     )
-    async with ack_floor_watch(handle.js, "taken", recorder.checkpoint) as seen:
-        running = asyncio.create_task(consumer.run(recorder))
+    async with (
+        ack_floor_watch(handle.js, "taken", recorder.checkpoint) as seen,
+        running(consumer, recorder),
+    ):
         await eventually(lambda: recorder.checkpoint() == wanted[-1], "every playback message")
         await eventually(lambda: seen and seen[-1][0] == wanted[-1], "the last ack")
-        consumer.stop()
-        await asyncio.wait_for(running, 30)
     assert len(stolen) == 3 and set(stolen) <= set(wanted)
     assert recorder.handled == wanted  # the stolen ones too, each once
     assert consumer.stats.restarts >= 1 and "did not arrive" in (consumer.stats.last_error or "")
