@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import re
@@ -42,18 +41,14 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from ingestor.errors import IngestorError
-from ingestor.nats.continuity import Continuity, delivery_seq
-from ingestor.nats.reader import message_of, pull_status
+from ingestor.nats.consumer import Consumer, ConsumerStats, Delivery, Handler
+from ingestor.nats.reader import message_of
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message
 from ingestor.priority import Priority
 from ingestor.sources.base import Backoff
-from ingestor.waiting import wait_until
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,36 +193,30 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @dataclass
-class ArchiverStats:
+class ArchiverStats(ConsumerStats):
     """What the archiver did since it started, and where the archive stands."""
 
     sealed_segments: int = 0
     last_sealed_seq: int = 0
     archived_messages: int = 0  # sealed by this run
-    redeliveries_skipped: int = 0
-    restarts: int = 0  # consumer recreated after a NATS failure
     write_errors: int = 0
-    last_error: str | None = None
     last_seal_at: float | None = None  # Unix time
 
 
 @dataclass(slots=True)
 class _Buffered:
     message: Message
-    reply: str  # its ack subject
     arrived: float  # time.monotonic() when it was read
     size: int
 
 
-class _Restart(Exception):
-    """The consumer must be recreated from the archive (NATS reconnected, consumer gone)."""
-
-
-class Archiver:
+class Archiver(Handler):
     """Archive ``MEDIA_EVENTS`` into ``archive_dir`` until told to stop.
 
     Wire it next to the router: ``tasks.create_task(archiver.run())``, and
-    ``archiver.stop()`` when stopping; ``run`` seals what it holds and returns.
+    ``archiver.stop()`` when stopping; ``run`` seals what it holds and returns. It is a
+    :class:`~ingestor.nats.consumer.Handler` of the one pull consumer: its checkpoint is the
+    last sealed sequence, so messages are acked only once their segment is sealed.
     """
 
     def __init__(
@@ -248,29 +237,27 @@ class Archiver:
         self.nc = nc
         self.js = nc.jetstream(timeout=10)
         self.archive_dir = Path(archive_dir)
-        self.batch_size = batch_size
         self.segment_max_messages = segment_max_messages
         self.segment_max_bytes = segment_max_bytes
         self.segment_max_age = segment_max_age
-        self.consumer = consumer
-        self.priority = priority  # waited for while the router drains a backlog
         self.stats = ArchiverStats()
+        self.consumer = Consumer(
+            nc,
+            durable=consumer,
+            # PROJECT_SERVERS: those servers' messages and every record (ingestor/servers.py)
+            filter_subjects=filter_subjects,
+            description="the event archive: every message, sealed into Parquet",
+            batch_size=batch_size,
+            # unsealed messages wait unacked up to the segment's age limit
+            ack_wait=segment_max_age + 120.0,
+            max_ack_pending=segment_max_messages + 4 * batch_size,
+            max_waiting=4,
+            expires=PULL_EXPIRES_S,
+            yield_to=priority,  # waited for while the router drains a backlog
+            stats=self.stats,
+        )
         self._buffer: deque[_Buffered] = deque()
         self._buffered_bytes = 0
-        self._high_water = 0  # highest sequence sealed or buffered
-        self._stopping = asyncio.Event()
-        self._halt = asyncio.Event()  # the current consumer is done (failure): stop sealing
-        self._wake = asyncio.Event()  # something for the sealer to look at
-        self._room = asyncio.Event()  # the buffer has room again
-        self._request_done = asyncio.Event()
-        self._outstanding = 0
-        self._reconnects = 0
-        self._lost: str | None = None
-        # PROJECT_SERVERS: the archive of those servers' messages (and every record), checked
-        # by delivery sequence since stream sequences jump (ingestor/servers.py)
-        self.filter_subjects = filter_subjects
-        self._continuity = Continuity(nc.stats["reconnects"], by_delivery=bool(filter_subjects))
-        self._sealed = asyncio.Condition()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -280,7 +267,7 @@ class Archiver:
 
     def stop(self) -> None:
         """Stop reading; ``run`` seals what it holds, acks it and returns."""
-        self._stopping.set()
+        self.consumer.stop()
 
     def status(self) -> dict[str, object]:
         """Where the archive stands, for ``/status``."""
@@ -305,19 +292,7 @@ class Archiver:
         segments.
         """
         await asyncio.to_thread(self._recover)
-        backoff = Backoff(initial=0.2, maximum=15.0)
-        while not self._stopping.is_set():
-            try:
-                await self._run_consumer()
-                backoff.reset()
-            except Exception as exc:
-                self.stats.restarts += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("archiver: %s; recreating the consumer after a pause", exc)
-                if await backoff.sleep(self._stopping):
-                    break
-        if self._buffer:  # stopped while the consumer was being recreated
-            await self._seal_due(final=True)
+        await self.consumer.run(self)
         log.info(
             "archiver stopped: %d segments, sealed up to seq %d",
             self.stats.sealed_segments,
@@ -327,7 +302,7 @@ class Archiver:
 
     async def wait_for_seq(self, seq: int, timeout: float | None = None) -> bool:
         """Wait until the archive is sealed up to ``seq``; False on timeout."""
-        return await wait_until(self._sealed, lambda: self.stats.last_sealed_seq >= seq, timeout)
+        return await self.consumer.wait_for(lambda: self.stats.last_sealed_seq >= seq, timeout)
 
     def _recover(self) -> None:
         self.archive_dir.mkdir(parents=True, exist_ok=True)
@@ -337,10 +312,12 @@ class Archiver:
         self.stats.sealed_segments = len(segments)
         self.stats.last_sealed_seq = segments[-1].last_seq if segments else 0
 
-    # ------------------------------------------------------------------ consumer
+    # ------------------------------------------------------------------ the handler
 
-    async def _create_consumer(self) -> tuple[int, int]:
-        """(Re)create the consumer after the last sealed segment; (start, stream's first seq)."""
+    async def resume(self) -> int:
+        """The last sealed sequence; unsealed messages of a failed consumer are read again."""
+        self._buffer.clear()
+        self._buffered_bytes = 0
         start = self.stats.last_sealed_seq + 1
         info = await self.js.stream_info(STREAM)
         if self.stats.last_sealed_seq and info.state.first_seq > start:
@@ -361,112 +338,25 @@ class Archiver:
                 self.stats.last_sealed_seq,
                 start,
             )
-        with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(STREAM, self.consumer)
-        await self.js.add_consumer(
-            STREAM,
-            ConsumerConfig(
-                durable_name=self.consumer,
-                description="the event archive: every message, sealed into Parquet",
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
-                opt_start_seq=start if start > 1 else None,
-                ack_policy=AckPolicy.ALL,
-                # unsealed messages wait unacked up to the segment's age limit
-                ack_wait=self.segment_max_age + 120.0,
-                max_deliver=-1,
-                max_ack_pending=self.segment_max_messages + 2 * self.batch_size,
-                max_waiting=4,
-                filter_subjects=self.filter_subjects,
-            ),
-        )
         log.info("archiver reads %s from sequence %d into %s", STREAM, start, self.archive_dir)
-        return start, info.state.first_seq
+        return self.stats.last_sealed_seq
 
-    async def _run_consumer(self) -> None:
-        self._buffer.clear()  # unsealed messages of a failed consumer are read again
-        self._buffered_bytes = 0
-        self._high_water = self.stats.last_sealed_seq
-        self._halt.clear()
-        self._lost = None
-        start, first_seq = await self._create_consumer()
-        self._reconnects = self.nc.stats["reconnects"]
-        self._continuity.restart(start, self._reconnects)
-        self._continuity.allow_start_at(first_seq)
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=self._on_message)
-        fetcher = asyncio.create_task(self._fetch_loop(inbox))
-        sealer = asyncio.create_task(self._seal_loop())
-        try:
-            await asyncio.wait({fetcher, sealer}, return_when=asyncio.FIRST_COMPLETED)
-            if fetcher.done() and not sealer.done():
-                # stopping: the sealer seals all it holds; a failure: it finishes the seal in
-                # progress and returns, the rest is read again from the recreated consumer
-                if fetcher.exception() is not None:
-                    self._halt.set()
-                await sealer
-            sealer.result()
-            if fetcher.done():
-                fetcher.result()
-            if not self._stopping.is_set():
-                raise _Restart("the fetch loop ended")
-        finally:
-            for task in (fetcher, sealer):
-                task.cancel()
-            await asyncio.gather(fetcher, sealer, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+    def checkpoint(self) -> int:
+        return self.stats.last_sealed_seq
 
-    async def _on_message(self, msg: Msg) -> None:
-        status = pull_status(msg)
-        if status is not None:
-            if status.over:
-                self._lost = status.lost or self._lost
-                self._request_done.set()
-            return
-        self._outstanding -= 1
-        if self._outstanding <= 0:
-            self._request_done.set()
-        message = message_of(msg)
-        if message.seq <= self._high_water:
-            self.stats.redeliveries_skipped += 1
-            return
-        checked = delivery_seq(msg.reply) if self.filter_subjects else message.seq
-        if not self._continuity.accept(checked, self.nc.stats["reconnects"]):
-            # a delivery before it may be lost (a reconnect, a cluster node gone): take
-            # nothing more and read again after the last sealed segment
-            self._lost = self._continuity.lost
-            self._request_done.set()
-            return
-        self._high_water = message.seq
-        size = len(message.data) + len(message.subject) + _OVERHEAD_BYTES
-        self._buffer.append(_Buffered(message, msg.reply, time.monotonic(), size))
-        self._buffered_bytes += size
-        if len(self._buffer) == 1 or self._full():
-            self._wake.set()
+    async def handle(self, batch: list[Delivery]) -> None:
+        """Buffer the batch; seal what is due (a full or an aged segment)."""
+        now = time.monotonic()
+        for delivery in batch:
+            message = message_of(delivery.msg)
+            size = len(message.data) + len(message.subject) + _OVERHEAD_BYTES
+            self._buffer.append(_Buffered(message, now, size))
+            self._buffered_bytes += size
+        await self.flush(final=False)
 
-    async def _fetch_loop(self, inbox: str) -> None:
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{self.consumer}"
-        while not self._stopping.is_set():
-            if self._lost is not None:
-                raise _Restart(self._lost)
-            if self.nc.stats["reconnects"] != self._reconnects:
-                raise _Restart("NATS reconnected")  # a delivery may have been lost meanwhile
-            room = self.segment_max_messages - len(self._buffer)
-            if room <= 0 or self._buffered_bytes >= self.segment_max_bytes:
-                self._room.clear()
-                self._wake.set()
-                await _wait_any(self._room, self._stopping, timeout=1.0)
-                continue
-            if self.priority is not None and self.priority.claimed:
-                await self.priority.turn(self._stopping)  # the projection drains first
-                if self._stopping.is_set():
-                    continue
-            want = min(self.batch_size, room)
-            self._outstanding = want
-            self._request_done.clear()
-            request = {"batch": want, "expires": int(PULL_EXPIRES_S * 1e9)}
-            await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
-            await _wait_any(self._request_done, self._stopping, timeout=PULL_EXPIRES_S + 2)
+    def due(self) -> float | None:
+        """When the oldest buffered message reaches the segment's age limit."""
+        return self._buffer[0].arrived + self.segment_max_age if self._buffer else None
 
     # ------------------------------------------------------------------ sealing
 
@@ -481,27 +371,9 @@ class Archiver:
             time.monotonic() - self._buffer[0].arrived >= self.segment_max_age
         )
 
-    async def _seal_loop(self) -> None:
-        while True:
-            self._wake.clear()
-            if self._stopping.is_set():
-                await self._seal_due(final=True)
-                return
-            if self._halt.is_set():
-                return
-            await self._seal_due(final=False)
-            timeout = None
-            if self._buffer:
-                timeout = max(
-                    0.0, self._buffer[0].arrived + self.segment_max_age - time.monotonic()
-                )
-            await _wait_any(self._wake, self._stopping, self._halt, timeout=timeout)
-
-    async def _seal_due(self, *, final: bool) -> None:
+    async def flush(self, *, final: bool) -> None:
         """Seal segments while one is due (all that is buffered when ``final``)."""
         while self._buffer and (final or self._full() or self._aged()):
-            if not final and self._halt.is_set():
-                return
             if not await self._seal(self._segment_length(), final=final):
                 return
 
@@ -515,8 +387,9 @@ class Archiver:
         return n
 
     async def _seal(self, n: int, *, final: bool) -> bool:
-        """Write the first ``n`` buffered messages as a segment, then ack them; False if the
-        write kept failing while stopping (they stay unacked and are read again next start)."""
+        """Write the first ``n`` buffered messages as a segment (the consumer then acks
+        them); False if the write kept failing while stopping (they stay unacked and are
+        read again next start)."""
         items = [self._buffer[i] for i in range(n)]
         backoff = Backoff(initial=0.2, maximum=15.0)
         attempts = 0
@@ -534,7 +407,7 @@ class Archiver:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("archiver: cannot seal seq %d..%d: %s", items[0].message.seq,
                           items[-1].message.seq, exc)  # fmt: skip
-                giving_up = final or self._stopping.is_set() or self._halt.is_set()
+                giving_up = final or self.consumer.stopping
                 if giving_up and attempts >= _FINAL_SEAL_ATTEMPTS:
                     return False
                 await asyncio.sleep(backoff.next())
@@ -544,18 +417,8 @@ class Archiver:
         self.stats.archived_messages += n
         self.stats.last_sealed_seq = segment.last_seq
         self.stats.last_seal_at = time.time()
-        self._room.set()
         log.debug("sealed %s", segment.path.name)
-        await self._ack(items[-1].reply)
-        async with self._sealed:
-            self._sealed.notify_all()
         return True
-
-    async def _ack(self, subject: str) -> None:
-        try:
-            await self.nc.publish(subject, b"+ACK")
-        except Exception as exc:  # the archive is the truth: a lost ack changes nothing
-            log.warning("archiver: ack %s not sent: %s", subject, exc)
 
 
 async def _finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
@@ -568,15 +431,6 @@ async def _finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
         with contextlib.suppress(Exception):
             await future
         raise
-
-
-async def _wait_any(*events: asyncio.Event, timeout: float | None) -> None:
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 __all__ = [

@@ -28,19 +28,15 @@ Without ``GEOIP_DB`` it logs one line at start saying the location rules are off
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -48,15 +44,15 @@ from ingestor.detection.config import LOCATION_RULES, RULES, DetectionConfig
 from ingestor.detection.geo import GeoIP, Locator
 from ingestor.detection.rules import Engine
 from ingestor.events import MediaEvent
+from ingestor.nats.consumer import Consumer, ConsumerStats, Delivery, Handler
 from ingestor.nats.publisher import OutgoingMessage, Publisher, PublishOutcome
-from ingestor.nats.reader import message_of, pull_status, read_range, stream_bounds
+from ingestor.nats.reader import message_of, read_range, stream_bounds
 from ingestor.nats.streams import MEDIA_SUBJECTS, STREAM, consumer_filter_subjects
-from ingestor.pipeline import Message, decode_messages
+from ingestor.pipeline import decode_messages
 from ingestor.priority import Priority
 from ingestor.records import Alert, encode_record
 from ingestor.servers import Partition
 from ingestor.sources.base import Backoff
-from ingestor.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -68,34 +64,27 @@ _MEDIA_PREFIX = MEDIA_SUBJECTS.rstrip(">")
 
 
 @dataclass
-class DetectorStats:
+class DetectorStats(ConsumerStats):
     """What the detector did since it started."""
 
     last_seq: int = 0  # the last stream sequence whose alerts are stored (then acked)
     events: int = 0  # media events fed after the warm-up
     skipped: int = 0  # playback messages that are no readable event (the router dead-letters)
     engine_errors: int = 0  # events the engine failed on (logged, skipped)
-    redeliveries_skipped: int = 0
     alerts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RULES, 0))
     duplicates: int = 0  # alerts the stream already held (a re-run, or after a crash)
     publish_retries: int = 0
-    restarts: int = 0  # consumer recreated after a NATS failure
-    last_error: str | None = None
     warmup_messages: int = 0
     warmup_events: int = 0
     warmup_from_seq: int | None = None
     warmup_seconds: float = 0.0
 
 
-class _Restart(Exception):
-    """The consumer must be recreated (NATS reconnected, consumer gone)."""
-
-
 class _Stopped(Exception):
     """Stopping while alerts could not be published: leave the batch unacked."""
 
 
-class Detector:
+class Detector(Handler):
     """Run the detection rules over ``MEDIA_EVENTS`` until told to stop.
 
     Wire it next to the router and the archiver: ``tasks.create_task(detector.run())``, and
@@ -106,6 +95,9 @@ class Detector:
     ``consumer``: the durable's name; another name runs detection again from the start of
     the stream (its alerts are the same ids, so ``detection_alerts`` gains nothing).
     ``fault``: a seam for failure tests (see ``__init__``).
+
+    It is a :class:`~ingestor.nats.consumer.Handler` of the one pull consumer, filtered to
+    ``playback.>``; its checkpoint is the last sequence whose alerts are stored.
     """
 
     def __init__(
@@ -126,39 +118,40 @@ class Detector:
         self.js = nc.jetstream(timeout=10)
         self.config = config
         self.batch_size = batch_size
-        self.consumer = consumer
         # PROJECT_SERVERS: the rules judge these servers' events only (a user belongs to one
         # server, so no rule needs another's); ingestor/servers.py
         self.partition = partition if partition is not None and not partition.all else None
         # a seam for failure tests: called with "published" once a batch's alerts are stored
         # and before the batch is acked; it may raise (a crash at the worst moment)
         self.fault = fault
-        self.priority = priority  # waited for while the router drains a backlog
         self._owned_geo: GeoIP | None = None
         if geo is None and config.geoip_db is not None and config.enabled:
             geo = self._owned_geo = GeoIP(config.geoip_db)
         self.engine = Engine(config, geo=geo, vpn=config.vpn_ranges)
         self.publisher = Publisher(nc)
         self.stats = DetectorStats()
+        self.consumer = Consumer(
+            nc,
+            durable=consumer,
+            filter_subjects=[MEDIA_SUBJECTS]
+            if self.partition is None
+            else consumer_filter_subjects(self.partition.servers, records=False),
+            description="detection: the rules over playback events",
+            batch_size=batch_size,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=max(4 * batch_size, 20_000),
+            max_waiting=4,
+            expires=PULL_EXPIRES_S,
+            yield_to=priority,  # waited for while the router drains a backlog
+            stats=self.stats,
+        )
         self._warmed = False
-        self._buffer: deque[tuple[Message, str]] = deque()  # (message, its ack subject)
-        self._high_water = 0
-        self._outstanding = 0
-        self._request_open = False
-        self._request_deadline = 0.0
-        self._request_done = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._reconnects = 0
-        self._lost: str | None = None
-        self._next_delivery = 1  # the consumer's next delivery sequence
-        self._progress = asyncio.Condition()
 
     # ------------------------------------------------------------------ lifecycle
 
     def stop(self) -> None:
         """Stop reading; ``run`` finishes the batch in hand (publish, ack) and returns."""
-        self._stopping.set()
+        self.consumer.stop()
 
     def location_rules_off_reason(self) -> str | None:
         """Why the location rules do not run, or ``None`` when they can."""
@@ -166,13 +159,19 @@ class Detector:
             return self.config.location_rules_off_reason() or "no location database"
         return None
 
+    def _mine(self, item: object) -> bool:
+        """A media event this detector judges (of its servers, when it has some)."""
+        if not isinstance(item, MediaEvent):
+            return False
+        return self.partition is None or self.partition.keeps(item.server_id)
+
     def status(self) -> dict[str, Any]:
         """What the detector did and which rules run, for ``/status``."""
         s = self.stats
         why_not_located = self.location_rules_off_reason()
         return {
             "enabled": self.config.enabled,
-            "consumer": self.consumer,
+            "consumer": self.consumer.durable,
             "last_seq": s.last_seq,
             "events": s.events,
             "alerts": dict(s.alerts),
@@ -210,20 +209,8 @@ class Detector:
             log.info("detection is off (DETECTION_ENABLED=false)")
             return self.stats
         self._log_rules()
-        backoff = Backoff(initial=0.2, maximum=15.0)
         try:
-            while not self._stopping.is_set():
-                try:
-                    await self._run_consumer()
-                    backoff.reset()
-                except _Stopped:
-                    break
-                except Exception as exc:
-                    self.stats.restarts += 1
-                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("detector: %s; recreating the consumer after a pause", exc)
-                    if await backoff.sleep(self._stopping):
-                        break
+            await self.consumer.run(self)
         finally:
             if self._owned_geo is not None:
                 self._owned_geo.close()
@@ -237,7 +224,7 @@ class Detector:
     async def wait_for_seq(self, seq: int, timeout: float | None = None) -> bool:
         """Wait until every ``playback.>`` message up to ``seq`` is judged and its alerts
         stored; False on timeout."""
-        return await wait_until(self._progress, lambda: self.stats.last_seq >= seq, timeout)
+        return await self.consumer.wait_for(lambda: self.stats.last_seq >= seq, timeout)
 
     def _log_rules(self) -> None:
         why = self.location_rules_off_reason()
@@ -259,7 +246,7 @@ class Detector:
     async def _resume_point(self) -> int:
         """The first sequence not yet judged: after the durable's ack floor (1 if none)."""
         try:
-            info = await self.js.consumer_info(STREAM, self.consumer)
+            info = await self.js.consumer_info(STREAM, self.consumer.durable)
         except NotFoundError:
             return 1
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
@@ -299,7 +286,7 @@ class Detector:
                     self.stats.warmup_events += 1
                     with contextlib.suppress(Exception):
                         self.engine.feed(item)  # alerts already published before the restart
-            if self._stopping.is_set():
+            if self.consumer.stopping:
                 raise _Stopped
         self.stats.warmup_seconds = time.perf_counter() - started
         log.info(
@@ -328,127 +315,24 @@ class Detector:
             with contextlib.suppress(Exception):
                 await self.js.delete_consumer(STREAM, info.name)
 
-    async def _create_consumer(self, start: int) -> None:
-        with contextlib.suppress(NotFoundError):
-            await self.js.delete_consumer(STREAM, self.consumer)
-        await self.js.add_consumer(
-            STREAM,
-            ConsumerConfig(
-                durable_name=self.consumer,
-                description="detection: the rules over playback events",
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL,
-                opt_start_seq=start if start > 1 else None,
-                filter_subject=MEDIA_SUBJECTS if self.partition is None else None,
-                filter_subjects=None if self.partition is None else self._filters(),
-                ack_policy=AckPolicy.ALL,
-                ack_wait=ACK_WAIT_S,
-                max_deliver=-1,
-                max_ack_pending=max(4 * self.batch_size, 20_000),
-                max_waiting=4,
-            ),
-        )
-        log.info("detector reads %s (%s) from sequence %d", STREAM, MEDIA_SUBJECTS, start)
+    # ------------------------------------------------------------------ the handler
 
-    def _filters(self) -> list[str] | None:
-        assert self.partition is not None
-        return consumer_filter_subjects(self.partition.servers, records=False)
-
-    def _mine(self, item: object) -> bool:
-        """A media event this detector judges (of its servers, when it has some)."""
-        if not isinstance(item, MediaEvent):
-            return False
-        return self.partition is None or self.partition.keeps(item.server_id)
-
-    # ------------------------------------------------------------------ consumer
-
-    async def _run_consumer(self) -> None:
+    async def resume(self) -> int:
+        """The last sequence judged: at the first start, the durable's ack floor, with the
+        engine warmed up on what came before it."""
         if not self._warmed:
             resume = await self._resume_point()
             await self._warm_up(resume)
             self._warmed = True
             self.stats.last_seq = resume - 1
-        start = self.stats.last_seq + 1
-        await self._create_consumer(start)
-        self._buffer.clear()
-        self._high_water = start - 1
-        self._request_open = False
-        self._lost = None
-        self._next_delivery = 1
-        self._reconnects = self.nc.stats["reconnects"]
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=self._on_message)
-        try:
-            await self._loop(inbox)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        return self.stats.last_seq
 
-    async def _on_message(self, msg: Msg) -> None:
-        status = pull_status(msg)
-        if status is not None:
-            if status.over:
-                self._lost = status.lost or self._lost
-                self._request_done.set()
-                self._wake.set()
-            return
-        if self.nc.stats["reconnects"] != self._reconnects:
-            self._lost = "NATS reconnected"  # deliveries may have been lost: start again
-            self._request_done.set()
-            self._wake.set()
-            return
-        delivery = _delivery_seq(msg.reply)
-        if delivery > self._next_delivery:
-            # a filtered consumer's stream sequences jump by design, its delivery sequences
-            # never: one is missing (ingestor/nats/continuity.py), so never ack past it
-            self._lost = f"deliveries {self._next_delivery}-{delivery - 1} did not arrive"
-            self._request_done.set()
-            self._wake.set()
-            return
-        self._next_delivery = delivery + 1
-        self._outstanding -= 1
-        if self._outstanding <= 0:
-            self._request_done.set()
-            self._wake.set()
-        message = message_of(msg)
-        if message.seq <= self._high_water:
-            self.stats.redeliveries_skipped += 1
-            return
-        self._high_water = message.seq
-        self._buffer.append((message, msg.reply))
-        if message.pending == 0 or len(self._buffer) >= self.batch_size:
-            self._wake.set()
+    def checkpoint(self) -> int:
+        return self.stats.last_seq
 
-    async def _loop(self, inbox: str) -> None:
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{self.consumer}"
-        while not self._stopping.is_set():
-            if self._lost is not None:
-                raise _Restart(self._lost)
-            if self.nc.stats["reconnects"] != self._reconnects:
-                raise _Restart("NATS reconnected")
-            if not self._request_open and not self._buffer:
-                if self.priority is not None and self.priority.claimed:
-                    await self.priority.turn(self._stopping)  # the projection drains first
-                    if self._stopping.is_set():
-                        continue
-                self._outstanding = self.batch_size
-                self._request_done.clear()
-                self._request_open = True
-                self._request_deadline = time.monotonic() + PULL_EXPIRES_S + 2.0
-                request = {"batch": self.batch_size, "expires": int(PULL_EXPIRES_S * 1e9)}
-                await self.nc.publish(subject, json.dumps(request).encode(), reply=inbox)
-            if not self._wake.is_set():
-                timeout = max(0.0, self._request_deadline - time.monotonic())
-                await _wait_any(self._wake, self._stopping, timeout=timeout)
-            self._wake.clear()
-            if self._request_done.is_set() or time.monotonic() >= self._request_deadline:
-                self._request_open = False
-            if self._buffer:
-                batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
-                await self._handle(batch)
-
-    async def _handle(self, batch: list[tuple[Message, str]]) -> None:
-        """Judge a batch, store its alerts in the stream, then ack it."""
-        messages = [message for message, _ in batch]
+    async def handle(self, batch: list[Delivery]) -> None:
+        """Judge a batch and store its alerts in the stream (the consumer then acks it)."""
+        messages = [message_of(delivery.msg) for delivery in batch]
         decoded, rejected = decode_messages(messages)
         self.stats.skipped += len(rejected)
         alerts: list[Alert] = []
@@ -467,9 +351,6 @@ class Detector:
             if self.fault is not None:
                 self.fault("published")
         self.stats.last_seq = messages[-1].seq
-        await self._ack(batch[-1][1])
-        async with self._progress:
-            self._progress.notify_all()
 
     async def _publish(self, alerts: list[Alert]) -> None:
         """Publish ``alerts`` and wait until the stream stored each (retrying until then);
@@ -484,36 +365,13 @@ class Detector:
                 self.stats.publish_retries += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("detector: alerts not stored (%s); retrying", exc)
-                if await backoff.sleep(self._stopping):
+                if await backoff.sleep(self.consumer.stop_event):
                     raise _Stopped from exc
         for alert, result in zip(alerts, results, strict=True):
             self.stats.alerts[alert.rule] = self.stats.alerts.get(alert.rule, 0) + 1
             if result.outcome is PublishOutcome.DUPLICATE:
                 self.stats.duplicates += 1
             log.info("alert %s (%s): %s", alert.rule, alert.severity, alert.message)
-
-    async def _ack(self, subject: str) -> None:
-        try:
-            await self.nc.publish(subject, b"+ACK")
-        except Exception as exc:  # a lost ack means a redelivery: the same alerts again
-            log.warning("detector: ack %s not sent: %s", subject, exc)
-
-
-def _delivery_seq(reply: str) -> int:
-    """The consumer's delivery sequence in a JetStream ack subject
-    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<delivery seq>...``, or the
-    form with a domain and an account hash before the stream)."""
-    tokens = reply.split(".")
-    return int(tokens[6] if len(tokens) == 9 else tokens[8])
-
-
-async def _wait_any(*events: asyncio.Event, timeout: float | None) -> None:
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 __all__ = ["DETECTOR", "Detector", "DetectorStats"]

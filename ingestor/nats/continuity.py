@@ -1,46 +1,37 @@
-"""No acknowledged hole: a pull consumer's deliveries must come in stream order, one by one.
+"""No acknowledged hole: a pull consumer's deliveries must come one by one, none missing.
 
-The router, the archiver and the detector acknowledge with ``AckAll``: an ack of sequence N
-acks every earlier delivery too. A delivery that never arrived (sent while the client was
+Every consumer acknowledges with ``AckAll`` (:mod:`ingestor.nats.consumer`): an ack of one
+delivery acks every earlier one too. A delivery that never arrived (sent while the client was
 reconnecting, or in flight on a cluster route when the node leading the consumer died) would
-then be acked without having been handled, and a stream is never asked for it again. So each
-of them checks its deliveries with a :class:`Continuity`: after a reconnect, or when a
-sequence jumps past the next expected one, it takes nothing more, handles what it holds and
-recreates its consumer from its own checkpoint, which delivers the missing messages again.
+then be acked without having been handled, and the stream is never asked for it again. So
+the consumer checks its deliveries with a :class:`Continuity`: after a NATS reconnect, or when
+a *delivery* sequence jumps past the next expected one, it takes nothing more, hands over what
+it holds and recreates the consumer from the handler's checkpoint, which delivers the missing
+messages again.
 
-The same jump seen again after the restart, from the same place, is no loss: the stream has
-no such messages (they aged out, or were deleted), and the consumer goes on from the next one
-it has.
+Delivery sequences, not stream sequences: a filtered consumer (the detector reads
+``playback.>`` only) skips the stream's other subjects, and messages aged out or deleted are
+never delivered, so its stream sequences jump by design; its delivery sequences count every
+delivery (redeliveries included) and never jump. An idle heartbeat names the last delivery
+the server sent (``Nats-Last-Consumer``), so a delivery lost at the very end of a burst is
+seen too, without waiting for the next message.
 
->>> guard = Continuity(reconnects=0)
->>> guard.restart(expect=5, reconnects=0)
->>> guard.accept(5, reconnects=0), guard.accept(6, reconnects=0), guard.lost
+>>> guard = Continuity()
+>>> guard.restart(reconnects=0)  # a new consumer delivers from 1
+>>> guard.accept(1, reconnects=0), guard.accept(2, reconnects=0), guard.lost
 (True, True, None)
->>> guard.accept(9, reconnects=0), guard.lost
-(False, 'deliveries 7-8 did not arrive')
->>> guard.accept(10, reconnects=0)  # nothing more until the restart
-False
->>> guard.restart(expect=7, reconnects=0)  # handled up to 6, read again from 7
->>> guard.accept(7, reconnects=0), guard.lost
-(True, None)
->>> guard.accept(20, reconnects=0), guard.lost  # 8-19 missing: read again from 8
-(False, 'deliveries 8-19 did not arrive')
->>> guard.restart(expect=8, reconnects=0)
->>> guard.accept(20, reconnects=0)  # missing again, from the same place: not in the stream
+>>> guard.heard(2, reconnects=0) is None  # a heartbeat: the server sent up to 2, all here
 True
-
-A consumer with filter subjects (``PROJECT_SERVERS``: ingestor/servers.py) skips the stream
-sequences of other servers by design, so its guard is made ``by_delivery``: the caller passes
-the consumer's delivery sequence (:func:`delivery_seq`), which a new consumer starts at 1 and
-never skips; any jump in it is a lost delivery.
-
->>> guard = Continuity(reconnects=0, by_delivery=True)
->>> guard.restart(expect=40, reconnects=0)  # the stream start does not matter
->>> guard.allow_start_at(45)
->>> guard.accept(1, reconnects=0), guard.accept(2, reconnects=0), guard.accept(4, reconnects=0)
-(True, True, False)
->>> guard.lost
-'deliveries 3-3 did not arrive'
+>>> guard.accept(5, reconnects=0), guard.lost
+(False, 'deliveries 3-4 did not arrive')
+>>> guard.accept(6, reconnects=0)  # nothing more until the restart
+False
+>>> guard.restart(reconnects=0)
+>>> guard.accept(1, reconnects=0), guard.heard(3, reconnects=0)
+(True, 'deliveries 2-3 did not arrive')
+>>> guard.restart(reconnects=0)
+>>> guard.accept(1, reconnects=1), guard.lost
+(False, 'NATS reconnected, a delivery may have been lost')
 """
 
 from __future__ import annotations
@@ -57,52 +48,42 @@ electing one), a request timeout, a closed or reconnecting connection."""
 class Continuity:
     """Tells a consumer when its deliveries may have lost a message."""
 
-    def __init__(self, reconnects: int, *, by_delivery: bool = False) -> None:
-        self._reconnects = reconnects
-        self.by_delivery = by_delivery  # sequences are delivery sequences (a filtered consumer)
-        self._expect: int | None = None
-        self._hole_at: int | None = None  # where the last jump was seen
+    def __init__(self) -> None:
+        self._reconnects = 0
+        self._expect = 1  # the next delivery sequence
         self.lost: str | None = None  # why nothing more is taken, until restart()
 
-    def restart(self, expect: int, reconnects: int) -> None:
-        """The consumer was (re)created to deliver from ``expect`` on."""
-        self._expect = 1 if self.by_delivery else expect
-        self._hole_at = None if self.by_delivery else self._hole_at
+    def restart(self, reconnects: int) -> None:
+        """The consumer was (re)created (its deliveries count from 1), with ``reconnects``
+        NATS reconnects seen so far."""
+        self._expect = 1
         self._reconnects = reconnects
         self.lost = None
 
-    def allow_start_at(self, first_seq: int) -> None:
-        """The stream begins at ``first_seq`` (earlier messages aged out): start there."""
-        if not self.by_delivery and self._expect is not None and first_seq > self._expect:
-            self._expect = first_seq
-
-    def accept(self, seq: int, reconnects: int) -> bool:
-        """May the delivery of ``seq`` (above every one taken so far) be taken?"""
+    def accept(self, delivery: int, reconnects: int) -> bool:
+        """May the delivery numbered ``delivery`` be taken?"""
         if self.lost is not None:
             return False
         if reconnects != self._reconnects:
             self.lost = "NATS reconnected, a delivery may have been lost"
             return False
-        expect = self._expect
-        gap_known = expect == self._hole_at and not self.by_delivery
-        if expect is not None and seq > expect and not gap_known:
-            self.lost = f"deliveries {expect}-{seq - 1} did not arrive"
-            self._hole_at = expect
+        if delivery != self._expect:
+            if delivery < self._expect:
+                self.lost = f"delivery {delivery} came again after {self._expect - 1}"
+            else:
+                self.lost = f"deliveries {self._expect}-{delivery - 1} did not arrive"
             return False
-        self._expect = seq + 1
+        self._expect = delivery + 1
         return True
 
-
-def delivery_seq(reply: str) -> int:
-    """The consumer's delivery sequence in a JetStream ack subject
-    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<delivery seq>...``, or the form
-    with a domain and an account hash before the stream).
-
-    >>> delivery_seq("$JS.ACK.MEDIA_EVENTS.projector-1a.1.907.12.1765100000000000000.0")
-    12
-    """
-    tokens = reply.split(".")
-    return int(tokens[6] if len(tokens) == 9 else tokens[8])
+    def heard(self, last_delivered: int, reconnects: int) -> str | None:
+        """An idle heartbeat says the server sent deliveries up to ``last_delivered``: why
+        one may be lost, or None."""
+        if self.lost is None and reconnects != self._reconnects:
+            self.lost = "NATS reconnected, a delivery may have been lost"
+        elif self.lost is None and last_delivered >= self._expect:
+            self.lost = f"deliveries {self._expect}-{last_delivered} did not arrive"
+        return self.lost
 
 
-__all__ = ["NATS_FAILURES", "Continuity", "delivery_seq"]
+__all__ = ["NATS_FAILURES", "Continuity"]
