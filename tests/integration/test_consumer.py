@@ -16,11 +16,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
-from ingestor.sources.simulator import SimulationConfig, simulate, truth_keys
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from ingestor.app import TRUTH_SQL, new_pipeline, open_projection
+from ingestor.app import new_pipeline, open_projection
 from ingestor.config import Settings
 from ingestor.nats.connection import NatsHandle, open_nats
 from ingestor.nats.consumer import Consumer, Delivery, Handler
@@ -29,6 +28,7 @@ from ingestor.nats.reader import stream_bounds
 from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import STREAM
 from ingestor.router import Router
+from ingestor.simulation import TRUTH_SQL, SimulationConfig, simulate, truth_keys
 
 pytestmark = pytest.mark.integration
 
