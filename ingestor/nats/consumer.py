@@ -55,6 +55,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from ingestor.errors import IngestorError
 from ingestor.nats.continuity import NATS_FAILURES, Continuity
 from ingestor.nats.streams import STREAM
 from ingestor.priority import Priority
@@ -100,7 +101,7 @@ def pull_status(msg: Msg) -> PullStatus | None:
     return PullStatus(status or "", True, lost, None)
 
 
-class Pause(Exception):
+class Pause(IngestorError):
     """Raised by a handler whose transient failures outlasted its retries: its batch stays
     unacked, fetching stops for ``pause_s``, and the consumer starts again from the
     handler's checkpoint."""

@@ -75,6 +75,8 @@ async def test_verdicts_change_the_projection_and_a_replay_reproduces_them(
             restored = await wb.restore(unlink, by="ana", notes="two devices, not one")
             confirmed = await wb.confirm(keep, by="ana")
             await wb.confirm(drops["audit_id"][0], by="ana")
+            # the router applies them on the projection's connection: wait, then read it
+            await caught_up(router, handle)
             # a verdict that cannot apply is refused before anything is published
             with pytest.raises(audit.AuditError, match="already restored"):
                 await audit.confirm(handle.nc, unlink, db=projection)

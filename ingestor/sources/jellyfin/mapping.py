@@ -129,7 +129,17 @@ class Observation(msgspec.Struct, kw_only=True, frozen=True):
     position_ms: int | None = None
     paused: bool | None = False  # None: the report does not say (the known state stays)
     details: PlaybackDetails
-    raw: str | None = None  # the upstream entry, for the events' raw_payload
+    text: str | None = None  # the upstream report as received (a webhook body)
+    # or the upstream Sessions entry, encoded only when an event needs it (most reports of a
+    # playing session change nothing, and encoding every entry was most of their cost)
+    entry: dict[str, Any] | None = None
+
+    @property
+    def raw(self) -> str | None:
+        """The upstream report, for the events' ``raw_payload``."""
+        if self.text is not None:
+            return self.text
+        return None if self.entry is None else _raw(self.entry)
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,7 +268,7 @@ def observe_session(entry: object) -> Observation | None:
         position_ms=position,
         paused=state.get("IsPaused") is True,
         details=details,
-        raw=_raw(entry),
+        entry=entry,
     )
 
 
@@ -424,7 +434,7 @@ def observe_notification(payload: dict[str, Any], body: bytes) -> tuple[str, Obs
         position_ms=position,
         paused=paused,
         details=details,
-        raw=body.decode("utf-8-sig"),
+        text=body.decode("utf-8-sig"),
     )
     return _text(payload, "ServerId"), observation
 
