@@ -30,6 +30,7 @@ machine (:mod:`ingestor.sources.jellyfin.session_machine`), which needs what was
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -384,7 +385,18 @@ def decode_notification(body: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict):
         raise MalformedNotification(f"body is a JSON {type(payload).__name__}, not an object")
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then pay for the whole check
+        try:
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise MalformedNotification(
+                "body has a string with a lone UTF-16 surrogate (\\uD800-\\uDFFF escape): not text"
+            ) from None
     return payload
+
+
+# a \uD800-\uDFFF escape: json.loads turns an unpaired one into a str that cannot be stored
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def observe_notification(payload: dict[str, Any], body: bytes) -> tuple[str, Observation]:
