@@ -170,7 +170,8 @@ async def test_a_server_restart_mid_pull_acks_nothing_that_was_not_handled(
     assert recorder.handled == [*first, *then]  # nothing lost, nothing twice
     assert consumer.stats.restarts >= 1 and len(recorder.resumed) >= 2
     assert recorder.resumed[1] > 0  # the restart read on from the handler's checkpoint
-    assert len(seen) > 10 and never_ahead(seen) == []
+    # ack floors were seen before, during and after the restart (the waits above)
+    assert len(seen) >= 6 and never_ahead(seen) == []
 
 
 async def test_the_router_rides_out_a_server_restart_mid_pull(
@@ -205,7 +206,8 @@ async def test_the_router_rides_out_a_server_restart_mid_pull(
         assert await router.wait_for_seq(last, timeout=60)
         await eventually(lambda: seen and seen[-1][0] == last, "the last ack")
     assert router.stats.restarts >= 1
-    assert len(seen) > 10 and never_ahead(seen) == []
+    # ack floors were seen before, during and after the restart (the waits above)
+    assert len(seen) >= 6 and never_ahead(seen) == []
     assert set(projection.con.execute(TRUTH_SQL).fetchall()) == truth_keys(sim.truth)
     assert projection.con.execute(
         "SELECT count(*) = count(DISTINCT event_id) FROM media_events"

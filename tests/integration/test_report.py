@@ -194,8 +194,11 @@ def test_an_svg_chart_is_embedded_in_the_page(weekly: Weekly) -> None:
 
 def test_progress_is_one_line_per_phase_on_stderr(weekly: Weekly) -> None:
     result = weekly.result
-    lines = result.stderr.splitlines()
-    assert [line.split(" ")[1] for line in lines] == ["executing", "writing", "wrote"], lines
+    # ours: a kernel under load may add a line of its own (zmq, debugpy), which is not ours
+    lines = [line for line in result.stderr.splitlines() if line.startswith("workbench: ")]
+    assert [line.split(" ")[1] for line in lines] == ["executing", "writing", "wrote"], (
+        result.stderr
+    )
     assert "executing 7 cells of" in lines[0]  # six code cells and the injected one
     assert result.stdout == ""
 
