@@ -134,19 +134,24 @@ def segment_table(messages: Sequence[Message]) -> pa.Table:
 
 
 def write_segment(archive_dir: Path, messages: Sequence[Message]) -> Segment:
-    """Seal ``messages`` (in sequence order) as one segment and return it.
-
-    Written under a ``.tmp`` name, fsynced, renamed into place, and the directory fsynced, so
-    the segment exists complete or not at all, even across a power cut.
-    """
+    """Seal ``messages`` (in sequence order) as one segment and return it (:func:`seal`)."""
     if not messages:
         raise ValueError("a segment holds at least one message")
     first, last = messages[0].seq, messages[-1].seq
     path = archive_dir / Segment.name_of(first, last)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    seal(path, segment_table(messages))
+    return Segment(first, last, path)
+
+
+def seal(path: Path, table: pa.Table, tmp_suffix: str = TMP_SUFFIX) -> None:
+    """Write ``table`` as the segment file ``path``: under a temporary name ending in
+    ``.tmp``, fsynced, renamed into place, and the directory fsynced, so the file is there
+    complete or not at all, even across a power cut (a new segment, or one rewritten by
+    :mod:`ingestor.erasure`)."""
+    tmp = path.with_name(path.name + tmp_suffix)
     try:
         with tmp.open("wb") as sink:
-            pq.write_table(segment_table(messages), sink, compression="zstd")
+            pq.write_table(table, sink, compression="zstd")
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(tmp, path)
@@ -154,8 +159,7 @@ def write_segment(archive_dir: Path, messages: Sequence[Message]) -> Segment:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(archive_dir)
-    return Segment(first, last, path)
+    _fsync_dir(path.parent)
 
 
 def read_segment(
@@ -443,6 +447,7 @@ __all__ = [
     "archive_segments",
     "read_segment",
     "remove_leftovers",
+    "seal",
     "segment_table",
     "write_segment",
 ]

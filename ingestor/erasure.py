@@ -43,7 +43,6 @@ running, else at the next ``ingestor run`` (or in any rebuild from the log).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -58,7 +57,6 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ingestor.archive import (
     SEGMENT_SCHEMA,
@@ -67,6 +65,7 @@ from ingestor.archive import (
     _fsync_dir,
     archive_segments,
     read_segment,
+    seal,
 )
 from ingestor.config import Settings
 from ingestor.dedup import DedupIndex
@@ -485,19 +484,7 @@ def rewrite_segments(archive_dir: Path, target: Target) -> tuple[int, int]:
 
 
 def _replace_segment(segment: Segment, table: pa.Table) -> None:
-    path = segment.path
-    tmp = path.with_name(path.name + ".erase" + TMP_SUFFIX)
-    try:
-        with tmp.open("wb") as sink:
-            pq.write_table(table.cast(SEGMENT_SCHEMA), sink, compression="zstd")
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
+    seal(segment.path, table.cast(SEGMENT_SCHEMA), ".erase" + TMP_SUFFIX)
 
 
 # --------------------------------------------------------------------------- the command
