@@ -35,25 +35,30 @@ import time
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
-from ingestor.errors import IngestorError
+from ingestor.accounts import Digests, names_account
+from ingestor.errors import IngestorError, InvalidEvent
 from ingestor.nats.consumer import Consumer, ConsumerStats, Delivery, Handler
 from ingestor.nats.reader import message_of
 from ingestor.nats.streams import STREAM
 from ingestor.pipeline import Message
 from ingestor.priority import Priority
+from ingestor.records import ERASURE_PREFIX, ErasureRecord, decode_record
 from ingestor.sources.base import Backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ARCHIVER = "archiver"
+ERASURE_SUBJECTS = ERASURE_PREFIX + ">"
 MiB = 1024 * 1024
 SEGMENT_SCHEMA = pa.schema(
     [
@@ -66,6 +71,7 @@ SEGMENT_SCHEMA = pa.schema(
 )
 SEGMENT_NAME = re.compile(r"^seg-(\d{12})-(\d{12})\.parquet$")
 TMP_SUFFIX = ".tmp"
+ERASE_TMP_SUFFIX = ".erase" + TMP_SUFFIX  # a segment ingestor.erasure rewrites
 PULL_EXPIRES_S = 1.0
 _OVERHEAD_BYTES = 24  # per message, on top of its data and subject: seq and timestamp
 _FINAL_SEAL_ATTEMPTS = 3
@@ -148,18 +154,43 @@ def seal(path: Path, table: pa.Table, tmp_suffix: str = TMP_SUFFIX) -> None:
     ``.tmp``, fsynced, renamed into place, and the directory fsynced, so the file is there
     complete or not at all, even across a power cut (a new segment, or one rewritten by
     :mod:`ingestor.erasure`)."""
+    install(write_tmp(path, table, tmp_suffix), path)
+
+
+def write_tmp(path: Path, table: pa.Table, tmp_suffix: str = TMP_SUFFIX) -> Path:
+    """The first half of :func:`seal`: ``table`` written and fsynced beside ``path`` under
+    a temporary name, returned (removed again if the write fails)."""
     tmp = path.with_name(path.name + tmp_suffix)
     try:
         with tmp.open("wb") as sink:
             pq.write_table(table, sink, compression="zstd")
             sink.flush()
             os.fsync(sink.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def install(tmp: Path, path: Path) -> None:
+    """The second half of :func:`seal`: rename ``tmp`` over ``path``, fsync the directory."""
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+def in_flight(archive_dir: Path) -> list[Path]:
+    """The archiver's segment writes under way (or left by a crash): its ``.tmp`` files."""
+    return [
+        path
+        for path in archive_dir.glob(f"seg-*{TMP_SUFFIX}")
+        if not path.name.endswith(ERASE_TMP_SUFFIX)
+    ]
 
 
 def read_segment(
@@ -203,6 +234,7 @@ class ArchiverStats(ConsumerStats):
     sealed_segments: int = 0
     last_sealed_seq: int = 0
     archived_messages: int = 0  # sealed by this run
+    erased_unsealed: int = 0  # read, then named by an erasure record before they were sealed
     write_errors: int = 0
     last_seal_at: float | None = None  # Unix time
 
@@ -212,6 +244,7 @@ class _Buffered:
     message: Message
     arrived: float  # time.monotonic() when it was read
     size: int
+    erased: bool = False  # an erasure record names its account: kept out of the segment
 
 
 class Archiver(Handler):
@@ -282,6 +315,7 @@ class Archiver(Handler):
             "buffered_messages": len(self._buffer),
             "buffered_bytes": self._buffered_bytes,
             "archived_messages": self.stats.archived_messages,
+            "erased_unsealed": self.stats.erased_unsealed,
             "redeliveries_skipped": self.stats.redeliveries_skipped,
             "restarts": self.stats.restarts,
             "write_errors": self.stats.write_errors,
@@ -353,6 +387,8 @@ class Archiver(Handler):
         now = time.monotonic()
         for delivery in batch:
             message = message_of(delivery.msg)
+            if message.subject.startswith(ERASURE_PREFIX):
+                self._forget(message)
             size = len(message.data) + len(message.subject) + _OVERHEAD_BYTES
             self._buffer.append(_Buffered(message, now, size))
             self._buffered_bytes += size
@@ -395,22 +431,19 @@ class Archiver(Handler):
         them); False if the write kept failing while stopping (they stay unacked and are
         read again next start)."""
         items = [self._buffer[i] for i in range(n)]
+        first, last = items[0].message.seq, items[-1].message.seq
+        path = self.archive_dir / Segment.name_of(first, last)
         backoff = Backoff(initial=0.2, maximum=15.0)
         attempts = 0
         while True:
             try:
-                segment = await _finish_even_if_cancelled(
-                    asyncio.to_thread(
-                        write_segment, self.archive_dir, [item.message for item in items]
-                    )
-                )
+                await _finish_even_if_cancelled(self._write(path, items))
                 break
             except Exception as exc:
                 attempts += 1
                 self.stats.write_errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("archiver: cannot seal seq %d..%d: %s", items[0].message.seq,
-                          items[-1].message.seq, exc)  # fmt: skip
+                log.error("archiver: cannot seal seq %d..%d: %s", first, last, exc)
                 giving_up = final or self.consumer.stopping
                 if giving_up and attempts >= _FINAL_SEAL_ATTEMPTS:
                     return False
@@ -418,11 +451,69 @@ class Archiver(Handler):
         for _ in range(n):
             self._buffered_bytes -= self._buffer.popleft().size
         self.stats.sealed_segments += 1
-        self.stats.archived_messages += n
-        self.stats.last_sealed_seq = segment.last_seq
+        self.stats.archived_messages += sum(not item.erased for item in items)
+        self.stats.last_sealed_seq = last
         self.stats.last_seal_at = time.time()
-        log.debug("sealed %s", segment.path.name)
+        log.debug("sealed %s", path.name)
         return True
+
+    async def _write(self, path: Path, items: list[_Buffered]) -> None:
+        """Seal ``items`` as ``path``, leaving out the messages of erased accounts.
+
+        An erasure record stored while these messages wait unsealed is applied before the
+        rename even if the archiver has not read it yet: ``ingestor erase`` publishes the
+        record, then rewrites the sealed segments, so a segment renamed into place after it
+        must already be without the accounts. The check runs between the write and the
+        rename (a write takes a while; the rename does not), and ``erase`` waits for a
+        write under way (:func:`in_flight`) before its last look at the archive.
+        """
+        await self._catch_up_on_erasures()
+        while True:
+            erased = sum(item.erased for item in items)
+            table = segment_table([item.message for item in items if not item.erased])
+            tmp = await asyncio.to_thread(write_tmp, path, table)
+            try:
+                await self._catch_up_on_erasures()
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            if sum(item.erased for item in items) == erased:
+                await asyncio.to_thread(install, tmp, path)
+                return
+            tmp.unlink(missing_ok=True)  # a record arrived meanwhile: write it again
+
+    async def _catch_up_on_erasures(self) -> None:
+        """Apply to the buffer the erasure records the stream holds after the last message
+        read (one request when there are none)."""
+        start = (self._buffer[-1].message.seq if self._buffer else self.last_sealed_seq) + 1
+        while True:
+            try:
+                raw = await self.js.get_msg(STREAM, seq=start, subject=ERASURE_SUBJECTS, next=True)
+            except NotFoundError:
+                return
+            if raw.seq is None or raw.subject is None:
+                return
+            self._forget(Message(raw.seq, datetime.min, raw.data or b"", raw.subject))
+            start = raw.seq + 1
+
+    def _forget(self, message: Message) -> None:
+        """Mark the buffered messages before ``message`` (an erasure record) that name an
+        account it erases; a record that cannot be read erases nothing (the router
+        dead-letters it)."""
+        try:
+            record = decode_record(message.subject, message.data)
+        except InvalidEvent:
+            return
+        if not isinstance(record, ErasureRecord):
+            return
+        accounts = Digests(frozenset(record.accounts))
+        for item in self._buffer:
+            if item.message.seq >= message.seq:
+                break
+            if not item.erased and names_account(item.message, accounts):
+                item.erased = True
+                self.stats.erased_unsealed += 1
+        log.info("archiver: erasure record %d applied to the unsealed messages", message.seq)
 
 
 async def _finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
@@ -439,15 +530,19 @@ async def _finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
 
 __all__ = [
     "ARCHIVER",
+    "ERASE_TMP_SUFFIX",
     "SEGMENT_SCHEMA",
     "ArchiveError",
     "Archiver",
     "ArchiverStats",
     "Segment",
     "archive_segments",
+    "in_flight",
+    "install",
     "read_segment",
     "remove_leftovers",
     "seal",
     "segment_table",
     "write_segment",
+    "write_tmp",
 ]

@@ -19,6 +19,9 @@ An append-only log cannot just forget, so erasure has four parts, each in one pl
    Archive segments holding them are rewritten without them (same name and sequence range,
    the sealed-segment protocol: a new file, fsync, rename, fsync of the directory); a segment
    may then hold fewer rows than its range, and readers take the gap as a deleted message.
+   A running archiver keeps the accounts out of the segments it seals later from messages
+   it read earlier (``Archiver._write``); :func:`rewrite_archive` waits for a write under
+   way. Which messages name an account is decided in one place, :mod:`ingestor.accounts`.
 3. **The projection.** The router applies the record like any other (the process that holds
    the DuckDB file: it is single-writer), in its own transaction with its checkpoint:
    :func:`apply_erasure` deletes the accounts' ``media_events``, ``playback_events``,
@@ -43,11 +46,9 @@ running, else at the next ``ingestor run`` (or in any rebuild from the log).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,12 +59,21 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingestor.accounts import (
+    Accounts,
+    Target,
+    account_digest,
+    accounts_in,
+    media_account,
+    names_account,
+)
 from ingestor.archive import (
     SEGMENT_SCHEMA,
     TMP_SUFFIX,
     Segment,
     _fsync_dir,
     archive_segments,
+    in_flight,
     read_segment,
     seal,
 )
@@ -75,29 +85,14 @@ from ingestor.messages import Message
 from ingestor.nats.streams import DLQ_STREAM, STREAM
 from ingestor.projection import PROJECTOR, Projection
 from ingestor.records import (
-    ALERT_PREFIX,
-    ERASURE_PREFIX,
-    IDENTITY_PREFIX,
     ErasureRecord,
     encode_record,
 )
 
 log = logging.getLogger(__name__)
 
-_DIGEST_DOMAIN = b"ingestor-erasure-v1"
-
-
-def account_digest(server_id: str, user_id: str) -> str:
-    """The digest that names an account in an erasure record: 64 hex digits.
-
-    >>> account_digest("plex-1", "17") == account_digest("plex-1", "17")
-    True
-    >>> account_digest("plex-1", "17") == account_digest("plex-11", "7")
-    False
-    """
-    material = json.dumps([server_id, user_id], ensure_ascii=False).encode()
-    return hashlib.sha256(_DIGEST_DOMAIN + b"\0" + material).hexdigest()
-
+IN_FLIGHT_WAIT_S = 30.0
+"""How long ``erase`` waits for a segment write the archiver has under way."""
 
 # --------------------------------------------------------------------------- the projection
 
@@ -322,18 +317,6 @@ def _sql_path(path: Path) -> str:
 
 
 @dataclass
-class Target:
-    """Whom to erase: a user id, on one server or (``server_id`` None) on whichever server
-    the log holds it."""
-
-    user_id: str
-    server_id: str | None = None
-
-    def matches(self, server_id: str, user_id: str) -> bool:
-        return user_id == self.user_id and (self.server_id is None or server_id == self.server_id)
-
-
-@dataclass
 class Found:
     """The messages of the target in the log, by where they are."""
 
@@ -347,69 +330,6 @@ class Found:
         return self.events | self.records
 
 
-def _accounts_in(message: Message, target: Target) -> tuple[str, list[str]]:
-    """("event" | "record" | "", the servers of the target's accounts it names)."""
-    subject = message.subject
-    if subject.startswith(ERASURE_PREFIX):
-        return "", []
-    if subject.startswith(ALERT_PREFIX):
-        payload = _json(message.data)
-        if payload is not None and target.matches(
-            str(payload.get("server_id", "")), str(payload.get("user_id", ""))
-        ):
-            return "record", [str(payload.get("server_id", ""))]
-        return "", []
-    if subject.startswith(IDENTITY_PREFIX):
-        payload = _json(message.data)
-        servers = [
-            server
-            for server, user in map(_account_pair, (payload or {}).get("accounts") or [])
-            if target.matches(server, user)
-        ]
-        return ("record", servers) if servers else ("", [])
-    if record_subject(subject):
-        return "", []
-    server = media_account(message.data, target)  # even one the router could not decode
-    return ("event", [server]) if server is not None else ("", [])
-
-
-def media_account(data: bytes, target: Target) -> str | None:
-    """The server id if ``data`` is a media event (or what is left of one: a truncated,
-    undecodable payload in the dead-letter stream) of the target's account, else None."""
-    payload = _json(data)
-    if payload is not None:
-        server = str(payload.get("server_id", ""))
-        return server if target.matches(server, str(payload.get("user_id", ""))) else None
-    # not JSON: the account's fields as the encoder writes them, if both are there
-    text = data.decode("utf-8", "replace")
-    user = re.search(r'"user_id"\s*:\s*"?([^",}]*)', text)
-    server_match = re.search(r'"server_id"\s*:\s*"([^"]*)"', text)
-    if user is None or server_match is None:
-        return None
-    server = server_match.group(1)
-    return server if target.matches(server, user.group(1)) else None
-
-
-def _account_pair(value: object) -> tuple[str, str]:
-    if isinstance(value, dict):
-        return str(value.get("server_id", "")), str(value.get("user_id", ""))
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return str(value[0]), str(value[1])
-    return "", ""
-
-
-def record_subject(subject: str) -> bool:
-    return subject.startswith(("audit.", ALERT_PREFIX, IDENTITY_PREFIX, ERASURE_PREFIX))
-
-
-def _json(data: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 async def scan_log(log_: EventLog, target: Target, start_seq: int = 1) -> Found:
     """Every message of the target in the log (archive, then the stream's tail)."""
     found = Found()
@@ -419,7 +339,7 @@ async def scan_log(log_: EventLog, target: Target, start_seq: int = 1) -> Found:
         return found
     async for chunk in log_.messages(start_seq, bounds.last_seq):
         for message in chunk:
-            kind, servers = _accounts_in(message, target)
+            kind, servers = accounts_in(message, target)
             if not kind:
                 continue
             found.servers.update(servers)
@@ -456,8 +376,11 @@ async def erase_dead_letters(js: Any, target: Target) -> int:
     return await delete_from_stream(js._nc, DLQ_STREAM, doomed)
 
 
-def rewrite_segments(archive_dir: Path, target: Target) -> tuple[int, int]:
-    """Rewrite every sealed segment that holds a message of the target without it.
+def rewrite_segments(
+    archive_dir: Path, accounts: Accounts, *, skip: Iterable[Path] = ()
+) -> tuple[int, int]:
+    """Rewrite every sealed segment (but those in ``skip``) that holds a message of
+    ``accounts`` without it.
 
     Matches on content (as :func:`scan_log` does), so a segment the archiver sealed after
     an earlier ``erase`` is cleaned by the next. Each rewrite keeps the segment's name and
@@ -465,13 +388,16 @@ def rewrite_segments(archive_dir: Path, target: Target) -> tuple[int, int]:
     Returns (segments rewritten, rows removed).
     """
     rewritten = removed = 0
+    skipped = set(skip)
     for segment in archive_segments(archive_dir):
+        if segment.path in skipped:
+            continue
         table = read_segment(segment.path)
         subjects = table.column("subject").to_pylist()
         datas = table.column("data").to_pylist()
         seqs = table.column("seq").to_pylist()
         drop = [
-            bool(_accounts_in(Message(seq, datetime.min, data, subject), target)[0])
+            names_account(Message(seq, datetime.min, data, subject), accounts)
             for seq, subject, data in zip(seqs, subjects, datas, strict=True)
         ]
         if not any(drop):
@@ -485,6 +411,30 @@ def rewrite_segments(archive_dir: Path, target: Target) -> tuple[int, int]:
 
 def _replace_segment(segment: Segment, table: pa.Table) -> None:
     seal(segment.path, table.cast(SEGMENT_SCHEMA), ".erase" + TMP_SUFFIX)
+
+
+async def rewrite_archive(
+    archive_dir: Path, target: Target, out: Any, *, wait: float = IN_FLIGHT_WAIT_S
+) -> tuple[int, int]:
+    """Rewrite the sealed segments holding the target's messages, after the erasure record
+    is stored: :func:`rewrite_segments`, then, once a segment write the archiver had under
+    way is over, the segments that appeared meanwhile. A running archiver applies the
+    record to what it holds unsealed before it renames a segment into place
+    (``Archiver._write``), so a segment renamed after this look is without the target."""
+    before = {segment.path for segment in archive_segments(archive_dir)}
+    segments, rows = await asyncio.to_thread(rewrite_segments, archive_dir, target)
+    # another process's file: nothing to be notified by, so look every 50 ms
+    for _ in range(round(wait / 0.05)):
+        if not in_flight(archive_dir):
+            break
+        await asyncio.sleep(0.05)
+    if left := in_flight(archive_dir):
+        out(
+            f"warning: {left[0].name} in {archive_dir} is still being written after {wait:.0f}s "
+            "(or was left by a crash): run erase again once the archiver sealed it"
+        )
+    more, more_rows = await asyncio.to_thread(rewrite_segments, archive_dir, target, skip=before)
+    return segments + more, rows + more_rows
 
 
 # --------------------------------------------------------------------------- the command
@@ -553,12 +503,11 @@ async def erase(
         late = await scan_log(log_, target, found.last_seq + 1)
         seqs = found.seqs | {s for s in late.seqs if s < ack.seq}
         deleted = await delete_from_stream(handle.nc, STREAM, seqs)
-        sealed = (await log_.bounds()).archive_last_seq
     finally:
         await handle.close()
     segments = rows = 0
     if archive is not None:
-        segments, rows = await asyncio.to_thread(rewrite_segments, archive, target)
+        segments, rows = await rewrite_archive(archive, target, out)
     out(
         f"erased user {user_id} on server {target.server_id}: {len(found.events)} events and "
         f"{len(found.records)} alerts or identity records found in the log; {deleted} "
@@ -567,13 +516,6 @@ async def erase(
         "projection forgets the user when an ingestor applies it (at once if `ingestor run` "
         "is up, else at its next start)."
     )
-    unsealed = sum(1 for seq in seqs if seq > sealed)
-    if archive is not None and unsealed:
-        out(
-            f"{unsealed} of those messages were not in a sealed archive segment yet: if "
-            "`ingestor run` is up, its archiver may hold them and seal them (a segment seals "
-            "after 10 minutes, and on stop); run erase again after that"
-        )
     return EraseReport(record, ack.seq, deleted, dead, segments, rows, [target.server_id])
 
 
