@@ -507,13 +507,20 @@ class Archiver(Handler):
         if not isinstance(record, ErasureRecord):
             return
         accounts = Digests(frozenset(record.accounts))
+        marked = 0
         for item in self._buffer:
             if item.message.seq >= message.seq:
                 break
             if not item.erased and names_account(item.message, accounts):
                 item.erased = True
-                self.stats.erased_unsealed += 1
-        log.info("archiver: erasure record %d applied to the unsealed messages", message.seq)
+                marked += 1
+        if marked:
+            self.stats.erased_unsealed += marked
+            log.info(
+                "archiver: erasure record %d: %d unsealed messages left out of the archive",
+                message.seq,
+                marked,
+            )
 
 
 async def _finish_even_if_cancelled(work: Coroutine[Any, Any, T]) -> T:
