@@ -295,15 +295,29 @@ NO_SERVER_TOKEN = "unknown"
 dead-letter stream, but its subject must still be a valid one)."""
 
 
+MAX_SUBJECT_TOKEN = 96
+"""The longest subject token: nats-server closes a connection whose protocol line is over
+4 KiB (``maximum control line exceeded``), and nats-py does not reconnect after it, so one
+report with a huge server id or media type would stop every later publish."""
+
+
 def subject_token(value: str) -> str:
     """Make ``value`` usable as one NATS subject token: every run of characters other than
     letters, digits, ``_`` and ``-`` (so ``.``, ``*``, ``>``, spaces) becomes ``_``; an empty
-    value becomes ``unknown``.
+    value becomes ``unknown``; one over :data:`MAX_SUBJECT_TOKEN` characters keeps its first
+    79 and a digest of the whole (the payload keeps the value itself).
 
     >>> subject_token("a.b *>c"), subject_token("")
     ('a_b_c', 'unknown')
+    >>> long = subject_token("A" * 5000)
+    >>> len(long), long[:4], long == subject_token("A" * 5000) != subject_token("A" * 5001)
+    (96, 'AAAA', True)
     """
-    return _SUBJECT_UNSAFE.sub("_", value) or NO_SERVER_TOKEN
+    token = _SUBJECT_UNSAFE.sub("_", value) or NO_SERVER_TOKEN
+    if len(token) <= MAX_SUBJECT_TOKEN:
+        return token
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{token[: MAX_SUBJECT_TOKEN - 17]}_{digest}"
 
 
 def media_subject(server_id: str, source: str, media_type: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from msgspec.structs import replace
 
 from ingestor.app import new_pipeline, open_projection
 from ingestor.commands.replay import replay_command
@@ -317,3 +318,21 @@ async def test_messages_nested_too_deeply_to_decode_are_dead_lettered_and_the_re
     assert table(projection, "SELECT count(*), max(event_count) FROM playback_events") == [(1, 5)]
     assert projection.checkpoint() == 8
     projection.close()
+
+
+async def test_a_huge_server_id_or_media_type_neither_closes_the_connection_nor_is_lost(
+    settings: Settings,
+) -> None:
+    """nats-server closes a connection whose protocol line is over 4 KiB, for good: the
+    subject's tokens are capped, the payload keeps the values (found by the fuzzer)."""
+    huge = [replace(e, server_id="S" * 5000) for e in plex_playback(machine_id="a")] + [
+        replace(e, media_type="episode" + "x" * 5000) for e in plex_playback(machine_id="b")
+    ]
+    normal = plex_playback(T0 + timedelta(hours=5))
+    projection, _ = await ingest(settings, [*huge, *normal])
+    try:
+        servers = table(projection, "SELECT DISTINCT length(server_id) FROM media_events")
+        assert sorted(servers) == [(len(normal[0].server_id),), (5000,)]
+        assert table(projection, "SELECT count(*) FROM media_events") == [(15,)]
+    finally:
+        projection.close()
