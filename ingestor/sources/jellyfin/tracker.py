@@ -94,10 +94,10 @@ class PlaybackTracker:
         """Apply one session's state (a webhook notification); return the number of events
         emitted.
 
-        Raise :class:`~ingestor.errors.InvalidEvent` (``EventTooLarge`` for the size of
-        :mod:`~ingestor.sources.jellyfin.session_machine`), with nothing emitted or saved
-        and the state as it was, when the report alone or an event it makes could not be
-        stored.
+        Raise :class:`~ingestor.errors.InvalidEvent`
+        (:class:`~ingestor.sources.jellyfin.session_machine.EventTooLarge` when an event
+        would be over the size limit), with nothing emitted or saved and the state as it
+        was, when the report alone or an event it makes could not be stored.
         """
         self.machine.check_report(server_id, observation, now)
         return await self._apply(lambda: self.machine.report(server_id, observation, now))
