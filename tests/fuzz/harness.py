@@ -51,7 +51,7 @@ from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer
 from ingestor.nats.streams import DLQ_STREAM
 from ingestor.sink import StreamSink
-from ingestor.sources.base import CircuitBreaker, CircuitOpen
+from ingestor.sources.base import MAX_EVENT_BYTES, CircuitBreaker, CircuitOpen
 from ingestor.sources.http import UpstreamError
 from ingestor.sources.tautulli.sync import TautulliSync
 from tests.conftest import INGESTOR, free_port, make_env, subprocess_env
@@ -430,6 +430,11 @@ class WebhookTarget(Target):
             self.h.fail(self.tally, f"unexpected HTTP {status} for {item!r}")
         if item.fuzzed.mutation == "none" and item.envelope == "none" and status != 200:
             self.h.fail(self.tally, f"a valid input got HTTP {status} {text[:300]!r}: {item!r}")
+        if 200 <= status < 300:
+            self._check_accepted(item, text)
+
+    def _check_accepted(self, item: Request, text: str) -> None:
+        """What a target demands of an input it answered 2xx, beyond the status."""
 
     async def _post(self, item: Request) -> tuple[int, str]:
         assert self.h.http is not None
@@ -463,6 +468,17 @@ class PlexWebhookTarget(WebhookTarget):
 class JellyfinWebhookTarget(WebhookTarget):
     name = "jellyfin-webhook"
     path = "/webhooks/jellyfin"
+
+    def _check_accepted(self, item: Request, text: str) -> None:
+        # every event of a playback notification carries its text (raw_payload), so a body
+        # over MAX_EVENT_BYTES can never be stored: a 413, not a 200, whatever the state
+        # (only a notification that is not about playback is answered 200, "ignored")
+        if len(item.body) > MAX_EVENT_BYTES and '"ignored"' not in text[:20]:
+            self.h.fail(
+                self.tally,
+                f"a body of {len(item.body):,} bytes, over the event limit, got 2xx "
+                f"{text[:200]!r}: {item!r}",
+            )
 
     async def send_valid(self, token: str) -> None:
         body = notification(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.harness import (
@@ -23,6 +23,7 @@ from tests.fuzz.strategies import (
     jellyfin_requests,
     media_event_documents,
     mutated,
+    oversized_jellyfin_request,
     plex_requests,
     socket_messages,
     stream_subjects,
@@ -58,6 +59,7 @@ def run_jellyfin_webhook(h: Harness, examples: int) -> Tally:
 
     @_settings(examples)
     @given(jellyfin_requests())
+    @example(oversized_jellyfin_request())
     def run(item: Request) -> None:
         target.feed(item)
 

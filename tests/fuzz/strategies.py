@@ -479,7 +479,8 @@ def mutated(draw: st.DrawFn, documents: st.SearchStrategy[Any]) -> Fuzzed:
     elif mutation == "type":
         doc = _replace(doc, ipath, draw(st.sampled_from(OTHER_VALUES)))
     elif mutation == "huge_string":
-        size = draw(st.sampled_from([1000, 65_536, 1 << 20, 3 << 20]))
+        # 600,000: under the webhooks' body limits, over an event's (MAX_EVENT_BYTES)
+        size = draw(st.sampled_from([1000, 65_536, 600_000, 1 << 20, 3 << 20]))
         doc = _replace(doc, ipath, "A" * size)
     elif mutation == "huge_number":
         doc = _replace(doc, ipath, Raw(draw(st.sampled_from(HUGE_NUMBERS))))
@@ -645,6 +646,21 @@ def jellyfin_requests(draw: st.DrawFn) -> Request:
         st.sampled_from(["text/plain", "application/json", "text/plain; charset=utf-8", None])
     )
     return Request(fuzzed.data, content_type, fuzzed, "none", fuzzed.broken)
+
+
+def oversized_jellyfin_request() -> Request:
+    """A PlaybackStart whose ``Overview`` is 600,000 characters: under the webhook's body
+    limit (1 MiB), over an event's (MAX_EVENT_BYTES, 512 KiB), an explicit example of every
+    run (the webhook answered it 200 and dropped the event)."""
+    doc = notification(
+        "PlaybackStart",
+        server_id="f" * 32,
+        session_id="0b" * 16,
+        user_id="0c" * 16,
+        item_id="0d" * 16,
+    )
+    data = encode({**doc, "Overview": "A" * 600_000}).encode()
+    return Request(data, "text/plain", Fuzzed(data, "huge_string", False), "none", False)
 
 
 # the stream: subjects the router reads, the records' subjects included

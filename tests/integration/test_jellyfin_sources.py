@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,7 @@ T0 = datetime(2026, 1, 5, 20, 0, tzinfo=UTC)
 SESSION = "6c5e0b2a1f3d4e5f60718293a4b5c6d7"
 USER = "2b1f9c3e4d5a6b7c8d9e0f1a2b3c4d5e"
 DEVICE = "TW96aWxsYS81LjAgKFgxMTsgTGludXggeDg2XzY0KQ11"
+T0_MS = round(T0.timestamp() * 1000)
 
 
 @pytest.fixture
@@ -734,6 +736,77 @@ async def test_webhook_refuses_ticks_that_are_no_64_bit_integer_with_a_400(
     assert sink.kinds == ["play"]
 
 
+TOO_LARGE = re.compile(
+    r"Playback(Start|Progress|Stop) would make a (play|pause|stop) event of ([\d,]+) bytes "
+    r"encoded, over the limit of 524,288 bytes \(an upstream field is that large\)"
+)
+
+
+async def test_webhook_refuses_a_notification_making_an_event_too_large_with_413_and_no_trace(
+    tmp_path: Path, sink: RecordingSink, projection: Projection
+) -> None:
+    # a body under max_body (1 MiB) whose event is over MAX_EVENT_BYTES (512 KiB, NATS): it
+    # was logged and dropped by the tracker, the state changed, and the answer was 200
+    clock = ManualClock()
+    state = tmp_path / "jellyfin.json"
+    tracker = PlaybackTracker("jellyfin", state, sink)
+    webhook = JellyfinWebhook(tracker, clock=clock)
+    server_id, item = uuid.uuid4().hex, uuid.uuid4().hex
+    ids = {"server_id": server_id, "session_id": SESSION, "user_id": USER, "item_id": item}
+    big = "x" * 600_000
+
+    def progress(position_s: float, **kw: Any) -> dict[str, Any]:
+        return notification("PlaybackProgress", **ids, position_s=position_s, **kw)
+
+    def stop(position_s: float) -> dict[str, Any]:
+        return notification("PlaybackStop", **ids, position_s=position_s)
+
+    steps = [  # (second, notification, answer); a refused one must change nothing
+        (0, notification("PlaybackStart", **ids, name=big), 413),
+        (10, notification("PlaybackStart", **ids), {"events": 1}),
+        (20, {**progress(10, paused=True), "Overview": big}, 413),
+        (30, progress(20, name=big), 413),  # would make no event, but stores the name
+        (100, progress(90, paused=True), {"events": 1}),
+        (400, progress(90), {"events": 1}),
+        (500, {**stop(190), "Overview": big}, 413),
+        (600, stop(290), {"events": 1}),
+    ]
+    async with webhook_server(webhook) as url, aiohttp.ClientSession() as http:
+        for second, body, expected in steps:
+            clock.at(second)
+            emitted = len(sink.events)
+            status, answer = await post(http, url, body)
+            if expected == 413:
+                assert status == 413, (second, answer)
+                match = TOO_LARGE.fullmatch(answer["error"])
+                assert match and int(match[3].replace(",", "")) > 600_000, answer
+                assert len(sink.events) == emitted  # no event of it
+            else:
+                assert (status, answer) == (200, expected), second
+            if second == 0:
+                assert tracker.machine.open_playbacks(server_id) == {}
+                assert not state.exists()  # nothing saved, nothing in the outbox
+    assert sink.kinds == ["play", "pause", "resume", "stop"]
+    assert {e.session_key for e in sink.events} == {f"{SESSION}:{item}:{T0_MS + 10_000}"}
+    assert all(e.title == "Heat" and len(e.raw_payload or "") < 10_000 for e in sink.events)
+    assert rows(projection, PLAYBACK_SQL) == [
+        (
+            "jellyfin",
+            server_id,
+            USER,
+            item,
+            DEVICE,
+            T0 + timedelta(seconds=10),
+            T0 + timedelta(seconds=600),
+            "stopped",
+            300,
+            290,
+        )
+    ]
+    assert webhook.health.events_published == 4
+    assert "HTTP 413" in (webhook.health.last_error or "")
+
+
 async def test_an_event_too_large_to_store_is_dropped_not_kept_blocking_the_outbox(
     tmp_path: Path, sink: RecordingSink
 ) -> None:
@@ -757,6 +830,10 @@ async def test_an_event_too_large_to_store_is_dropped_not_kept_blocking_the_outb
             await subscribed(server, socket)
             await push(server, socket, [huge])
             assert socket.tracker.pending == 0
+            # no one to answer: said in health and the log, and the session kept as it was
+            # (not opened: its later reports are not taken as continuing a playback)
+            assert "kept as it was: a play event of" in (socket.health.last_error or "")
+            assert socket.tracker.machine.open_playbacks(server.server_id) == {}
             await push(server, socket, [playing])
     assert [(e.event_type.value, e.session_key == huge["Id"]) for e in sink.events][-1:] == [
         ("play", False)

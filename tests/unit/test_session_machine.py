@@ -9,8 +9,13 @@ from typing import Any
 import pytest
 
 from ingestor.events import EventType, MediaEvent
-from ingestor.sources.jellyfin.mapping import UnreadableSession, observe_session, observe_sessions
-from ingestor.sources.jellyfin.session_machine import MachineState, SessionMachine
+from ingestor.sources.jellyfin.mapping import (
+    Observation,
+    UnreadableSession,
+    observe_session,
+    observe_sessions,
+)
+from ingestor.sources.jellyfin.session_machine import EventTooLarge, MachineState, SessionMachine
 from tests.fakes.jellyfin import episode, movie, session
 
 T0 = datetime(2026, 1, 5, 20, 0, tzinfo=UTC)
@@ -255,6 +260,58 @@ def test_a_stop_of_a_playback_never_seen_is_reported_alone() -> None:
     events = machine.end(SERVER, seen, at(1800))
     assert kinds(events) == ["stop"] and events[0].started_at == T0
     assert machine.open_playbacks(SERVER) == {}
+
+
+BIG = "x" * 600_000  # over MAX_EVENT_BYTES (512 KiB) once in an event
+
+
+def observed(entry: dict[str, Any]) -> Observation:
+    seen = observe_session(entry)
+    assert seen is not None
+    return seen
+
+
+def test_a_report_whose_events_cannot_be_stored_is_refused_leaving_the_session_as_it_was() -> None:
+    machine = SessionMachine("jellyfin")
+    assert kinds(feed(machine, [playing(0)], at(0))) == ["play"]
+    before = machine.state.dump()
+    refusals = [
+        ("report", playing(10, paused=True, item=movie(ITEM, name=BIG))),  # a pause
+        ("report", playing(20, item=movie(ITEM, name=BIG))),  # no event, but a stop to come
+        ("report", playing(5, item=movie(name=BIG))),  # a stop and a play of another item
+        ("end", playing(30, item=movie(ITEM, name=BIG))),  # the stop
+    ]
+    for method, entry in refusals:
+        with pytest.raises(EventTooLarge, match=r"over the limit of 524,288 bytes") as refused:
+            getattr(machine, method)(SERVER, observed(entry), at(40))
+        assert refused.value.size > 600_000 and refused.value.limit == 524_288
+        assert machine.state.dump() == before, (method, entry["PlayState"])
+    # the next reports are taken as if the refused ones never came
+    assert kinds(feed(machine, [playing(50, paused=True)], at(50))) == ["pause"]
+    stop = feed(machine, [idle()], at(60))
+    assert kinds(stop) == ["stop"] and stop[0].title == "Heat"
+
+
+def test_a_snapshot_keeps_a_refused_session_as_it_was_and_names_it() -> None:
+    machine = SessionMachine("jellyfin")
+    other = "0a" * 16
+    huge = playing(0, item=movie(name=BIG))
+    refused: dict[str, str] = {}
+    seen, unknown, _ = observe_sessions([huge, playing(0, session_id=other)])
+    events = machine.snapshot(SERVER, seen, at(0), unknown=unknown, refused=refused)
+    assert kinds(events) == ["play"] and events[0].session_key.startswith(other)
+    assert list(refused) == [SESSION] and "a play event of" in refused[SESSION]
+    assert set(machine.open_playbacks(SERVER)) == {other}
+    # an open playback whose next report carries a name too large keeps the name it had
+    assert kinds(feed(machine, [playing(0), playing(0, session_id=other)], at(10))) == ["play"]
+    refused.clear()
+    entries = [playing(20, item=movie(ITEM, name=BIG)), playing(20, session_id=other)]
+    seen, unknown, _ = observe_sessions(entries)
+    assert machine.snapshot(SERVER, seen, at(20), unknown=unknown, refused=refused) == []
+    assert list(refused) == [SESSION] and "a stop event of" in refused[SESSION]
+    assert machine.open_playbacks(SERVER)[SESSION].details.title == "Heat"
+    stops = feed(machine, [], at(30))
+    assert kinds(stops) == ["stop", "stop"] and {e.title for e in stops} == {"Heat"}
 
 
 def test_unreadable_sessions_raise_with_a_reason() -> None:

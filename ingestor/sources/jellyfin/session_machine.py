@@ -33,17 +33,28 @@ progress) its position and time in ms: the same sequence of reports gives the sa
 A report of a playback that was closed a moment ago (within ``echo_window`` seconds) and has
 not moved past the closing position is a late echo (a webhook delivered after the WebSocket
 saw the stop, or a push that was in flight), not a new playback: it is ignored.
+
+A report whose events could never be stored is refused as a whole: an event that is invalid
+(:meth:`~ingestor.events.MediaEvent.validate`) or over
+:data:`~ingestor.sources.base.MAX_EVENT_BYTES` encoded (:class:`EventTooLarge`, an upstream
+field that large: NATS refuses the message), or details that would make the playback's stop
+too large. :meth:`SessionMachine.report` and :meth:`SessionMachine.end` then raise
+:class:`~ingestor.errors.InvalidEvent` with the session put back as it was, so a later report
+of it works as if the refused one never came; :meth:`SessionMachine.snapshot` keeps such a
+session as it was (as an unreadable one) and names it in ``refused``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
+from ingestor.errors import InvalidEvent
+from ingestor.events import EventType, MediaEvent, encode_event, make_event_id, percent_of
+from ingestor.sources.base import MAX_EVENT_BYTES
 from ingestor.sources.jellyfin.mapping import Observation, PlaybackDetails
 
 DEFAULT_PROGRESS_INTERVAL = 300.0
@@ -52,6 +63,19 @@ STATE_VERSION = 1
 
 # A reported position counts as "moved on" past a stop when it is this far beyond it.
 _ECHO_SLACK_MS = 2_000
+
+
+class EventTooLarge(InvalidEvent):
+    """A report would make an event over :data:`~ingestor.sources.base.MAX_EVENT_BYTES`
+    encoded, which NATS cannot store; ``size`` and ``limit`` are in bytes."""
+
+    def __init__(self, event: MediaEvent, size: int) -> None:
+        self.size = size
+        self.limit = MAX_EVENT_BYTES
+        super().__init__(
+            f"a {event.event_type.value} event of {size:,} bytes encoded, over the limit of "
+            f"{MAX_EVENT_BYTES:,} bytes (an upstream field is that large)"
+        )
 
 
 class OpenPlayback(msgspec.Struct, kw_only=True):
@@ -141,18 +165,24 @@ class SessionMachine:
         now: datetime,
         *,
         unknown: Collection[str] = (),
+        refused: dict[str, str] | None = None,
     ) -> list[MediaEvent]:
         """A full list of the server's sessions (a WebSocket ``Sessions`` push).
 
         ``playing`` holds the sessions that play something; every open playback of a session
         not in it is stopped, except sessions named in ``unknown`` (present but unreadable:
-        their state is kept as it was).
+        their state is kept as it was). A session whose report is refused (its events could
+        not be stored) is kept as it was too, and ``refused`` gets its id and the reason.
         """
         events: list[MediaEvent] = []
         seen: set[str] = set(unknown)
         for observation in playing:
             seen.add(observation.session_id)
-            events += self.report(server_id, observation, now)
+            try:
+                events += self.report(server_id, observation, now)
+            except InvalidEvent as exc:
+                if refused is not None:
+                    refused[observation.session_id] = str(exc)
         sessions = self.state.open.get(server_id, {})
         for session_id in sorted(set(sessions) - seen):
             events += self._close(server_id, sessions[session_id], now, None, None)
@@ -161,8 +191,38 @@ class SessionMachine:
 
     def report(self, server_id: str, observation: Observation, now: datetime) -> list[MediaEvent]:
         """One session's current state (a webhook ``PlaybackStart``/``PlaybackProgress``, or
-        one entry of a snapshot); other sessions are left alone."""
+        one entry of a snapshot); other sessions are left alone.
+
+        Raise :class:`~ingestor.errors.InvalidEvent` (:class:`EventTooLarge` for the size),
+        the session as it was, when the report's events could not be stored.
+        """
         self._prune(server_id, now)
+        return self._refusable(self._report, server_id, observation, now)
+
+    def end(self, server_id: str, observation: Observation, now: datetime) -> list[MediaEvent]:
+        """A session reports its playback stopped (a webhook ``PlaybackStop``).
+
+        A stop of a playback never seen (the ingestor started after it began) is reported
+        alone; a stop of one already closed is an echo and emits nothing. Refused as
+        :meth:`report` is.
+        """
+        self._prune(server_id, now)
+        return self._refusable(self._end, server_id, observation, now)
+
+    def check_report(self, server_id: str, observation: Observation, now: datetime) -> None:
+        """Raise :class:`~ingestor.errors.InvalidEvent` (:class:`EventTooLarge` for the size)
+        if the report alone, as the ``play`` of a new playback (its details and its raw
+        text), could not be stored, whatever the state; the state is neither read nor
+        changed. A webhook checks each notification so, and gets one answer for it whether
+        or not the state makes it emit something."""
+        playback = self._new_playback(observation, now)
+        _check(
+            self._event(
+                server_id, playback, EventType.PLAY, now, observation.position_ms, observation.raw
+            )
+        )
+
+    def _report(self, server_id: str, observation: Observation, now: datetime) -> list[MediaEvent]:
         sessions = self.state.open.setdefault(server_id, {})
         current = sessions.get(observation.session_id)
         events: list[MediaEvent] = []
@@ -175,13 +235,7 @@ class SessionMachine:
             return events + self._open(server_id, observation, now)
         return events + self._advance(server_id, current, observation, now)
 
-    def end(self, server_id: str, observation: Observation, now: datetime) -> list[MediaEvent]:
-        """A session reports its playback stopped (a webhook ``PlaybackStop``).
-
-        A stop of a playback never seen (the ingestor started after it began) is reported
-        alone; a stop of one already closed is an echo and emits nothing.
-        """
-        self._prune(server_id, now)
+    def _end(self, server_id: str, observation: Observation, now: datetime) -> list[MediaEvent]:
         sessions = self.state.open.setdefault(server_id, {})
         current = sessions.get(observation.session_id)
         if current is not None and _same_playback(current, observation):
@@ -196,6 +250,51 @@ class SessionMachine:
         return events + self._close(
             server_id, playback, now, observation.position_ms, observation.raw, opened=False
         )
+
+    def _refusable(
+        self,
+        step: Callable[[str, Observation, datetime], list[MediaEvent]],
+        server_id: str,
+        seen: Observation,
+        now: datetime,
+    ) -> list[MediaEvent]:
+        """The events of ``step`` (:meth:`_report` or :meth:`_end`), each checked; if one
+        could not be stored, or the session's playback took details its stop could not
+        carry, put the session back as it was (its open playback, and the closed list, which
+        a step only appends to) and raise."""
+        sessions = self.state.open.setdefault(server_id, {})
+        session_id = seen.session_id
+        before = sessions.get(session_id)
+        saved = msgspec.structs.replace(before) if before is not None else None
+        had_closed = server_id in self.state.closed
+        closed_count = len(self.state.closed.get(server_id, ()))
+        try:
+            events = step(server_id, seen, now)
+            for event in events:
+                _check(event)
+            playback = sessions.get(session_id)
+            if (
+                not events
+                and playback is not None
+                and saved is not None
+                and playback.details is not saved.details
+            ):  # new details and no event to check them: the stop must still fit
+                _check(
+                    self._event(
+                        server_id, playback, EventType.STOP, now, playback.position_ms, None
+                    )
+                )
+        except InvalidEvent:
+            if saved is None:
+                sessions.pop(session_id, None)
+            else:
+                sessions[session_id] = saved
+            if had_closed:
+                del self.state.closed[server_id][closed_count:]
+            else:
+                self.state.closed.pop(server_id, None)
+            raise
+        return events
 
     # ------------------------------------------------------------------ queries
 
@@ -362,6 +461,13 @@ class SessionMachine:
             raw_payload=raw,
             **details,
         )
+
+
+def _check(event: MediaEvent) -> None:
+    """Raise :class:`~ingestor.errors.InvalidEvent` unless ``event`` can be stored."""
+    size = len(encode_event(event.validate()))
+    if size > MAX_EVENT_BYTES:
+        raise EventTooLarge(event, size)
 
 
 def _same_playback(playback: OpenPlayback, seen: Observation) -> bool:

@@ -82,18 +82,30 @@ class PlaybackTracker:
         now: datetime,
         *,
         unknown: Collection[str] = (),
+        refused: dict[str, str] | None = None,
     ) -> int:
-        """Apply a full sessions snapshot; return the number of events emitted."""
+        """Apply a full sessions snapshot; return the number of events emitted. Sessions whose
+        report is refused are kept as they were and named in ``refused`` (id: reason)."""
         return await self._apply(
-            lambda: self.machine.snapshot(server_id, playing, now, unknown=unknown)
+            lambda: self.machine.snapshot(server_id, playing, now, unknown=unknown, refused=refused)
         )
 
     async def report(self, server_id: str, observation: Observation, now: datetime) -> int:
-        """Apply one session's state; return the number of events emitted."""
+        """Apply one session's state (a webhook notification); return the number of events
+        emitted.
+
+        Raise :class:`~ingestor.errors.InvalidEvent`
+        (:class:`~ingestor.sources.jellyfin.session_machine.EventTooLarge` when an event
+        would be over the size limit), with nothing emitted or saved and the state as it
+        was, when the report alone or an event it makes could not be stored.
+        """
+        self.machine.check_report(server_id, observation, now)
         return await self._apply(lambda: self.machine.report(server_id, observation, now))
 
     async def end(self, server_id: str, observation: Observation, now: datetime) -> int:
-        """Apply one session's stop; return the number of events emitted."""
+        """Apply one session's stop; return the number of events emitted. Refused as
+        :meth:`report` is."""
+        self.machine.check_report(server_id, observation, now)
         return await self._apply(lambda: self.machine.end(server_id, observation, now))
 
     async def flush(self) -> int:

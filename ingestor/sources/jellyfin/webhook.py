@@ -19,10 +19,15 @@ timestamps and is timed by this ingestor's clock. One playback's transitions mus
 one clock (pause durations are differences of them), so a notification is timed by its
 receipt time, recorded once per request.
 
-Answers: 200 ``{"events": n}`` once the sink stored the events; 200 ``{"ignored": why}`` for
-notification types that are not about playback; 400 with the reason for malformed input; 401
-for a wrong or missing token; 413 over ``max_body`` bytes; 503 when the sink cannot store the
-events now (they are kept in the tracker's outbox and emitted with the next report).
+Answers (every refusal is ``{"error": reason}``): 200 ``{"events": n}`` once the sink stored
+the events; 200 ``{"ignored": why}`` for notification types that are not about playback; 400
+for malformed input, or a notification that makes an invalid event; 401 for a wrong or missing
+token; 413 for a body over ``max_body`` bytes, and for a notification that would make an event
+over :data:`~ingestor.sources.base.MAX_EVENT_BYTES` encoded (a field that large: NATS could
+never store it; the reason names the size and the limit); 503 when the sink cannot store the
+events now (they are kept in the tracker's outbox and emitted with the next report). A refused
+notification changes nothing: no event, the session state as it was, so the next report of
+the session is taken as if the refused one never came.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from ingestor.errors import IngestorError
+from ingestor.errors import IngestorError, InvalidEvent
 from ingestor.sources.base import SourceHealth, receipt_time
 from ingestor.sources.jellyfin.mapping import (
     PLAYBACK_NOTIFICATIONS,
@@ -42,6 +47,7 @@ from ingestor.sources.jellyfin.mapping import (
     decode_notification,
     observe_notification,
 )
+from ingestor.sources.jellyfin.session_machine import EventTooLarge
 from ingestor.sources.jellyfin.tracker import PlaybackTracker
 
 log = logging.getLogger(__name__)
@@ -105,6 +111,10 @@ class JellyfinWebhook:
                 emitted = await self.tracker.end(server_id, observation, received)
             else:
                 emitted = await self.tracker.report(server_id, observation, received)
+        except EventTooLarge as exc:
+            return self._refuse(413, f"{kind} would make {exc}")
+        except InvalidEvent as exc:
+            return self._refuse(400, f"{kind} makes an event that cannot be stored: {exc}")
         except Exception as exc:
             error = f"events not stored yet ({type(exc).__name__}: {exc}); they will be retried"
             self.health.failure(error)

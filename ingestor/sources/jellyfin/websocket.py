@@ -366,15 +366,20 @@ class MediaServerSocket:
         playing, unknown, problems = observe_sessions(entries)
         for problem in problems:
             self._failed(f"{self.url}: unreadable session skipped: {problem}")
+        refused: dict[str, str] = {}
         try:
-            emitted = await self.tracker.snapshot(self.server_id, playing, now, unknown=unknown)
+            emitted = await self.tracker.snapshot(
+                self.server_id, playing, now, unknown=unknown, refused=refused
+            )
         except Exception as exc:  # the sink is down: the events wait in the outbox
+            self._refused(refused)
             self._failed(
                 f"{self.flavour} events not stored yet ({describe(exc)}); "
                 f"{self.tracker.pending} kept for the next attempt",
                 level=logging.ERROR,
             )
             return
+        self._refused(refused)
         self.snapshots += 1
         self.health.success(emitted)
 
@@ -393,6 +398,11 @@ class MediaServerSocket:
         self.server_id = server_id
         self.health.server_id = server_id
         self.health.name = f"{self.name}:{server_id}"
+
+    def _refused(self, refused: dict[str, str]) -> None:
+        """Sessions whose events could not be stored: no one to answer, so log and health."""
+        for session_id, reason in refused.items():
+            self._failed(f"{self.url}: session {session_id} skipped, kept as it was: {reason}")
 
     def _failed(self, error: str, *, level: int = logging.WARNING) -> None:
         if self.api_key:  # aiohttp errors quote the socket URL, whose query holds the key
