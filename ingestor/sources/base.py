@@ -211,12 +211,22 @@ stored: a webhook would answer 503 for it, and an adapter keeping it for a retry
 Jellyfin outbox, a Tautulli history page) would be stuck behind it for good."""
 
 
+class EventTooLarge(InvalidEvent):
+    """An event over :data:`MAX_EVENT_BYTES` encoded, which NATS cannot store (a webhook
+    answers 413 for it); ``size`` and ``limit`` are in bytes."""
+
+    def __init__(self, event: MediaEvent, size: int) -> None:
+        self.size = size
+        self.limit = MAX_EVENT_BYTES
+        super().__init__(
+            f"a {event.event_type.value} event of {size:,} bytes encoded, over the limit of "
+            f"{MAX_EVENT_BYTES:,} bytes (an upstream field is that large)"
+        )
+
+
 def check_event_size(event: MediaEvent) -> MediaEvent:
-    """``event``, or :class:`InvalidEvent` when it is over :data:`MAX_EVENT_BYTES` encoded."""
+    """``event``, or :class:`EventTooLarge` when it is over :data:`MAX_EVENT_BYTES` encoded."""
     size = len(encode_event(event))
     if size > MAX_EVENT_BYTES:
-        raise InvalidEvent(
-            f"invalid event {event.event_id!r}: {size:,} bytes encoded, over the limit of "
-            f"{MAX_EVENT_BYTES:,} (an upstream field is that large)"
-        )
+        raise EventTooLarge(event, size)
     return event

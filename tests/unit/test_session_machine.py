@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 
 from ingestor.events import EventType, MediaEvent
+from ingestor.sources.base import EventTooLarge
 from ingestor.sources.jellyfin.mapping import (
     Observation,
     UnreadableSession,
     observe_session,
     observe_sessions,
 )
-from ingestor.sources.jellyfin.session_machine import EventTooLarge, MachineState, SessionMachine
+from ingestor.sources.jellyfin.session_machine import MachineState, SessionMachine
 from tests.fakes.jellyfin import episode, movie, session
 
 T0 = datetime(2026, 1, 5, 20, 0, tzinfo=UTC)

@@ -53,8 +53,8 @@ from typing import Any
 import msgspec
 
 from ingestor.errors import InvalidEvent
-from ingestor.events import EventType, MediaEvent, encode_event, make_event_id, percent_of
-from ingestor.sources.base import MAX_EVENT_BYTES
+from ingestor.events import EventType, MediaEvent, make_event_id, percent_of
+from ingestor.sources.base import check_event_size
 from ingestor.sources.jellyfin.mapping import Observation, PlaybackDetails
 
 DEFAULT_PROGRESS_INTERVAL = 300.0
@@ -63,19 +63,6 @@ STATE_VERSION = 1
 
 # A reported position counts as "moved on" past a stop when it is this far beyond it.
 _ECHO_SLACK_MS = 2_000
-
-
-class EventTooLarge(InvalidEvent):
-    """A report would make an event over :data:`~ingestor.sources.base.MAX_EVENT_BYTES`
-    encoded, which NATS cannot store; ``size`` and ``limit`` are in bytes."""
-
-    def __init__(self, event: MediaEvent, size: int) -> None:
-        self.size = size
-        self.limit = MAX_EVENT_BYTES
-        super().__init__(
-            f"a {event.event_type.value} event of {size:,} bytes encoded, over the limit of "
-            f"{MAX_EVENT_BYTES:,} bytes (an upstream field is that large)"
-        )
 
 
 class OpenPlayback(msgspec.Struct, kw_only=True):
@@ -465,9 +452,7 @@ class SessionMachine:
 
 def _check(event: MediaEvent) -> None:
     """Raise :class:`~ingestor.errors.InvalidEvent` unless ``event`` can be stored."""
-    size = len(encode_event(event.validate()))
-    if size > MAX_EVENT_BYTES:
-        raise EventTooLarge(event, size)
+    check_event_size(event.validate())
 
 
 def _same_playback(playback: OpenPlayback, seen: Observation) -> bool:

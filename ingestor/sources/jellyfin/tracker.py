@@ -95,7 +95,7 @@ class PlaybackTracker:
         emitted.
 
         Raise :class:`~ingestor.errors.InvalidEvent`
-        (:class:`~ingestor.sources.jellyfin.session_machine.EventTooLarge` when an event
+        (:class:`~ingestor.sources.base.EventTooLarge` when an event
         would be over the size limit), with nothing emitted or saved and the state as it
         was, when the report alone or an event it makes could not be stored.
         """

@@ -40,14 +40,13 @@ from datetime import datetime
 from aiohttp import web
 
 from ingestor.errors import IngestorError, InvalidEvent
-from ingestor.sources.base import SourceHealth, receipt_time
+from ingestor.sources.base import EventTooLarge, SourceHealth, receipt_time
 from ingestor.sources.jellyfin.mapping import (
     PLAYBACK_NOTIFICATIONS,
     MalformedNotification,
     decode_notification,
     observe_notification,
 )
-from ingestor.sources.jellyfin.session_machine import EventTooLarge
 from ingestor.sources.jellyfin.tracker import PlaybackTracker
 
 log = logging.getLogger(__name__)

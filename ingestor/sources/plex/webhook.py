@@ -8,7 +8,8 @@ every other kind (``media.rate``, ``library.new``, ``device.new``, ``admin.*``,
 
 Plex signs nothing and never retries. When a token is configured (``PLEX_WEBHOOK_TOKEN``) the
 webhook URL must carry ``?token=<it>``, else 401. Malformed input gets 400 with the reason as
-plain text, a body over ``max_body`` bytes 413, a sink failure 503 (the event is lost: Plex
+plain text, a body over ``max_body`` bytes 413 (and an event over
+:data:`~ingestor.sources.base.MAX_EVENT_BYTES` encoded), a sink failure 503 (the event is lost: Plex
 does not re-send it, and the log says so). The answer comes only after the sink returned, so a
 2xx means the event is stored.
 
@@ -67,7 +68,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ingestor.errors import IngestorError, InvalidEvent
 from ingestor.events import EventType
 from ingestor.sink import Sink
-from ingestor.sources.base import SourceHealth, StateFile, receipt_time
+from ingestor.sources.base import EventTooLarge, SourceHealth, StateFile, receipt_time
 from ingestor.sources.plex.mapping import (
     KINDS,
     SUPERSEDED,
@@ -421,7 +422,7 @@ class PlexWebhook:
                 self.owner.check(events[0].user_id)
             except InvalidEvent as exc:
                 self._book = before
-                raise BadRequest(str(exc)) from None
+                raise BadRequest(str(exc), 413 if isinstance(exc, EventTooLarge) else 400) from None
             try:
                 self._state.save(self._book.dump())  # written ahead: a crash keeps the start
                 await self.sink.emit(events)
