@@ -26,10 +26,12 @@ An append-only log cannot just forget, so erasure has four parts, each in one pl
    and their ``audit_decisions``, ``detection_alerts`` and ``identity_links`` rows, forgets
    them in the dedup index, and writes one ``erasure_log`` row: the record's counts, no
    identifying byte. DuckDB keeps a deleted row's bytes in the file, so the file is then
-   compacted (:func:`compact_database`: the live rows copied into a new file, swapped in by
-   rename) when the ingestor closes it, or at the next open if it was killed first. While
-   ``ingestor run`` stays up, the erased rows are gone from every query but their bytes are
-   still in the file: stop (or restart) the ingestor to have them overwritten.
+   compacted: the live rows copied into a new file, swapped in by rename. The running
+   ingestor does it as soon as the router has committed the record
+   (:meth:`~ingestor.projection.Projection.compact`: :func:`copy_live_rows` while readers
+   read on, then the connection closed, :func:`swap_in`, reopened; the router takes no
+   batch meanwhile, readers wait only for the swap); one killed before it finished does it
+   at the next open (:func:`compact_database`), as does one that closes a marked file.
 4. **The rule for later events.** An erasure applies to what the log recorded before it.
    A report of the same account recorded after the record (the user played again) is a new
    event and is kept: erase again to forget it too.
