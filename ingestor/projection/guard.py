@@ -2,11 +2,12 @@
 
 A running ingestor compacts its DuckDB file after an erasure (``ingestor/erasure.py``): the
 live rows are copied into a new file while readers read (DuckDB's MVCC), then the connection
-is closed, the new file renamed over the old one, and the connection reopened. Closing a
-DuckDB connection closes every cursor taken from it, so a reader in the middle of a query
-would fail ("Connection already closed"). :class:`ReadersWriter` makes the swap wait for the
-reads in flight and the reads that start meanwhile wait for the swap; readers take their
-cursor through :meth:`ingestor.projection.Projection.reading`, at use time.
+is closed, the new file renamed over the old one, and the connection reopened. DuckDB
+refuses to close a connection while a cursor taken from it runs a query ("connection is
+busy"), and closing it closes every such cursor: unguarded, the swap would fail, or a reader
+would ("Connection already closed"). :class:`ReadersWriter` makes the swap wait for the reads
+in flight and the reads that start meanwhile wait for the swap; readers take their cursor
+through :meth:`ingestor.projection.Projection.reading`, at use time.
 
 A waiting writer goes first: reads that start after it asked wait behind it, so a steady
 stream of readers (a dashboard polling ``/status``) cannot hold the swap off for ever. Not
