@@ -264,7 +264,7 @@ async def _observers(
     settings: Settings, handle: NatsHandle | None, projection: Projection
 ) -> tuple[BroadcastHub, Monitor]:
     """The live-feed hub and the metrics/readiness monitor of ``run_service``."""
-    probe = ProjectionProbe(projection.con)
+    probe = ProjectionProbe(projection)
     await asyncio.to_thread(probe.prepare)
     monitor = Monitor(
         mode=_mode(settings),
@@ -315,11 +315,7 @@ async def collect_status(
                 consumer.num_ack_pending or 0
             )
     if projection is not None:
-        cursor = projection.con.cursor()
-        try:
-            counts = await asyncio.to_thread(_read_counts, cursor, settings)
-        finally:
-            cursor.close()
+        counts = await asyncio.to_thread(_read_counts, projection, settings)
         status.update(counts)
         # (a partition's checkpoint stops at its own servers' last message: no estimate)
         if (
@@ -333,11 +329,11 @@ async def collect_status(
     return status
 
 
-def _read_counts(cursor: duckdb.DuckDBPyConnection, settings: Settings) -> dict[str, Any]:
-    reader = Projection.over(cursor)
-    counts = reader.counts()
+def _read_counts(projection: Projection, settings: Settings) -> dict[str, Any]:
     consumer = PROJECTOR if settings.event_sourcing else DIRECT
-    return {"checkpoint_seq": reader.checkpoint(consumer), **counts}
+    with projection.reading() as cursor:  # never across the swap after an erasure
+        reader = Projection.over(cursor)
+        return {"checkpoint_seq": reader.checkpoint(consumer), **reader.counts()}
 
 
 def _mode(settings: Settings) -> str:

@@ -29,10 +29,12 @@ An append-only log cannot just forget, so erasure has four parts, each in one pl
    and their ``audit_decisions``, ``detection_alerts`` and ``identity_links`` rows, forgets
    them in the dedup index, and writes one ``erasure_log`` row: the record's counts, no
    identifying byte. DuckDB keeps a deleted row's bytes in the file, so the file is then
-   compacted (:func:`compact_database`: the live rows copied into a new file, swapped in by
-   rename) when the ingestor closes it, or at the next open if it was killed first. While
-   ``ingestor run`` stays up, the erased rows are gone from every query but their bytes are
-   still in the file: stop (or restart) the ingestor to have them overwritten.
+   compacted: the live rows copied into a new file, swapped in by rename. The running
+   ingestor does it as soon as the router has committed the record
+   (:meth:`~ingestor.projection.Projection.compact`: :func:`copy_live_rows` while readers
+   read on, then the connection closed, :func:`swap_in`, reopened; the router takes no
+   batch meanwhile, readers wait only for the swap); one killed before it finished does it
+   at the next open (:func:`compact_database`), as does one that closes a marked file.
 4. **The rule for later events.** An erasure applies to what the log recorded before it.
    A report of the same account recorded after the record (the user played again) is a new
    event and is kept: erase again to forget it too.
@@ -263,7 +265,8 @@ def compact_database(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
     """Rewrite the projection's file so that no byte of an erased row is left in it, and
     close ``con`` (the file's only connection: the caller is closing or just opened it).
     False (logged) if the copy failed: the file is left as it was, still marked, and the
-    next open tries again.
+    next open tries again. A running ingestor does the same in two steps, so that its readers
+    read on during the copy (:meth:`ingestor.projection.Projection.compact`).
 
     DuckDB deletes a row by marking it in its row group; the row group's bytes stay in the
     file, and blocks freed at a checkpoint are not overwritten either (measured: a name
@@ -272,11 +275,31 @@ def compact_database(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
     renamed over the old one, and the directory fsynced: a crash leaves the old file (and
     its ``erasure_compact_due`` row, so the next open compacts again) or the new one.
     """
+    fresh = copy_live_rows(con, path)
+    con.close()
+    if fresh is None:
+        return False
+    swap_in(fresh, path)
+    log.info("compacted %s: no erased row's bytes are left in it", path)
+    return True
+
+
+def copy_live_rows(con: duckdb.DuckDBPyConnection, path: Path) -> Path | None:
+    """The first step of :func:`compact_database`: the committed rows of ``con`` (the
+    connection to ``path``) copied into ``<path>.compact``, without the
+    ``erasure_compact_due`` row, and fsynced; None (logged, leftovers removed) if the copy
+    failed. Other connections to the database may read and write meanwhile (MVCC: the copy
+    is of what was committed when it began); the caller then closes ``con`` and calls
+    :func:`swap_in`."""
     fresh = path.with_name(path.name + ".compact")
     for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
         leftover.unlink(missing_ok=True)
     try:
-        con.execute("CHECKPOINT")
+        try:
+            # the WAL into the file now, so that closing ``con`` later has little to write
+            con.execute("CHECKPOINT")
+        except duckdb.TransactionException:
+            pass  # another cursor's write is in flight (the readiness probe): close does it
         con.execute(f"ATTACH '{_sql_path(fresh)}' AS _compact")
         try:
             con.execute("COPY FROM DATABASE " + _current_database(con) + " TO _compact")
@@ -290,18 +313,20 @@ def compact_database(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
             path,
             exc,
         )
-        con.close()
         for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
             leftover.unlink(missing_ok=True)
-        return False
-    con.close()
+        return None
     with open(fresh, "rb+") as handle:
         os.fsync(handle.fileno())
+    return fresh
+
+
+def swap_in(fresh: Path, path: Path) -> None:
+    """The last step of :func:`compact_database`, once every connection to ``path`` is
+    closed: ``fresh`` renamed over it, its old WAL removed, the directory fsynced."""
     os.replace(fresh, path)
     path.with_name(path.name + ".wal").unlink(missing_ok=True)
     _fsync_dir(path.parent)
-    log.info("compacted %s: no erased row's bytes are left in it", path)
-    return True
 
 
 def _current_database(con: duckdb.DuckDBPyConnection) -> str:
@@ -526,7 +551,9 @@ __all__ = [
     "apply_erasure",
     "compact_database",
     "compact_due",
+    "copy_live_rows",
     "erase",
     "rewrite_segments",
     "scan_log",
+    "swap_in",
 ]

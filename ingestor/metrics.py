@@ -42,7 +42,7 @@ from prometheus_client.registry import Collector
 from ingestor.broadcast import BroadcastHub
 from ingestor.nats.connection import NatsHandle
 from ingestor.nats.streams import DLQ_STREAM, STREAM
-from ingestor.projection import BatchResult
+from ingestor.projection import BatchResult, Projection
 from ingestor.router import RouterStats
 from ingestor.sources.base import SourceHealth
 
@@ -98,7 +98,9 @@ class Readiness:
 
 class ProjectionProbe:
     """Is the projection writable? A one-row UPDATE on a scratch table, committed on a cursor
-    of its own (its own connection to the same database), in a worker thread.
+    of its own (its own connection to the same database, taken through
+    :meth:`Projection.reading` at each probe: the connection is swapped after an erasure,
+    and a probe during the swap waits for it), in a worker thread.
 
     DuckDB's MVCC lets it commit beside the router's batch transaction: they touch different
     tables, so neither waits for nor conflicts with the other. At most one probe is in flight;
@@ -106,28 +108,22 @@ class ProjectionProbe:
     without starting a second one.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, timeout: float = PROBE_TIMEOUT_S) -> None:
-        self.con = con
+    def __init__(self, projection: Projection, timeout: float = PROBE_TIMEOUT_S) -> None:
+        self.projection = projection
         self.timeout = timeout
         self._task: asyncio.Future[float] | None = None
         self._started = 0.0
 
     def prepare(self) -> None:
         """Create the scratch table (blocking: call off the event loop, once, at start)."""
-        cursor = self.con.cursor()
-        try:
+        with self.projection.reading() as cursor:
             cursor.execute(CREATE_PROBE)
             cursor.execute(SEED_PROBE)
-        finally:
-            cursor.close()
 
     def _touch(self) -> float:
         started = time.perf_counter()
-        cursor = self.con.cursor()
-        try:
+        with self.projection.reading() as cursor:
             cursor.execute(TOUCH_PROBE)
-        finally:
-            cursor.close()
         return time.perf_counter() - started
 
     async def check(self) -> Check:

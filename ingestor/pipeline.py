@@ -147,6 +147,7 @@ class Pipeline:
                 apply_erasure(
                     self.projection, self.index, message.seq, record, consumer, message.recorded_at
                 )
+                result.erasures += 1  # the file still holds the rows' bytes: compact
                 continue
             if isinstance(record, IdentityRecord):  # changes no playback: no fold state goes
                 result.identities.append(

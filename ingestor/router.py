@@ -26,6 +26,9 @@ again. The batch is decoded once, into columns, off the event loop
 checkpoint, so the checkpoint, not the server's ack floor, decides where processing resumes,
 and messages are always applied in stream order. While transient failures outlast the
 retries the batch stays unacked and fetching pauses (:class:`~ingestor.nats.consumer.Pause`).
+After a batch that applied an erasure record, the router rewrites the DuckDB file
+(:meth:`~ingestor.projection.Projection.compact`) before it hands the batch on and takes the
+next one, so that no byte of the erased rows stays in the file while the service runs.
 """
 
 from __future__ import annotations
@@ -177,9 +180,22 @@ class Router(Handler):
         except Exception:  # recover: a bug must not kill the loop
             log.exception("unexpected failure in batch ending at seq %d", batch[-1].seq)
             raise Pause from None
+        if result.erasures:
+            await self._compact()
         self.stats.add(result)
         if self.on_batch is not None:
             self.on_batch(result)
+
+    async def _compact(self) -> None:
+        """After a committed erasure record: rewrite the DuckDB file now, so that no byte of
+        the erased rows is left in it while the service runs (ingestor/erasure.py). The next
+        batch waits; readers read on, and wait only for the swap of the connection. A failure
+        is logged, not raised: the batch is committed, and the file stays marked, so the
+        next erasure or the next start compacts it."""
+        try:
+            await asyncio.to_thread(self.pipeline.projection.compact)
+        except Exception:
+            log.exception("compacting the projection after an erasure failed")
 
     async def _poison_queue(self, deliveries: list[Delivery]) -> BatchResult:
         decoded = await asyncio.to_thread(_decode_isolating, deliveries)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +53,7 @@ from ingestor.projection.fold import (
     merge_states,
     playback_rows,
 )
+from ingestor.projection.guard import ReadersWriter
 from ingestor.projection.schema import (
     ALERT_ARROW,
     ALERT_COLUMNS,
@@ -170,6 +173,7 @@ class BatchResult:
     decisions: list[DecisionOutcome] = field(default_factory=list, repr=False)
     seconds: float = 0.0  # time spent writing (decide + commit), for metrics
     identities: list[IdentityOutcome] = field(default_factory=list, repr=False)
+    erasures: int = 0  # erasure records applied: the router then compacts the file
 
     def merge(self, other: BatchResult) -> None:
         """Add ``other`` (a later part of the same batch) to this result."""
@@ -184,6 +188,7 @@ class BatchResult:
         self.decisions.extend(other.decisions)
         self.seconds += other.seconds
         self.identities.extend(other.identities)
+        self.erasures += other.erasures
 
 
 SELECT_CHECKPOINT = f"SELECT last_seq FROM {CHECKPOINT_TABLE} WHERE consumer = ?"
@@ -388,7 +393,8 @@ class FoldStates:
 
 
 class Projection:
-    """The DuckDB file the ingestor projects into. Not thread-safe: one user at a time."""
+    """The DuckDB file the ingestor projects into. Not thread-safe: one writer at a time;
+    readers in other threads take a cursor through :meth:`reading`."""
 
     def __init__(
         self,
@@ -405,17 +411,9 @@ class Projection:
         self.path = Path(path)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path), read_only=read_only)
-        self.con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, not local
-        # DuckDB caches up to 80 % of the machine's memory by default; the ingestor is one
-        # service among others, so its buffer pool is capped (DuckDB spills beyond it).
-        self.con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
-        # Each checkpoint rewrites the row groups that changed since the last one; the recent
-        # playback rows change in almost every batch, so checkpointing every 16 MB of WAL (the
-        # default) rewrote them over and over: commits grew from 10 to 80 ms as the file grew.
-        # A larger WAL between checkpoints keeps commits flat (measured: 27-82 -> 10-20 ms per
-        # 1,000-event batch at 100-170k events); recovery replays at most this much WAL.
-        self.con.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
+        self.con = _connect(self.path, read_only=read_only)
+        # readers' cursors against the swap of ``con`` after an erasure (compact)
+        self._guard = ReadersWriter()
         # ``fault`` is a seam for failure tests: called with the batch inside each
         # transaction before the writes, it may raise (the database is unavailable) or stall.
         self.fault = fault
@@ -469,6 +467,7 @@ class Projection:
         view = cls.__new__(cls)
         view.path = Path("")
         view.con = con
+        view._guard = ReadersWriter()
         view.fault = None
         view._watermark = None
         view._stale_after = None
@@ -489,9 +488,69 @@ class Projection:
         return self._watermark
 
     def close(self) -> None:
-        if self._writable and self._compact_if_erased(reopen=False):
-            return
-        self.con.close()
+        with self._guard.writing():  # after the reads in flight
+            if self._writable and self._compact_if_erased(reopen=False):
+                return
+            self.con.close()
+
+    @contextmanager
+    def reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of the projection (its own connection to the database: MVCC lets it read,
+        or write a scratch table, beside the writer's transaction), closed after the block.
+
+        Every reader in another thread than the writer's takes its cursor here, when it
+        reads, and keeps nothing of it after the block: after an erasure the running
+        ingestor swaps the connection (:meth:`compact`), which waits for the cursors in
+        flight, and cursors asked for meanwhile wait for the swap.
+        """
+        with self._guard.reading():
+            cursor = self.con.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+
+    def compact(self) -> bool:
+        """Rewrite the file now if an erasure left deleted rows' bytes in it, while readers
+        read (the writer, the router, calls it after committing an erasure record, and takes
+        no batch meanwhile). True if the file was rewritten.
+
+        The live rows are copied into a new file while :meth:`reading` cursors read on;
+        then, once the reads in flight are done (new ones wait), the connection is closed,
+        the new file renamed over the old one and the connection reopened. Killed at any
+        point, the file is the old one, still marked, or the new one: the next open
+        compacts again if needed (ingestor/erasure.py).
+        """
+        from ingestor.erasure import compact_due, copy_live_rows, swap_in
+
+        if not self._writable or str(self.path) in ("", ":memory:") or not compact_due(self.con):
+            return False
+        started = time.perf_counter()
+        _checkpoint_alone(self.con)
+        fresh = copy_live_rows(self.con, self.path)
+        if fresh is None:
+            return False
+        copied = time.perf_counter()
+        with self._guard.writing():
+            swapping = time.perf_counter()
+            self.con.close()
+            try:
+                swap_in(fresh, self.path)
+            finally:
+                self.con = _connect(self.path)
+        done = time.perf_counter()
+        log.info(
+            "compacted %s after an erasure in %.2f s (%.1f MB; copy %.2f s while readers "
+            "read, %.3f s waiting for the reads in flight, swap %.3f s): no erased row's "
+            "bytes are left in it",
+            self.path,
+            done - started,
+            self.path.stat().st_size / 1e6,
+            copied - started,
+            swapping - copied,
+            done - swapping,
+        )
+        return True
 
     def _compact_if_erased(self, *, reopen: bool = True) -> bool:
         """Rewrite the file if an erasure left deleted rows' bytes in it (ingestor.erasure);
@@ -502,10 +561,7 @@ class Projection:
             return False
         compact_database(self.con, self.path)
         if reopen:
-            self.con = duckdb.connect(str(self.path))
-            self.con.execute("SET TimeZone = 'UTC'")
-            self.con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
-            self.con.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
+            self.con = _connect(self.path)
         return True
 
     # ------------------------------------------------------------------ reads
@@ -521,22 +577,20 @@ class Projection:
 
         Raises ValueError when ``sql`` is not exactly one SELECT, or DuckDB refuses it.
         """
-        cursor = self.con.cursor()
-        try:
-            statements = cursor.extract_statements(sql)
-            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-                raise ValueError("send exactly one SELECT statement")
-            cursor.begin()
+        with self.reading() as cursor:
             try:
-                rows = cursor.execute(SELECT_CHECKPOINT, [consumer]).fetchall()
-                table = cursor.sql(sql).to_arrow_table()
-            finally:
-                cursor.rollback()
-            return table, int(rows[0][0]) if rows else 0
-        except duckdb.Error as exc:
-            raise ValueError(str(exc).splitlines()[0]) from None
-        finally:
-            cursor.close()
+                statements = cursor.extract_statements(sql)
+                if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                    raise ValueError("send exactly one SELECT statement")
+                cursor.begin()
+                try:
+                    rows = cursor.execute(SELECT_CHECKPOINT, [consumer]).fetchall()
+                    table = cursor.sql(sql).to_arrow_table()
+                finally:
+                    cursor.rollback()
+                return table, int(rows[0][0]) if rows else 0
+            except duckdb.Error as exc:
+                raise ValueError(str(exc).splitlines()[0]) from None
 
     def counts(self) -> dict[str, int]:
         """Row counts that the demo and ``status`` report."""
@@ -1143,6 +1197,41 @@ def _playback_ref(row: tuple) -> PlaybackRef:
         first_seq=int(first_seq),
         opening_event_id=opening,
     )
+
+
+def _checkpoint_alone(con: duckdb.DuckDBPyConnection, attempts: int = 10) -> None:
+    """``CHECKPOINT`` (the WAL into the file), so that closing ``con`` for the swap after an
+    erasure has little left to write while readers wait. DuckDB refuses while another
+    cursor's write is in flight (the readiness probe's one-row update, a few milliseconds):
+    tried again a few times, then left to the close."""
+    for attempt in range(attempts):
+        try:
+            con.execute("CHECKPOINT")
+            return
+        except duckdb.TransactionException:
+            if attempt + 1 < attempts:
+                time.sleep(0.02)
+
+
+def _connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """A connection to the projection's file, set up as every user of it expects."""
+    con = duckdb.connect(str(path), read_only=read_only)
+    try:
+        con.execute("SET TimeZone = 'UTC'")  # timestamps come back as UTC, not local
+        # DuckDB caches up to 80 % of the machine's memory by default; the ingestor is one
+        # service among others, so its buffer pool is capped (DuckDB spills beyond it).
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        # Each checkpoint rewrites the row groups that changed since the last one; the
+        # recent playback rows change in almost every batch, so checkpointing every 16 MB of
+        # WAL (the default) rewrote them over and over: commits grew from 10 to 80 ms as the
+        # file grew. A larger WAL between checkpoints keeps commits flat (measured: 27-82 ->
+        # 10-20 ms per 1,000-event batch at 100-170k events); recovery replays at most this
+        # much WAL.
+        con.execute(f"SET checkpoint_threshold = '{DUCKDB_CHECKPOINT_THRESHOLD}'")
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 def stored_stale_after(con: duckdb.DuckDBPyConnection, meta: str = "projection_meta") -> float:

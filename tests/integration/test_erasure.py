@@ -10,12 +10,15 @@ and the workbench's replay) gives the same tables (docs/architecture.md, invaria
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import msgspec
 import polars as pl
+import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
@@ -480,3 +483,110 @@ async def test_erase_on_the_command_line_asks_for_the_server_when_the_id_is_on_t
         await handle.close()
     assert [m.subject.split(".")[0] for m in left] == ["playback", "erasure"]
     assert msgspec.json.decode(left[0].data)["server_id"] == one.server_id
+
+
+async def test_a_running_ingestor_compacts_its_file_after_an_erasure_while_readers_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``ingestor run`` stays up: once it has applied an erasure record, no byte of the
+    erased account is in its DuckDB file or WAL. Meanwhile readers hammer ``/status``,
+    ``/query`` and ``/readyz``: every answer is a 200 through the swap of the connection;
+    afterwards the projection answers queries and projects new events."""
+    data = tmp_path / "data"
+    db = tmp_path / "db"  # the DuckDB file and its WAL alone, for the byte search
+    server = EmbeddedServer("127.0.0.1", free_port(), data / "nats" / "jetstream")
+    server.start()
+    env = make_env(
+        data, server.url, NATS_EMBEDDED="false", DUCKDB_PATH=str(db / "analytics.duckdb")
+    )
+    settings = Settings.from_env(env)
+    base = f"http://{settings.http_host}:{settings.http_port}"
+    try:
+        feed = with_emails(simulate(SimulationConfig(seed=12, users=6, days=4)).events)
+        # the account to forget: a Jellyfin one (32-hex id); its owner's Plex account stays
+        gone = next(e for e in feed if len(e.user_id) == 32)
+        account = (gone.server_id, gone.user_id)
+        theirs = [e for e in feed if (e.server_id, e.user_id) == account]
+        others = [e for e in feed if (e.server_id, e.user_id) != account]
+        other_bytes = b"\n".join(msgspec.json.encode(e) for e in others)
+        mine = {e.email for e in theirs} | {e.ip_address for e in theirs} | {gone.user_id}
+        needles = sorted(v.encode() for v in mine if v and v.encode() not in other_bytes)
+        assert gone.user_id.encode() in needles and any(b"@" in n for n in needles)
+        # the last events of the other accounts come after the erasure
+        later = [e for e in others if e.occurred_at >= feed[-1].occurred_at - timedelta(hours=6)]
+        assert later
+        later_ids = {e.event_id for e in later}
+        first = [e for e in feed if e.event_id not in later_ids]
+
+        handle = await open_nats(settings)
+        try:
+            await Publisher(handle.nc).publish_many(first)
+        finally:
+            await handle.close()
+
+        async with Service(settings) as service:
+            await service.caught_up()
+            # the search can fail: the running ingestor's file holds them before the erasure
+            assert byte_hits(db, needles), "the DuckDB file holds none of the needles"
+
+            answers: list[tuple[str, int]] = []
+            failures: list[str] = []
+            hammering = asyncio.Event()
+
+            async def hammer(method: str, path: str, body: str | None = None) -> None:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(10)) as http:
+                    while not hammering.is_set():
+                        try:
+                            async with http.request(method, base + path, data=body) as r:
+                                payload = await r.read()
+                                answers.append((path, r.status))
+                                if r.status != 200:
+                                    failures.append(f"{path}: {r.status} {payload[:200]!r}")
+                                elif path == "/query":
+                                    table = pa.ipc.open_stream(payload).read_all()
+                                    assert table.num_rows == 1
+                        except Exception as exc:  # an exception is a failure too
+                            failures.append(f"{path}: {exc!r}")
+
+            query = "SELECT count(*) AS n FROM media_events"
+            with caplog.at_level(logging.INFO, logger="ingestor.projection.store"):
+                readers = [
+                    asyncio.create_task(hammer("GET", "/status")),
+                    asyncio.create_task(hammer("POST", "/query", query)),
+                    asyncio.create_task(hammer("POST", "/query", query)),
+                    asyncio.create_task(hammer("GET", "/readyz")),
+                ]
+                await asyncio.sleep(0.3)
+                report = await erase(settings, gone.user_id, out=lambda _: None)
+                assert report.record is not None and report.servers == [gone.server_id]
+                await service.caught_up(report.record_seq)
+                # the service is still up: the file and its WAL hold no byte of the account
+                leftovers = byte_hits(db, needles)
+                assert leftovers == {}, leftovers
+                await asyncio.sleep(0.3)
+                hammering.set()
+                await asyncio.gather(*readers)
+            compacted = [r.getMessage() for r in caplog.records if "compacted" in r.getMessage()]
+            assert len(compacted) == 1 and "after an erasure in" in compacted[0], compacted
+            assert failures == [], failures[:5]
+            assert {p for p, _ in answers} == {"/status", "/query", "/readyz"}
+            assert len(answers) > 20
+
+            # afterwards: queries are answered and new events projected
+            handle = await open_nats(settings)
+            try:
+                await Publisher(handle.nc).publish_many(later)
+            finally:
+                await handle.close()
+            await service.caught_up()
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(base + "/query", data="SELECT event_id FROM media_events") as r,
+            ):
+                assert r.status == 200, await r.text()
+                ids = set(pa.ipc.open_stream(await r.read()).read_all()["event_id"].to_pylist())
+            assert later_ids <= ids
+            assert not {e.event_id for e in theirs} & ids
+        assert byte_hits(db, needles) == {}
+    finally:
+        server.stop()

@@ -229,7 +229,7 @@ async def test_readiness_fails_when_the_consumer_lags_more_than_allowed(
             "MEDIA_EVENTS", ConsumerConfig(durable_name=PROJECTOR, ack_policy=AckPolicy.ALL)
         )
         await Publisher(handle.nc).publish_many(sim.events[:12])
-        probe = ProjectionProbe(projection.con)
+        probe = ProjectionProbe(projection)
         await asyncio.to_thread(probe.prepare)
 
         def monitor(max_lag: int) -> Monitor:
@@ -253,12 +253,12 @@ async def test_readiness_fails_when_the_consumer_lags_more_than_allowed(
 async def test_an_unwritable_projection_is_reported_not_ready(tmp_path: Path) -> None:
     path = tmp_path / "probe.duckdb"
     writable = Projection(path)
-    await asyncio.to_thread(ProjectionProbe(writable.con).prepare)
-    assert (await ProjectionProbe(writable.con).check()).ok is True
+    await asyncio.to_thread(ProjectionProbe(writable).prepare)
+    assert (await ProjectionProbe(writable).check()).ok is True
     writable.close()
     read_only = Projection(path, read_only=True)
     try:
-        check = await ProjectionProbe(read_only.con).check()
+        check = await ProjectionProbe(read_only).check()
     finally:
         read_only.close()
     assert check.ok is False and "failed" in check.detail
