@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol
 
 from ingestor.messages import Message
@@ -43,6 +44,11 @@ class Accounts(Protocol):
 
     def matches(self, server_id: str, user_id: str) -> bool: ...
 
+    def may_name(self, data: bytes) -> bool:
+        """False when ``data`` cannot name one of the accounts (a cheap test, before the
+        JSON is read); True when it may."""
+        ...
+
 
 @dataclass
 class Target:
@@ -54,6 +60,14 @@ class Target:
 
     def matches(self, server_id: str, user_id: str) -> bool:
         return user_id == self.user_id and (self.server_id is None or server_id == self.server_id)
+
+    def may_name(self, data: bytes) -> bool:
+        """The id as a JSON string holds it (``\\u`` escapes aside, which are looked at)."""
+        return self._needle in data or b"\\u" in data
+
+    @cached_property
+    def _needle(self) -> bytes:
+        return json.dumps(self.user_id, ensure_ascii=False).encode()[1:-1]
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,9 @@ class Digests:
     def matches(self, server_id: str, user_id: str) -> bool:
         return account_digest(server_id, user_id) in self.digests
 
+    def may_name(self, data: bytes) -> bool:
+        return True  # a digest says nothing about the bytes
+
 
 def names_account(message: Message, accounts: Accounts) -> bool:
     """Does ``message`` name one of ``accounts`` (so an erasure of them removes it)?"""
@@ -78,7 +95,7 @@ def names_account(message: Message, accounts: Accounts) -> bool:
 def accounts_in(message: Message, accounts: Accounts) -> tuple[str, list[str]]:
     """("event" | "record" | "", the servers of the matching accounts it names)."""
     subject = message.subject
-    if subject.startswith(ERASURE_PREFIX):
+    if subject.startswith(ERASURE_PREFIX) or not accounts.may_name(message.data):
         return "", []
     if subject.startswith(ALERT_PREFIX):
         payload = _json(message.data)

@@ -95,6 +95,8 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT_WAIT_S = 30.0
 """How long ``erase`` waits for a segment write the archiver has under way."""
+DELETES_IN_FLIGHT = 2
+"""Stream deletes ``erase`` has waiting for their answers at once (see delete_from_stream)."""
 
 # --------------------------------------------------------------------------- the projection
 
@@ -374,20 +376,28 @@ async def scan_log(log_: EventLog, target: Target, start_seq: int = 1) -> Found:
 
 async def delete_from_stream(nc: Any, stream: str, seqs: Iterable[int]) -> int:
     """Delete ``seqs`` from ``stream``, overwriting their bytes (``no_erase: false``); one
-    already gone counts as done. Returns how many this call deleted."""
-    deleted = 0
-    for seq in sorted(seqs):
+    already gone counts as done. Returns how many this call deleted.
+
+    Up to :data:`DELETES_IN_FLIGHT` requests wait for their answers at once. A secure delete
+    costs the server a write of the block while it holds the stream (measured on 2 cores:
+    ~18 ms each one after another; 64 at once erased 460 events 3x faster, but the running
+    ingestor's ``/readyz`` then waited over 2 s for the stream's info and answered 503; two
+    at once never did, bench/erase.py)."""
+    gate = asyncio.Semaphore(DELETES_IN_FLIGHT)
+
+    async def delete(seq: int) -> bool:
         request = json.dumps({"seq": seq, "no_erase": False}).encode()
-        reply = await nc.request(f"$JS.API.STREAM.MSG.DELETE.{stream}", request, timeout=10)
+        async with gate:
+            reply = await nc.request(f"$JS.API.STREAM.MSG.DELETE.{stream}", request, timeout=30)
         answer = json.loads(reply.data)
         if answer.get("success"):
-            deleted += 1
-            continue
+            return True
         error = answer.get("error") or {}
         if error.get("code") == 404 or "not found" in str(error.get("description", "")).lower():
-            continue  # already deleted (a re-run), or aged out
+            return False  # already deleted (a re-run), or aged out
         raise IngestorError(f"{stream}: deleting message {seq} failed: {error}")
-    return deleted
+
+    return sum(await asyncio.gather(*(delete(seq) for seq in sorted(seqs))))
 
 
 async def erase_dead_letters(js: Any, target: Target) -> int:
