@@ -100,7 +100,7 @@ def make_events(count: int) -> list[MediaEvent]:
     return list(events[:count])
 
 
-async def _publish(url: str, events: Sequence[MediaEvent]) -> int:
+async def publish_events(url: str, events: Sequence[MediaEvent]) -> int:
     nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
     try:
         await Publisher(nc).publish_many(events)
@@ -110,7 +110,7 @@ async def _publish(url: str, events: Sequence[MediaEvent]) -> int:
         await nc.close()
 
 
-async def _provision(url: str) -> None:
+async def provision(url: str) -> None:
     nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
     try:
         await ensure_streams(nc.jetstream(timeout=10), 7)
@@ -177,7 +177,7 @@ async def one_run(
     client = _Client(mode) if mode != "none" else None
     try:
         await asyncio.to_thread(server.start)
-        await _provision(server.url)
+        await provision(server.url)
         port = free_port()
         env = run_env(server, run_dir / "ingestor", port, batch_size, flush_interval)
         log_path = run_dir / "ingestor.log"
@@ -193,7 +193,7 @@ async def one_run(
             status_url, lambda s: s["broadcast"]["clients"] == clients, 30, "the feed client"
         )
         started = time.time()
-        last = await _publish(server.url, events)
+        last = await publish_events(server.url, events)
 
         def caught_up(s: dict[str, Any]) -> bool:
             if proc is not None and proc.poll() is not None:

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import collections
 import json
-import math
 import re
 import shutil
 import signal
@@ -47,9 +46,9 @@ from typing import Any
 
 import aiohttp
 import duckdb
-import nats
 
-# bench/ is the script's directory, so its sibling is importable: one set of helpers
+# bench/ is the script's directory, so its siblings are importable: one set of helpers
+from broadcast import make_events, provision, publish_events
 from ingest import (
     BenchError,
     child_env,
@@ -63,15 +62,9 @@ from ingest import (
 )
 
 from ingestor.events import MediaEvent
-from ingestor.nats.publisher import Publisher
 from ingestor.nats.server import EmbeddedServer
-from ingestor.nats.streams import STREAM, ensure_streams
 from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
-from ingestor.simulation import SimulationConfig, simulate
 
-SEED = 7
-DAYS = 30
-EVENTS_PER_USER_DAY = 19.2
 POLL_S = 0.1
 READERS = 3
 ERASE = [sys.executable, "-m", "ingestor.cli", "erase"]
@@ -79,23 +72,6 @@ COMPACTED = re.compile(
     r"after an erasure in (?P<total>[\d.]+) s \((?P<mb>[\d.]+) MB; copy (?P<copy>[\d.]+) s"
     r".*?(?P<wait>[\d.]+) s waiting for the reads in flight, swap (?P<swap>[\d.]+) s"
 )
-
-
-def make_events(count: int) -> list[MediaEvent]:
-    users = max(1, math.ceil(count / (EVENTS_PER_USER_DAY * DAYS)))
-    events = simulate(SimulationConfig(seed=SEED, users=users, days=DAYS)).events
-    return list(events[:count])
-
-
-async def publish(url: str, events: Sequence[MediaEvent]) -> int:
-    nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
-    try:
-        await ensure_streams(nc.jetstream(timeout=10), 7)
-        await Publisher(nc).publish_many(events)
-        info = await nc.jetstream(timeout=10).stream_info(STREAM)
-        return int(info.state.last_seq)
-    finally:
-        await nc.close()
 
 
 async def status_until(url: str, done: Any, timeout: float, what: str, proc: Any) -> dict:
@@ -204,7 +180,8 @@ async def one_run(events: Sequence[MediaEvent], workdir: Path, timeout: float) -
         await asyncio.to_thread(server.start)
         env["NATS_URL"] = server.url
         log(f"publishing {len(events):,} events")
-        last = await publish(server.url, events)
+        await provision(server.url)
+        last = await publish_events(server.url, events)
         log_path = workdir / "ingestor.log"
         proc = spawn([sys.executable, "-m", "ingestor.cli", "run"], env, log_path)
         base = f"http://127.0.0.1:{port}"

@@ -133,6 +133,14 @@ def with_emails(events: list[MediaEvent]) -> list[MediaEvent]:
     ]
 
 
+async def publish(settings: Settings, events: list[MediaEvent]) -> None:
+    handle = await open_nats(settings)
+    try:
+        await Publisher(handle.nc).publish_many(events)
+    finally:
+        await handle.close()
+
+
 async def test_an_erased_user_leaves_no_byte_under_data_dir_and_a_replay_agrees(
     tmp_path: Path,
 ) -> None:
@@ -143,11 +151,7 @@ async def test_an_erased_user_leaves_no_byte_under_data_dir_and_a_replay_agrees(
     settings = Settings.from_env(env)
     try:
         feed = with_emails(simulate(SimulationConfig(seed=12, users=6, days=4)).events)
-        handle = await open_nats(settings)
-        try:
-            await Publisher(handle.nc).publish_many(feed)
-        finally:
-            await handle.close()
+        await publish(settings, feed)
         async with Service(settings) as service:
             await service.caught_up()
         segments = archive_segments(settings.archive_dir)
@@ -452,11 +456,7 @@ async def test_erase_on_the_command_line_asks_for_the_server_when_the_id_is_on_t
     twin = msgspec.structs.replace(
         one, event_id="f" * 32, server_id="other-server", session_key="s-twin"
     )
-    handle = await open_nats(settings)
-    try:
-        await Publisher(handle.nc).publish_many([one, twin])
-    finally:
-        await handle.close()
+    await publish(settings, [one, twin])
 
     def erase_cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -518,11 +518,7 @@ async def test_a_running_ingestor_compacts_its_file_after_an_erasure_while_reade
         later_ids = {e.event_id for e in later}
         first = [e for e in feed if e.event_id not in later_ids]
 
-        handle = await open_nats(settings)
-        try:
-            await Publisher(handle.nc).publish_many(first)
-        finally:
-            await handle.close()
+        await publish(settings, first)
 
         async with Service(settings) as service:
             await service.caught_up()
@@ -573,11 +569,7 @@ async def test_a_running_ingestor_compacts_its_file_after_an_erasure_while_reade
             assert len(answers) > 20
 
             # afterwards: queries are answered and new events projected
-            handle = await open_nats(settings)
-            try:
-                await Publisher(handle.nc).publish_many(later)
-            finally:
-                await handle.close()
+            await publish(settings, later)
             await service.caught_up()
             async with (
                 aiohttp.ClientSession() as http,
