@@ -63,7 +63,7 @@ from ingest import (
 
 from ingestor.events import MediaEvent
 from ingestor.nats.server import EmbeddedServer
-from ingestor.projection.store import DUCKDB_MEMORY_LIMIT
+from ingestor.projection import DUCKDB_MEMORY_LIMIT
 
 POLL_S = 0.1
 READERS = 3
