@@ -151,7 +151,7 @@ class _Client:
             await self.session.close()
 
 
-async def _status_until(url: str, done: Any, timeout: float, what: str) -> dict[str, Any]:
+async def status_until(url: str, done: Any, timeout: float, what: str) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         status = await asyncio.to_thread(get_status, url)
@@ -184,12 +184,12 @@ async def one_run(
         proc = spawn([sys.executable, "-m", "ingestor.cli", "run"], env, log_path)
         base = f"http://127.0.0.1:{port}"
         status_url = f"{base}/status"
-        await _status_until(status_url, lambda s: True, 120, "the ingestor to answer")
+        await status_until(status_url, lambda s: True, 120, "the ingestor to answer")
         clients = 0
         if client is not None:
             await client.connect(base)
             clients = 1
-        await _status_until(
+        await status_until(
             status_url, lambda s: s["broadcast"]["clients"] == clients, 30, "the feed client"
         )
         started = time.time()
@@ -201,11 +201,11 @@ async def one_run(
             # >=: the detector's alerts, published into the stream meanwhile, come after it
             return (s.get("checkpoint_seq") or 0) >= last
 
-        status = await _status_until(status_url, caught_up, timeout, "the checkpoint")
+        status = await status_until(status_url, caught_up, timeout, "the checkpoint")
         router = status["router"]
         if client is not None and client.mode == "reading":
             accepted = status["broadcast"]["events"]
-            await _status_until(
+            await status_until(
                 status_url, lambda s: client.received >= accepted, 60, "the reading client"
             )
         seconds = float(router["last_commit_at"]) - started

@@ -48,12 +48,11 @@ import aiohttp
 import duckdb
 
 # bench/ is the script's directory, so its siblings are importable: one set of helpers
-from broadcast import make_events, provision, publish_events
+from broadcast import make_events, provision, publish_events, status_until
 from ingest import (
     BenchError,
     child_env,
     free_port,
-    get_status,
     log,
     spawn,
     stop_child,
@@ -65,7 +64,6 @@ from ingestor.events import MediaEvent
 from ingestor.nats.server import EmbeddedServer
 from ingestor.projection import DUCKDB_MEMORY_LIMIT
 
-POLL_S = 0.1
 READERS = 3
 ERASE = [sys.executable, "-m", "ingestor.cli", "erase"]
 COMPACTED = re.compile(
@@ -74,17 +72,10 @@ COMPACTED = re.compile(
 )
 
 
-async def status_until(url: str, done: Any, timeout: float, what: str, proc: Any) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise BenchError(f"the ingestor exited while waiting for {what}")
-        status = await asyncio.to_thread(get_status, url)
-        if status is not None and done(status):
-            return status
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(POLL_S)
+def running(proc: subprocess.Popen[bytes], what: str) -> bool:
+    if proc.poll() is not None:
+        raise BenchError(f"the ingestor exited while waiting for {what}")
+    return True
 
 
 class Readers:
@@ -189,10 +180,9 @@ async def one_run(events: Sequence[MediaEvent], workdir: Path, timeout: float) -
         started = time.perf_counter()
         status = await status_until(
             status_url,
-            lambda s: (s.get("checkpoint_seq") or 0) >= last,
+            lambda s: running(proc, "the feed") and (s.get("checkpoint_seq") or 0) >= last,
             timeout,
             "the projection of the feed",
-            proc,
         )
         projected = time.perf_counter() - started
         log(f"projected {last:,} messages in {projected:.1f} s")
@@ -221,10 +211,11 @@ async def one_run(events: Sequence[MediaEvent], workdir: Path, timeout: float) -
             record_seq = int(match.group(1))
             await status_until(
                 status_url,
-                lambda s: (s.get("checkpoint_seq") or 0) >= record_seq,
+                lambda s: (
+                    running(proc, "the record") and (s.get("checkpoint_seq") or 0) >= record_seq
+                ),
                 timeout,
                 "the erasure record to be applied",
-                proc,
             )
             applied = time.perf_counter()
             await asyncio.sleep(1.0)  # readers after the swap too
