@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from random import Random
@@ -395,17 +396,8 @@ def _plex_device(
     rng: Random, client: tuple[str, str, str, str, bool], lan: str, home_ip: str
 ) -> Device:
     platform, product, player, version, mobile = client
-    local = rng.random() < (0.4 if mobile else 0.92)
-    return Device(
-        machine_id=_alnum(rng, 24),
-        platform=platform,
-        product=product,
-        product_version=version,
-        player=player,
-        local=local,
-        lan_ip=f"{lan}{rng.randint(2, 250)}",
-        public_ip=home_ip if local else _public_ip(rng),
-    )
+    names = (platform, product, player, version)
+    return _device(rng, lambda: _alnum(rng, 24), names, mobile, lan, home_ip)
 
 
 def _jellyfin_device_id(rng: Random, platform: str, style: str) -> str:
@@ -423,9 +415,26 @@ def _jellyfin_device(
     rng: Random, client: tuple[str, str, str, str, str, bool], lan: str, home_ip: str
 ) -> Device:
     platform, product, player, version, style, mobile = client
+    names = (platform, product, player, version)
+    return _device(
+        rng, lambda: _jellyfin_device_id(rng, platform, style), names, mobile, lan, home_ip
+    )
+
+
+def _device(
+    rng: Random,
+    machine_id: Callable[[], str],
+    names: tuple[str, str, str, str],
+    mobile: bool,
+    lan: str,
+    home_ip: str,
+) -> Device:
+    """A device of a household: at home (on its LAN) or away; the draws in a fixed order
+    (at home?, its id, its LAN address, its public address), so a seed gives one feed."""
+    platform, product, player, version = names
     local = rng.random() < (0.4 if mobile else 0.92)
     return Device(
-        machine_id=_jellyfin_device_id(rng, platform, style),
+        machine_id=machine_id(),
         platform=platform,
         product=product,
         product_version=version,
