@@ -51,6 +51,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -297,11 +298,7 @@ def copy_live_rows(con: duckdb.DuckDBPyConnection, path: Path) -> Path | None:
     for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
         leftover.unlink(missing_ok=True)
     try:
-        try:
-            # the WAL into the file now, so that closing ``con`` later has little to write
-            con.execute("CHECKPOINT")
-        except duckdb.TransactionException:
-            pass  # another cursor's write is in flight (the readiness probe): close does it
+        _checkpoint_alone(con)
         con.execute(f"ATTACH '{_sql_path(fresh)}' AS _compact")
         try:
             con.execute("COPY FROM DATABASE " + _current_database(con) + " TO _compact")
@@ -321,6 +318,20 @@ def copy_live_rows(con: duckdb.DuckDBPyConnection, path: Path) -> Path | None:
     with open(fresh, "rb+") as handle:
         os.fsync(handle.fileno())
     return fresh
+
+
+def _checkpoint_alone(con: duckdb.DuckDBPyConnection, attempts: int = 10) -> None:
+    """``CHECKPOINT`` (the WAL into the file), so that closing ``con`` for the swap after an
+    erasure has little left to write while readers wait. DuckDB refuses while another
+    cursor's write is in flight (the readiness probe's one-row update, a few milliseconds):
+    tried again a few times, then left to the close."""
+    for attempt in range(attempts):
+        try:
+            con.execute("CHECKPOINT")
+            return
+        except duckdb.TransactionException:
+            if attempt + 1 < attempts:
+                time.sleep(0.02)
 
 
 def swap_in(fresh: Path, path: Path) -> None:

@@ -526,7 +526,6 @@ class Projection:
         if not self._writable or str(self.path) in ("", ":memory:") or not compact_due(self.con):
             return False
         started = time.perf_counter()
-        _checkpoint_alone(self.con)
         fresh = copy_live_rows(self.con, self.path)
         if fresh is None:
             return False
@@ -1197,20 +1196,6 @@ def _playback_ref(row: tuple) -> PlaybackRef:
         first_seq=int(first_seq),
         opening_event_id=opening,
     )
-
-
-def _checkpoint_alone(con: duckdb.DuckDBPyConnection, attempts: int = 10) -> None:
-    """``CHECKPOINT`` (the WAL into the file), so that closing ``con`` for the swap after an
-    erasure has little left to write while readers wait. DuckDB refuses while another
-    cursor's write is in flight (the readiness probe's one-row update, a few milliseconds):
-    tried again a few times, then left to the close."""
-    for attempt in range(attempts):
-        try:
-            con.execute("CHECKPOINT")
-            return
-        except duckdb.TransactionException:
-            if attempt + 1 < attempts:
-                time.sleep(0.02)
 
 
 def _connect(path: Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
